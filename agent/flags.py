@@ -1,0 +1,212 @@
+"""A small cobra/pflag-compatible command-line parser, standard library only.
+
+Every setting is declared once as a `Flag` (long name, short name, env vars, kind, default, help).
+`parse()` applies Istio's precedence: default < env var(s) (later ones win) < command-line flag.
+The same table renders `--help` and the README's settings tables.
+
+pflag rules kept on purpose (Istio's injected command lines depend on them):
+- `--name value`, `--name=value`, `-n value`, `-n=value`, `-nvalue`; `-x ""` is an empty value.
+- boolean flags take no value; `--flag=false` is accepted.
+- positional arguments are collected, `--` ends the flags.
+- an env value that does not parse is ignored (Istio silently keeps the previous value).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+class UsageError(Exception):
+    """A bad command line. The edge maps it to exit 255, as `pilot-agent` does (os.Exit(-1))."""
+
+
+def parse_bool(text: str) -> bool:
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise ValueError(f"invalid boolean {text!r}")
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """Go's time.ParseDuration, returning seconds: '45s', '1m0s', '300ms', '1h2m3.5s', '0'."""
+    s = text.strip()
+    sign = -1.0 if s.startswith("-") else 1.0
+    s = s.lstrip("+-")
+    if s == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(s):
+        m = _DURATION_PART.match(s, pos)
+        if not m:
+            raise ValueError(f"invalid duration {text!r}")
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if not s:
+        raise ValueError(f"invalid duration {text!r}")
+    return sign * total
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of parse_duration for display, in Go's style ('45s', '1m0s', '500ms')."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    out = f"{int(h)}h" if h else ""
+    out += f"{int(m)}m" if (h or m) else ""
+    return out + f"{s:g}s"
+
+
+def parse_uint16(text: str) -> int:
+    value = int(text, 0)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"value out of range {text!r}")
+    return value
+
+
+def parse_int(text: str) -> int:
+    return int(text, 0)
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "bool": parse_bool,
+    "duration": parse_duration,
+    "uint16": parse_uint16,
+    "int": parse_int,
+}
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    kind: str = "str"
+    default: Any = ""
+    short: str | None = None
+    env: tuple[str, ...] = ()
+    help: str = ""
+    dest: str = ""  # attribute name; defaults to the long name in snake_case
+
+    @property
+    def attr(self) -> str:
+        return self.dest or self.name.replace("-", "_")
+
+    def convert(self, text: str) -> Any:
+        return PARSERS[self.kind](text)
+
+    def default_text(self) -> str:
+        if self.kind == "duration":
+            return format_duration(self.default)
+        if self.kind == "bool":
+            return "true" if self.default else "false"
+        return str(self.default) if self.default != "" else '""'
+
+
+@dataclass
+class Parsed:
+    values: dict[str, Any]
+    explicit: set[str] = field(default_factory=set)  # attrs set by a flag on the command line
+    from_env: set[str] = field(default_factory=set)  # attrs set by an environment variable
+    positional: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    help: bool = False
+
+
+def parse(
+    flags: Sequence[Flag],
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    *,
+    allow_unknown: bool = False,
+) -> Parsed:
+    """Resolve every flag: default, then env vars in order, then the command line."""
+    result = Parsed(values={f.attr: f.default for f in flags})
+    for f in flags:
+        for var in f.env:
+            if var in environ:
+                try:
+                    result.values[f.attr] = f.convert(environ[var])
+                    result.from_env.add(f.attr)
+                except ValueError:
+                    pass  # Istio ignores an env value that does not parse
+    by_long = {f.name: f for f in flags}
+    by_short = {f.short: f for f in flags if f.short}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            result.positional.extend(args[i:])
+            break
+        if arg in ("-h", "--help"):
+            result.help = True
+            continue
+        if not arg.startswith("-") or arg == "-":
+            result.positional.append(arg)
+            continue
+        if arg.startswith("--"):
+            name, eq, inline = arg[2:].partition("=")
+            flag = by_long.get(name)
+        else:
+            name, rest = arg[1:2], arg[2:]
+            flag = by_short.get(name)
+            eq, inline = ("=", rest[1:]) if rest.startswith("=") else (("=", rest) if rest else ("", ""))
+        if flag is None:
+            if not allow_unknown:
+                raise UsageError(f"unknown flag: {arg.split('=')[0]}")
+            result.unknown.append(arg)
+            # pflag's stripUnknownFlagValue: a following non-flag word is the unknown flag's value.
+            if not eq and i < len(args) and not args[i].startswith("-"):
+                result.unknown.append(args[i])
+                i += 1
+            continue
+        if flag.kind == "bool" and not eq:
+            text = "true"
+        elif eq:
+            text = inline
+        elif i < len(args):
+            text = args[i]
+            i += 1
+        else:
+            raise UsageError(f"flag needs an argument: {arg}")
+        try:
+            result.values[flag.attr] = flag.convert(text)
+        except ValueError:
+            raise UsageError(f'invalid argument "{text}" for "--{flag.name}" flag') from None
+        result.explicit.add(flag.attr)
+    return result
+
+
+def usage(title: str, flags: Sequence[Flag]) -> str:
+    """The --help text: one line per flag with its short form, env vars and default."""
+    lines = [title, "", "Flags:"]
+    for f in flags:
+        names = (f"-{f.short}, " if f.short else "    ") + f"--{f.name}"
+        if f.kind != "bool":
+            names += f" {f.kind}"
+        env = f" [env {', '.join(f.env)}]" if f.env else ""
+        lines.append(f"  {names:<48} {f.help} (default {f.default_text()}){env}")
+    lines.append("  -h, --help" + " " * 40 + "help for this command")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table(flags: Sequence[Flag]) -> str:
+    """The README table for a flag set, generated from the same declarations."""
+    rows = ["| flag | short | env var(s) | default | meaning |", "|---|---|---|---|---|"]
+    for f in flags:
+        short = f"`-{f.short}`" if f.short else ""
+        env = ", ".join(f"`{e}`" for e in f.env)
+        rows.append(f"| `--{f.name}` | {short} | {env} | `{f.default_text()}` | {f.help} |")
+    return "\n".join(rows) + "\n"
