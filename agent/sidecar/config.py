@@ -17,6 +17,7 @@ never touches os.environ. Bad input raises ConfigError whose message names the s
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Sequence
@@ -344,7 +345,10 @@ def _meta_env(pc: Mapping[str, Any], env: Mapping[str, str], warnings: list[str]
                     obj = json.loads(value)
                     if not isinstance(obj, dict):
                         raise ValueError("not an object")
-                    meta.update(obj)
+                    name = key[len("ISTIO_METAJSON_"):]
+                    meta[name] = obj
+                    if name == "LABELS":
+                        meta["STATIC_LABELS"] = obj
                 except ValueError:
                     warnings.append(f"ignored {key}: not a JSON object")
     return meta
@@ -567,6 +571,10 @@ def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFi
         warnings=tuple(warnings),
     )
     _validate(cfg)
+    needs_root = not cfg.standalone and not cfg.custom_config_file and cfg.control_plane_auth_policy == "MUTUAL_TLS"
+    if needs_root and not path_exists(cfg.xds_root_cert):
+        raise ConfigError(f"controlPlaneAuthPolicy MUTUAL_TLS needs the control plane root certificate: "
+                          f"{cfg.xds_root_cert!r} not found (mount it or set XDS_ROOT_CA)")
     return _apply_late_annotations(cfg, annotations)
 
 

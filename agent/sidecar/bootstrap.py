@@ -1,0 +1,290 @@
+"""The Envoy bootstrap: `build_bootstrap(cfg) -> dict` (pure) and `write_bootstrap(cfg, data) -> path`.
+
+Control-plane mode follows Istio's default template (spec §5.3) with the 2020 connection model
+(spec §10, issue 3): Envoy dials `discoveryAddress` itself over ADS/gRPC (the `xds-grpc` cluster is
+STRICT_DNS to that host:port, plaintext for controlPlaneAuthPolicy NONE, TLS with the mounted root
+certificate and the istiod SAN for MUTUAL_TLS). Today's Istio instead points `xds-grpc` at the
+agent's Unix socket and the agent proxies to istiod (§5.5); that is not implemented.
+
+Standalone mode (beyond Istio) builds a static configuration with no control plane: original-
+destination passthrough on 15001 (outbound) and 15006 (inbound, upstream bound to 127.0.0.6), so a
+pod with the init container's iptables rules works end to end. `config/envoy-standalone.yaml` is this
+builder's output for the default settings (kept in sync by a test).
+
+ISTIO_BOOTSTRAP_OVERRIDE is merged into the dict here (protobuf MergeFrom, what Envoy's
+`--config-yaml` does), so the Envoy argv must not pass `--config-yaml` again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+from agent import __version__
+from agent.sidecar import identity
+from agent.sidecar.bootstrap_parts import (
+    admin,
+    application_log_config,
+    bootstrap_extensions,
+    ip_family,
+    layered_runtime,
+    local_clusters,
+    local_listeners,
+    overload_manager,
+    proto_merge,
+    seconds,
+    socket_address,
+    static_cluster,
+    stats_config,
+)
+from agent.sidecar.config import SidecarConfig
+
+BOOTSTRAP_FILE = "envoy-rev.json"
+TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ORIGINAL_DST = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
+INBOUND_PASSTHROUGH_SOURCE = "127.0.0.6"  # the iptables rules RETURN traffic from this source (no loop)
+
+
+def bootstrap_path(cfg: SidecarConfig) -> str:
+    """The file Envoy is started with: customConfigFile as given, else <configPath>/envoy-rev.json."""
+    return cfg.custom_config_file or os.path.join(cfg.config_path, BOOTSTRAP_FILE)
+
+
+def build_bootstrap(cfg: SidecarConfig, version: str = __version__) -> dict[str, Any]:
+    """The whole bootstrap as a dict; ISTIO_BOOTSTRAP_OVERRIDE merged last."""
+    data = build_standalone(cfg, version) if cfg.standalone else _control_plane(cfg, version)
+    if cfg.bootstrap_override:
+        data = proto_merge(data, cfg.bootstrap_override)
+    return data
+
+
+def _node(cfg: SidecarConfig, version: str) -> dict[str, Any]:
+    node: dict[str, Any] = {"id": identity.node_id(cfg), "cluster": identity.service_cluster(cfg)}
+    if loc := identity.locality(cfg):
+        node["locality"] = loc
+    node["metadata"] = identity.node_metadata(cfg, version)
+    return node
+
+
+def _control_plane(cfg: SidecarConfig, version: str) -> dict[str, Any]:
+    clusters = [*local_clusters(cfg), _sds_cluster(), _xds_cluster(cfg)]
+    data: dict[str, Any] = {
+        "application_log_config": application_log_config(cfg),
+        "node": _node(cfg, version),
+        "layered_runtime": layered_runtime(cfg),
+        "bootstrap_extensions": bootstrap_extensions(),
+        "stats_config": stats_config(cfg),
+        "admin": admin(cfg),
+        "dynamic_resources": _dynamic_resources(cfg),
+        "static_resources": {"clusters": clusters, "listeners": local_listeners(cfg)},
+        "overload_manager": overload_manager(cfg),
+    }
+    if cfg.zipkin_address:
+        clusters.append(_zipkin_cluster(cfg))
+        data["tracing"] = {"http": _zipkin_tracer()}
+    if cfg.outlier_log_path:
+        data["cluster_manager"] = {"outlier_detection": {"event_log_path": cfg.outlier_log_path}}
+    data["deferred_stat_options"] = {"enable_deferred_creation_stats": True}
+    return data
+
+
+def _dynamic_resources(cfg: SidecarConfig) -> dict[str, Any]:
+    source = {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"}
+    return {
+        "lds_config": dict(source),
+        "cds_config": dict(source),
+        "ads_config": {
+            "api_type": cfg.xds_type,
+            "set_node_on_first_message_only": True,
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+        },
+    }
+
+
+def _http2() -> dict[str, Any]:
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _xds_cluster(cfg: SidecarConfig) -> dict[str, Any]:
+    """ADS to discoveryAddress, dialled by Envoy (2020): connectTimeout and dnsRefreshRate apply here."""
+    host, port = _host_port(cfg.discovery_address)
+    limits = {"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}
+    cluster: dict[str, Any] = {
+        "name": "xds-grpc",
+        "type": "STRICT_DNS",
+        "connect_timeout": seconds(cfg.connect_timeout),
+        "dns_refresh_rate": seconds(cfg.dns_refresh_rate),
+        "dns_lookup_family": ip_family(cfg)[2],
+        "lb_policy": "ROUND_ROBIN",
+        "alt_stat_name": "xds-grpc;",
+        "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}]},
+        "circuit_breakers": {"thresholds": [{"priority": p, **limits} for p in ("DEFAULT", "HIGH")]},
+        "upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 300}},
+        "max_requests_per_connection": 1,
+        "typed_extension_protocol_options": _http2(),
+    }
+    if cfg.control_plane_auth_policy == "MUTUAL_TLS":
+        cluster["transport_socket"] = _xds_tls(cfg)
+    return cluster
+
+
+def _xds_tls(cfg: SidecarConfig) -> dict[str, Any]:
+    """TLS to istiod: the mounted root cert, the istiod SAN; a client cert only if one is mounted."""
+    common: dict[str, Any] = {
+        "alpn_protocols": ["h2"],
+        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
+        "validation_context": {
+            "trusted_ca": {"filename": cfg.xds_root_cert},
+            "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": cfg.istiod_san}}],
+        },
+    }
+    chain, key = cfg.meta_env.get("TLS_CLIENT_CERT_CHAIN"), cfg.meta_env.get("TLS_CLIENT_KEY")
+    if chain and key:
+        common["tls_certificates"] = [{"certificate_chain": {"filename": chain},
+                                       "private_key": {"filename": key}}]
+    return {"name": "envoy.transport_sockets.tls",
+            "typed_config": {"@type": TLS, "sni": cfg.istiod_san, "common_tls_context": common}}
+
+
+def _sds_cluster() -> dict[str, Any]:
+    """Kept so configuration pushed by istiod that names `sds-grpc` is accepted; nothing serves it yet."""
+    return {
+        "name": "sds-grpc",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "alt_stat_name": "sds-grpc;",
+        "typed_extension_protocol_options": _http2(),
+        "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}}}]}]},
+    }
+
+
+def _zipkin_cluster(cfg: SidecarConfig) -> dict[str, Any]:
+    host, port = _host_port(cfg.zipkin_address)
+    return {
+        "name": "zipkin",
+        "type": "STRICT_DNS",
+        "connect_timeout": seconds(cfg.connect_timeout),
+        "dns_refresh_rate": seconds(cfg.dns_refresh_rate),
+        "dns_lookup_family": ip_family(cfg)[2],
+        "lb_policy": "ROUND_ROBIN",
+        "alt_stat_name": "zipkin;",
+        "load_assignment": {"cluster_name": "zipkin", "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}]},
+    }
+
+
+def _zipkin_tracer() -> dict[str, Any]:
+    return {"name": "envoy.tracers.zipkin", "typed_config": {
+        "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+        "collector_cluster": "zipkin",
+        "collector_endpoint": "/api/v2/spans",
+        "collector_endpoint_version": "HTTP_JSON",
+        "trace_id_128bit": True,
+        "shared_span_context": False,
+    }}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Standalone: static capture listeners, no control plane.
+
+
+def _passthrough_listener(name: str, wildcard: str, port: int, cluster: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "address": socket_address(wildcard, port),
+        "listener_filters": [{"name": "envoy.filters.listener.original_dst",
+                              "typed_config": {"@type": ORIGINAL_DST}}],
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": TCP_PROXY, "stat_prefix": cluster, "cluster": cluster}}]}],
+    }
+
+
+def _original_dst_cluster(name: str, timeout: float, bind: str | None = None) -> dict[str, Any]:
+    cluster: dict[str, Any] = {"name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                               "connect_timeout": seconds(timeout), "alt_stat_name": f"{name};"}
+    if bind:
+        cluster["upstream_bind_config"] = {"source_address": {"address": bind, "port_value": 0}}
+    return cluster
+
+
+def build_standalone(cfg: SidecarConfig, version: str = __version__) -> dict[str, Any]:
+    """15001 outbound and 15006 inbound original-destination passthrough, plus 15090, 15021 and admin.
+
+    No stats matcher: without Istio's telemetry filters the interesting numbers are Envoy's own
+    (`cluster.PassthroughCluster.*`, `cluster.InboundPassthroughCluster.*`, `listener.*`).
+    """
+    _, wildcard, _ = ip_family(cfg)
+    stats = stats_config(cfg)
+    stats.pop("stats_matcher")
+    listeners = [
+        _passthrough_listener("virtualOutbound", wildcard, 15001, "PassthroughCluster"),
+        _passthrough_listener("virtualInbound", wildcard, 15006, "InboundPassthroughCluster"),
+        *local_listeners(cfg),
+    ]
+    clusters = [
+        *local_clusters(cfg),
+        _original_dst_cluster("PassthroughCluster", cfg.connect_timeout),
+        _original_dst_cluster("InboundPassthroughCluster", cfg.connect_timeout, INBOUND_PASSTHROUGH_SOURCE),
+    ]
+    return {
+        "application_log_config": application_log_config(cfg),
+        "node": _node(cfg, version),
+        "layered_runtime": layered_runtime(cfg),
+        "stats_config": stats,
+        "admin": admin(cfg),
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+        "overload_manager": overload_manager(cfg),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing.
+
+
+def render(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+def write_bootstrap(cfg: SidecarConfig, data: dict[str, Any]) -> str:
+    """Write <configPath>/envoy-rev.json atomically (temp file in the same directory + rename).
+
+    On any error the temp file is removed and no partial envoy-rev.json exists. The directory is
+    created 0700, as Istio does.
+    """
+    text = render(data)
+    os.makedirs(cfg.config_path, mode=0o700, exist_ok=True)
+    path = os.path.join(cfg.config_path, BOOTSTRAP_FILE)
+    fd, tmp = tempfile.mkstemp(prefix=".envoy-rev.", suffix=".tmp", dir=cfg.config_path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def prepare_bootstrap(cfg: SidecarConfig, version: str = __version__) -> str:
+    """The path to start Envoy with: customConfigFile untouched, else the rendered envoy-rev.json."""
+    if cfg.custom_config_file:
+        return cfg.custom_config_file
+    return write_bootstrap(cfg, build_bootstrap(cfg, version))
