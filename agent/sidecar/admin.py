@@ -1,0 +1,120 @@
+"""Envoy's admin API (adapter) and Istio's readiness prober built on it (spec §6.2).
+
+The readiness reasons and stats parsing are pure functions in agent.sidecar.envoy; this module only
+fetches text over HTTP and keeps the prober's small amount of state (what is cached forever, what
+the agent's lifecycle says).
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import aiohttp
+
+from agent.sidecar import envoy, logs
+
+log = logs.get()
+
+
+class AdminError(Exception):
+    """Envoy's admin API did not answer, or answered non-200."""
+
+
+class AdminClient:
+    """HTTP client for Envoy's admin listener on 127.0.0.1:<proxyAdminPort>."""
+
+    def __init__(self, port: int, session: aiohttp.ClientSession, host: str = "127.0.0.1"):
+        self.base = f"http://{host}:{port}"
+        self.session = session
+
+    async def _call(self, method: str, path: str, timeout: float) -> str:
+        try:
+            async with self.session.request(method, self.base + path,
+                                            timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                body = await resp.text()
+                if resp.status != 200:
+                    raise AdminError(f"{method} {path}: HTTP status code {resp.status}")
+                return body
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise AdminError(f"{method} {path}: {e or type(e).__name__}") from None
+
+    async def stats(self, regex: str, timeout: float = 1.0) -> str:
+        return await self._call("GET", f"/stats?usedonly&filter={regex}", timeout)
+
+    async def drain_listeners(self, inbound_only: bool, skip_exit: bool = False, timeout: float = 5.0) -> None:
+        query = "&".join(q for q in ("inboundonly" if inbound_only else "", "graceful",
+                                     "skip_exit" if skip_exit else "") if q)
+        await self._call("POST", f"/drain_listeners?{query}", timeout)
+
+    async def active_connections(self, excluded_ports: tuple[int, ...], timeout: float = 2.0) -> int | None:
+        return envoy.active_connections(await self.stats(envoy.ACTIVE_CX_STATS, timeout), excluded_ports)
+
+
+class ReadinessProbe:
+    """`await check()` -> None when ready, else Istio's reason text. Probers in Istio's order:
+
+    1. config received from xDS (skipped in standalone mode; cached forever after the first success);
+    2. the agent is not terminating (`server is terminated: <cause>`) and Envoy is running;
+    3. Envoy LIVE with workers started (cached forever after the first success).
+    `envoy_restarted()` clears both caches: a new Envoy must get its config and go LIVE again.
+    """
+
+    def __init__(self, admin: AdminClient, *, standalone: bool, on_first_ready: Callable[[float], None],
+                 process_start: float, clock: Callable[[], float] = time.time):
+        self.admin = admin
+        self.standalone = standalone
+        self.on_first_ready = on_first_ready
+        self.process_start = process_start
+        self.clock = clock
+        self.terminated: str | None = None
+        self.envoy_down: str | None = None
+        self._config_ok = standalone
+        self._live_ok = False
+        self._ever_ready = False
+        self._last_failed = True
+
+    def terminate(self, cause: str) -> None:
+        self.terminated = cause
+
+    def envoy_restarted(self) -> None:
+        self._config_ok = self.standalone
+        self._live_ok = False
+        self.envoy_down = None
+
+    async def reason(self) -> str | None:
+        if not self._config_ok:
+            try:
+                why = envoy.config_reason(envoy.parse_stats(await self.admin.stats(envoy.CONFIG_STATS, 1.0)))
+            except AdminError as e:
+                return str(e)
+            if why:
+                return why
+            self._config_ok = True
+        if self.terminated:
+            return f"server is terminated: {self.terminated}"
+        if self.envoy_down:
+            return self.envoy_down
+        if not self._live_ok:
+            try:
+                why = envoy.live_reason(await self.admin.stats(envoy.LIVE_STATS, 3.0))
+            except AdminError as e:
+                return str(e)
+            if why:
+                return why
+            self._live_ok = True
+            if not self._ever_ready:
+                self._ever_ready = True
+                took = self.clock() - self.process_start
+                self.on_first_ready(took)
+                log.info(f"Readiness succeeded in {took:.3f}s", startup_duration_seconds=round(took, 3))
+        return None
+
+    async def check(self) -> str | None:
+        why = await self.reason()
+        if why:
+            log.warning(f"Envoy proxy is NOT ready: {why}")
+            self._last_failed = True
+        elif self._last_failed:
+            log.info("Envoy proxy is ready")
+            self._last_failed = False
+        return why

@@ -1,0 +1,258 @@
+"""`pilot-agent proxy [sidecar]`: the edge of the sidecar path.
+
+Phases, in order (each failure before Envoy starts is one line on stderr and exit 255, with no Envoy
+running and no bootstrap left behind):
+
+1. startup:  load the config, configure logs, validate probes/metrics targets, check the Envoy binary,
+             bind the status port and check Envoy's ports, write the bootstrap, spawn Envoy.
+             Envoy is spawned *before* aiohttp/prometheus_client are imported: Envoy's own start-up
+             then overlaps the agent's imports (start-up time is what a pod waits for).
+2. serve:    build the adapters (admin client, readiness, metrics, status server) and hand them to
+             the supervisor (agent.sidecar.run), which runs until an exit path is taken.
+3. cleanup:  in reverse order, each step surviving the previous one's failure: status server, HTTP
+             session, Envoy (killed if still there), bootstrap file.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+from agent.exitcodes import Exit
+
+_T0 = time.monotonic()
+
+
+class StartupError(Exception):
+    """A start-up failure; the message is the one line printed to stderr."""
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"Error: {message}\n")
+    sys.stderr.flush()
+    return Exit.USAGE
+
+
+def _host_ips() -> list[str]:
+    """Non-loopback interface addresses (spec §4.1), read from the kernel without extra imports."""
+    ips: list[str] = []
+    try:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for info in socket.getaddrinfo(socket.gethostname(), None, family, socket.SOCK_STREAM):
+                ip = info[4][0]
+                if not ip.startswith("127.") and ip != "::1" and ip not in ips:
+                    ips.append(ip)
+    except OSError:
+        pass
+    return ips
+
+
+def _listener_addresses(data: Mapping[str, Any]) -> list[tuple[str, int, str]]:
+    """(address, port, what) of every socket Envoy will bind per the bootstrap."""
+    out = []
+    admin = data.get("admin", {}).get("address", {}).get("socket_address", {})
+    if admin.get("port_value"):
+        out.append((admin.get("address", "127.0.0.1"), int(admin["port_value"]), "proxyAdminPort"))
+    for lis in data.get("static_resources", {}).get("listeners", []):
+        sa = lis.get("address", {}).get("socket_address", {})
+        if sa.get("port_value"):
+            out.append((sa.get("address", "0.0.0.0"), int(sa["port_value"]), f"listener {lis.get('name', '?')}"))
+    return out
+
+
+def check_port_free(address: str, port: int, what: str) -> None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError as e:
+            raise StartupError(f"{what}: port {port} on {address} is not available: {e.strerror}") from None
+
+
+def _check_binary(path: str) -> None:
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise StartupError(f"--binaryPath: Envoy binary {path!r} not found or not executable")
+
+
+def _remove(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    from agent import flags
+    from agent.sidecar import config as sidecar_config
+
+    args = list(argv)
+    if "-h" in args or "--help" in args:
+        sys.stdout.write(flags.usage("pilot-agent proxy [sidecar|router] [flags]", sidecar_config.PROXY_FLAGS))
+        return Exit.OK
+    try:
+        cfg = sidecar_config.load(args, environ, host_ips=_host_ips())
+    except (sidecar_config.ConfigError, flags.UsageError) as e:
+        return _fail(str(e))
+    from agent.sidecar import logs
+
+    try:
+        logs.configure(cfg.log_output_level, cfg.log_as_json, cfg.log_target)
+    except (logs.LogConfigError, OSError) as e:
+        return _fail(str(e))
+    try:
+        plan = _prepare(cfg, environ)
+    except StartupError as e:
+        return _fail(str(e))
+    return _start_and_serve(cfg, plan)
+
+
+def _prepare(cfg: Any, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Everything that can fail cleanly before anything is written or started."""
+    from agent.sidecar import bootstrap, envoy, probes
+
+    try:
+        probers = probes.parse_probers(cfg.app_probers)
+    except probes.ProbeConfigError as e:
+        raise StartupError(str(e)) from None
+    targets = None
+    if cfg.proxy_type == "sidecar":
+        from agent.sidecar.metrics import MetricsConfigError, scrape_targets
+
+        try:
+            targets = scrape_targets(cfg.prometheus_annotations_raw or None, cfg.status_port)
+        except MetricsConfigError as e:
+            raise StartupError(str(e)) from None
+    _check_binary(cfg.binary_path)
+    data = None if cfg.custom_config_file else bootstrap.build_bootstrap(cfg)
+    status_sock = None
+    if cfg.status_port:
+        from agent.sidecar.status import bind
+
+        try:
+            status_sock = bind(cfg.status_port)
+        except OSError as e:
+            raise StartupError(f"--statusPort: port {cfg.status_port} is not available: {e.strerror}") from None
+    try:
+        addresses = _listener_addresses(data) if data else [("127.0.0.1", cfg.admin_port, "proxyAdminPort")]
+        for address, port, what in addresses:
+            check_port_free(address, port, what)
+        path = bootstrap.write_bootstrap(cfg, data) if data else cfg.custom_config_file
+    except (StartupError, OSError) as e:
+        if status_sock:
+            status_sock.close()
+        raise StartupError(str(e) if isinstance(e, StartupError) else f"--configPath: cannot write bootstrap: {e}") from None
+    argv = envoy.envoy_args(
+        cfg.binary_path, path, drain_duration=cfg.drain_duration, node_ips=cfg.instance_ips,
+        file_flush_interval_ms=cfg.file_flush_interval_ms, proxy_log_level=cfg.proxy_log_level,
+        proxy_component_log_level=cfg.proxy_component_log_level,
+        skip_deprecated_logs=cfg.skip_deprecated_logs, enable_core_dump=cfg.enable_core_dump,
+        concurrency=cfg.concurrency)
+    return {"probers": probers, "targets": targets, "status_sock": status_sock, "argv": argv,
+            "bootstrap": None if cfg.custom_config_file else path}
+
+
+def _start_and_serve(cfg: Any, plan: dict[str, Any]) -> int:
+    from agent.sidecar import logs, reaper
+
+    log = logs.get()
+    try:
+        proc = reaper.spawn(plan["argv"])
+    except OSError as e:
+        _remove(plan["bootstrap"])
+        return _fail(f"--binaryPath: cannot start Envoy {cfg.binary_path!r}: {e.strerror or e}")
+    log.info("Envoy started", pid=proc.pid, argv=" ".join(plan["argv"]),
+             seconds_since_start=round(time.monotonic() - _T0, 3))
+    envoy_ref = [proc]
+    try:
+        _log_config(cfg)
+        import asyncio
+
+        code = asyncio.run(_serve(cfg, plan, envoy_ref))
+    except BaseException as e:
+        log.error("agent failed", error=repr(e))
+        code = Exit.FAILURE
+    finally:
+        _kill_leftover(envoy_ref[0])
+        _remove(plan["bootstrap"])
+    return code
+
+
+def _log_config(cfg: Any) -> None:
+    from agent.sidecar import config as sidecar_config
+    from agent.sidecar import logs
+
+    log = logs.get()
+    for name, value in sorted(cfg.flag_values.items()):
+        log.debug(f'FLAG: --{name}="{value}"')
+    for warning in cfg.warnings:
+        log.warning(warning)
+    if cfg.unknown_flags:
+        log.warning("unknown flags ignored", flags=" ".join(cfg.unknown_flags))
+    log.info("Effective config", config=sidecar_config.effective_config_summary(cfg))
+
+
+def _kill_leftover(proc: Any) -> None:
+    """Whatever happened, no Envoy outlives the agent's return."""
+    if proc is None or proc.popen.returncode is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        os.waitpid(proc.pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+    proc.popen.returncode = -9
+
+
+async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list) -> int:
+    """Build the adapters and run the supervisor. The heavy imports happen here, while Envoy starts."""
+    import aiohttp
+
+    from agent.sidecar import drain, envoy, logs, reaper
+    from agent.sidecar.admin import AdminClient, ReadinessProbe
+    from agent.sidecar.metrics import AgentMetrics, MetricsMerger
+    from agent.sidecar.probes import AppProber
+    from agent.sidecar.run import Supervision, Supervisor
+    from agent.sidecar.status import StatusDeps, StatusServer
+
+    process_start = time.time() - (time.monotonic() - _T0)
+    metrics = AgentMetrics(envoy_pid=lambda: envoy_ref[0].pid if envoy_ref[0] and envoy_ref[0].popen.returncode is None else None)
+    session = aiohttp.ClientSession(auto_decompress=True)
+    admin = AdminClient(cfg.admin_port, session)
+    readiness = ReadinessProbe(admin, standalone=cfg.standalone, process_start=process_start,
+                               on_first_ready=metrics.startup_duration.set)
+
+    def spawn() -> reaper.EnvoyProcess:
+        envoy_ref[0] = reaper.spawn(plan["argv"])
+        return envoy_ref[0]
+
+    sup = Supervisor(Supervision(
+        envoy=envoy_ref[0], spawn=spawn, admin=admin, readiness=readiness,
+        on_restart=metrics.envoy_restarts.inc,
+        budget=envoy.RestartBudget(cfg.restart_budget, cfg.restart_window, base_delay=cfg.restart_backoff),
+        drain_policy=drain.DrainPolicy.from_config(cfg), inbound_only=cfg.proxy_type == "sidecar",
+        excluded_ports=(cfg.envoy_status_port, cfg.envoy_prometheus_port)))
+    server = None
+    try:
+        if plan["status_sock"] is not None:
+            merger = MetricsMerger(metrics, session, log=logs.get(),
+                                   envoy_port=cfg.envoy_prometheus_port if cfg.merge_envoy_stats else None,
+                                   targets=plan["targets"])
+            prober = AppProber(plan["probers"], pod_ip=cfg.instance_ip, status_port=cfg.status_port,
+                               legacy_localhost=cfg.probe_legacy_localhost)
+            server = StatusServer(StatusDeps(readiness.check, prober, merger, sup.request_drain, sup.request_quit,
+                                             cfg.metrics_localhost_access_only), plan["status_sock"])
+            await server.start()
+            logs.get().info("status server listening", port=cfg.status_port)
+        return await sup.run()
+    finally:
+        for step in ((server.stop if server else None), session.close):
+            if step is not None:
+                try:
+                    await step()
+                except Exception as e:  # keep cleaning up
+                    logs.get().warning("cleanup step failed", error=repr(e))

@@ -1,0 +1,77 @@
+"""When to stop waiting during a graceful drain (spec §7.3), as one pure function.
+
+The controller (agent.sidecar.run) asks `decide()` after every wake-up and does what it says:
+
+- default mode: wait `terminationDrainDuration` after the inbound listeners were told to drain;
+- exit-on-zero mode (`EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true`): wait `MINIMUM_DRAIN_DURATION`, then poll
+  Envoy's `downstream_cx_active` every second until it is zero; a missing stat stops at once, and
+  five polls in a row that fail stop too. `terminationDrainDuration` does not bound this mode (only
+  kubelet's terminationGracePeriodSeconds does), as in Istio.
+
+Envoy exiting by itself and a second signal are handled by the controller: they end any wait.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+#: `active_connections` value meaning "the stat is absent from Envoy's answer" (empty body).
+NO_STAT = -1
+#: `active_connections` value meaning "the last poll failed" (Envoy did not answer).
+POLL_FAILED = -2
+
+
+class Action(str, Enum):
+    WAIT = "wait"  # sleep `seconds` (ended early by Envoy exiting or a second signal)
+    POLL = "poll"  # ask Envoy for downstream_cx_active now
+    STOP = "stop"  # stop Envoy and exit
+
+
+@dataclass(frozen=True)
+class Step:
+    action: Action
+    seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class DrainPolicy:
+    termination_drain: float = 5.0
+    exit_on_zero: bool = False
+    minimum_drain: float = 5.0
+    poll_interval: float = 1.0
+    max_poll_errors: int = 5
+
+    @classmethod
+    def from_config(cls, cfg: object) -> "DrainPolicy":
+        return cls(
+            termination_drain=float(getattr(cfg, "termination_drain_duration", 5.0)),
+            exit_on_zero=bool(getattr(cfg, "exit_on_zero_active_connections", False)),
+            minimum_drain=float(getattr(cfg, "minimum_drain_duration", 5.0)),
+        )
+
+
+def decide(elapsed: float, active_connections: int | None, cfg: DrainPolicy, *, poll_errors: int = 0) -> Step:
+    """Next step, `elapsed` seconds after the drain began.
+
+    `active_connections`: None = not polled since the last wait; NO_STAT = stat absent;
+    POLL_FAILED = the last poll failed; else the sum. `poll_errors`: consecutive failed polls.
+    """
+    if not cfg.exit_on_zero:
+        left = cfg.termination_drain - elapsed
+        if left > 0:
+            return Step(Action.WAIT, left, "termination drain duration")
+        return Step(Action.STOP, reason="termination drain duration elapsed")
+    if elapsed < cfg.minimum_drain:
+        return Step(Action.WAIT, cfg.minimum_drain - elapsed, "minimum drain duration")
+    if active_connections is None:
+        return Step(Action.POLL, reason="check active connections")
+    if active_connections == POLL_FAILED:
+        if poll_errors >= cfg.max_poll_errors:
+            return Step(Action.STOP, reason=f"active connections unknown after {poll_errors} failed polls")
+        return Step(Action.WAIT, cfg.poll_interval, "retry active connections")
+    if active_connections == NO_STAT:
+        return Step(Action.STOP, reason="downstream_cx_active stat not present")
+    if active_connections <= 0:
+        return Step(Action.STOP, reason="zero active connections")
+    return Step(Action.WAIT, cfg.poll_interval, f"{active_connections} active connections")

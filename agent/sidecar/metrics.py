@@ -1,0 +1,239 @@
+"""The agent's own Prometheus registry and the merged `/stats/prometheus` endpoint (spec §6.5, §8).
+
+Merging is plain concatenation in Istio's order: agent metrics (all `istio_agent_*`), then Envoy's
+(from its :15090 listener), then the app's (ISTIO_PROMETHEUS_ANNOTATIONS), so an OpenMetrics `# EOF`
+from the app ends the document. A failing source is counted in
+`istio_agent_scrape_failures_total{type=agent|envoy|application}` and skipped; the answer is always 200.
+
+The pure parts (targets, Accept negotiation, joining) import nothing heavy: the edge validates
+ISTIO_PROMETHEUS_ANNOTATIONS before spawning Envoy. aiohttp, prometheus_client and psutil are
+imported when the registry and merger are built, after Envoy is on its way.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+
+TEXT = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_1 = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+OPENMETRICS_0 = "application/openmetrics-text; version=0.0.1; charset=utf-8"
+DEFAULT_ACCEPT = "text/plain;version=0.0.4"
+RESERVED_PORTS = frozenset({15000, 15001, 15004, 15006, 15008, 15020, 15021, 15053, 15090})
+BODY_CAP = 10 * 1024 * 1024
+
+
+class MetricsConfigError(ValueError):
+    """Bad ISTIO_PROMETHEUS_ANNOTATIONS; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Target:
+    port: int
+    path: str = "/metrics"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure parts
+
+
+def _target_port(text: Any, status_port: int) -> int:
+    try:
+        port = int(str(text), 10)
+    except ValueError:
+        raise MetricsConfigError(f"invalid ISTIO_PROMETHEUS_ANNOTATIONS: port {text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise MetricsConfigError(f"invalid ISTIO_PROMETHEUS_ANNOTATIONS: port {text!r} out of range")
+    if port == status_port:
+        raise MetricsConfigError(f"invalid ISTIO_PROMETHEUS_ANNOTATIONS: port {port} is the status port (recursive scrape)")
+    if port in RESERVED_PORTS:
+        raise MetricsConfigError(f"invalid ISTIO_PROMETHEUS_ANNOTATIONS: port {port} is reserved by Istio")
+    return port
+
+
+def scrape_targets(raw: str | Mapping[str, Any] | None, status_port: int) -> list[Target] | None:
+    """ISTIO_PROMETHEUS_ANNOTATIONS -> the app targets to scrape, or None (no app scraping)."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise MetricsConfigError(f"invalid ISTIO_PROMETHEUS_ANNOTATIONS (not JSON): {raw[:80]!r}") from None
+    if not isinstance(raw, Mapping):
+        raise MetricsConfigError("invalid ISTIO_PROMETHEUS_ANNOTATIONS: expected a JSON object")
+    if str(raw.get("scrape", "")).lower() == "false":
+        return None
+    targets = raw.get("targets")
+    if isinstance(targets, str):
+        try:
+            targets = json.loads(targets)
+        except ValueError:
+            raise MetricsConfigError(f"invalid ISTIO_PROMETHEUS_ANNOTATIONS: targets {targets!r}") from None
+    if not targets:
+        return [Target(_target_port(raw.get("port") or "80", status_port), str(raw.get("path") or "/metrics"))]
+    return [Target(_target_port(t.get("port"), status_port), str(t.get("path") or "/metrics")) for t in targets]
+
+
+def negotiate_accept(header: str | None, openmetrics: bool) -> str:
+    """Rewrite a scraper's Accept for an upstream: text only for Envoy, plus OpenMetrics for the app."""
+    if not header:
+        return DEFAULT_ACCEPT
+    kept: list[str] = []
+    for part in header.split(","):
+        params = [p.strip() for p in part.split(";") if p.strip()]
+        if not params:
+            continue
+        media = params[0].lower()
+        rest = [p for p in params[1:] if not p.lower().startswith("q=")]
+        if media in ("*", "*/*"):
+            value = DEFAULT_ACCEPT
+        elif media == "application/*" and openmetrics:
+            value = "application/openmetrics-text;version=0.0.1"
+        elif media in ("text/*", "text/plain") or (openmetrics and media == "application/openmetrics-text"):
+            value = ";".join([media, *rest])
+        else:
+            continue
+        if value not in kept:
+            kept.append(value)
+    if not kept:
+        return DEFAULT_ACCEPT
+    kept = kept[:9]
+    return ",".join(f"{v};q=0.{len(kept) - i}" for i, v in enumerate(kept))
+
+
+def response_content_type(app_types: Sequence[str | None]) -> str:
+    """The merged answer's format follows the app's (first successful target; disagreement -> text)."""
+    formats = set()
+    for ctype in app_types:
+        low = (ctype or "").lower().replace(" ", "")
+        if low.startswith("application/openmetrics-text"):
+            formats.add(OPENMETRICS_1 if "version=1.0.0" in low else OPENMETRICS_0)
+        else:
+            formats.add(TEXT)
+    return formats.pop() if len(formats) == 1 else TEXT
+
+
+def strip_eof(body: bytes) -> bytes:
+    stripped = body.rstrip()
+    if stripped.endswith(b"# EOF"):
+        body = stripped[: -len(b"# EOF")]
+    return body if not body or body.endswith(b"\n") else body + b"\n"
+
+
+def join(agent: bytes, envoy: bytes, apps: Sequence[bytes], content_type: str) -> bytes:
+    """Concatenate in Istio's order; one final `# EOF` when the answer is OpenMetrics."""
+    parts = [strip_eof(b) for b in (agent, envoy, *apps) if b]
+    out = b"".join(parts)
+    return out + b"# EOF\n" if content_type != TEXT else out
+
+
+# ---------------------------------------------------------------------------------------------
+# The agent's registry
+
+
+class EnvoyProcessCollector:
+    """RSS, CPU seconds and open fds of the current Envoy process (psutil), beyond Istio."""
+
+    def __init__(self, envoy_pid: Callable[[], int | None]):
+        self.envoy_pid = envoy_pid
+
+    def collect(self):
+        import psutil
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        pid = self.envoy_pid()
+        if not pid:
+            return
+        try:
+            proc = psutil.Process(pid)
+            with proc.oneshot():
+                rss, cpu = proc.memory_info().rss, proc.cpu_times()
+                fds = proc.num_fds()
+        except (psutil.Error, OSError):
+            return
+        yield GaugeMetricFamily("istio_agent_envoy_process_resident_memory_bytes", "Envoy resident memory", value=rss)
+        yield CounterMetricFamily("istio_agent_envoy_process_cpu_seconds", "Envoy user+system CPU seconds",
+                                  value=cpu.user + cpu.system)
+        yield GaugeMetricFamily("istio_agent_envoy_process_open_fds", "Envoy open file descriptors", value=fds)
+
+
+class AgentMetrics:
+    """Istio's istio_agent_* names (§8) for what this agent does, plus Envoy process gauges."""
+
+    def __init__(self, envoy_pid: Callable[[], int | None] = lambda: None):
+        import prometheus_client
+
+        prometheus_client.disable_created_metrics()  # Istio exposes no *_created series
+        self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.startup_duration = prometheus_client.Gauge(
+            "istio_agent_startup_duration_seconds", "Process start to first successful readiness", registry=reg)
+        self.scrapes = prometheus_client.Counter("istio_agent_scrapes", "Merged metrics requests", registry=reg)
+        self.scrape_failures = prometheus_client.Counter(
+            "istio_agent_scrape_failures", "Failed scrapes per source", ["type"], registry=reg)
+        self.envoy_restarts = prometheus_client.Counter(
+            "istio_agent_envoy_restarts", "Envoy restarts after unexpected exits", registry=reg)
+        for kind in ("agent", "envoy", "application"):
+            self.scrape_failures.labels(kind)
+        prometheus_client.ProcessCollector(namespace="istio_agent", registry=reg)
+        reg.register(EnvoyProcessCollector(envoy_pid))
+
+    def render(self) -> bytes:
+        import prometheus_client
+
+        try:
+            return prometheus_client.generate_latest(self.registry)
+        except Exception:  # one broken collector must not take the endpoint down
+            self.scrape_failures.labels("agent").inc()
+            return b""
+
+
+class MetricsMerger:
+    """Answers one scrape: agent + Envoy + app, never failing as a whole."""
+
+    def __init__(self, metrics: AgentMetrics, session: "aiohttp.ClientSession", *,
+                 envoy_port: int | None, targets: Sequence[Target] | None, log: Any):
+        self.metrics = metrics
+        self.session = session
+        self.envoy_port = envoy_port
+        self.targets = list(targets or [])
+        self.log = log
+
+    async def _fetch(self, kind: str, url: str, headers: Mapping[str, str], timeout: float) -> tuple[bytes, str | None]:
+        import aiohttp
+
+        try:
+            async with self.session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                body = await resp.content.read(BODY_CAP + 1)
+                if resp.status != 200 or len(body) > BODY_CAP:
+                    raise ValueError(f"HTTP status code {resp.status}" if resp.status != 200 else "body over 10 MiB")
+                return body, resp.headers.get("Content-Type")
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as e:
+            self.metrics.scrape_failures.labels(kind).inc()
+            self.log.warning("metrics scrape failed", source=kind, url=url, error=str(e) or type(e).__name__)
+            return b"", None
+
+    async def scrape(self, query: str, headers: Mapping[str, str]) -> tuple[bytes, str]:
+        self.metrics.scrapes.inc()
+        timeout = 5.0
+        try:
+            timeout = float(headers.get("X-Prometheus-Scrape-Timeout-Seconds", "") or timeout)
+        except ValueError:
+            pass
+        fwd = {k: headers[k] for k in ("User-Agent", "X-Prometheus-Scrape-Timeout-Seconds") if k in headers}
+        jobs = []
+        if self.envoy_port:
+            url = f"http://127.0.0.1:{self.envoy_port}/stats/prometheus" + (f"?{query}" if query else "")
+            jobs.append(self._fetch("envoy", url, {**fwd, "Accept": negotiate_accept(headers.get("Accept"), False)}, timeout))
+        app_accept = negotiate_accept(headers.get("Accept"), True)
+        for t in self.targets:
+            jobs.append(self._fetch("application", f"http://127.0.0.1:{t.port}{t.path}", {**fwd, "Accept": app_accept}, timeout))
+        results = await asyncio.gather(*jobs)
+        envoy_body = results[0][0] if self.envoy_port else b""
+        apps = results[1:] if self.envoy_port else results
+        ok_types = [ctype for body, ctype in apps if body]
+        ctype = response_content_type(ok_types) if ok_types else TEXT
+        return join(self.metrics.render(), envoy_body, [b for b, _ in apps if b], ctype), ctype

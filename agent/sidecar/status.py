@@ -1,0 +1,148 @@
+"""The status server on statusPort (15020), spec §6.1, as an aiohttp application.
+
+It is given a readiness probe, the app prober, the metrics merger and two callbacks (drain, quit),
+nothing else: it never imports the orchestrator, so its handlers can be exercised on their own.
+
+| path                                   | method | who      | answer |
+|----------------------------------------|--------|----------|--------|
+| /healthz/ready                         | any    | anyone   | 200 ready / 503 + reason logged |
+| /app-health/<c>/{livez,readyz,startupz}| any    | anyone   | the app's probe result (§6.4), 400 if not configured |
+| /stats/prometheus, /metrics            | any    | anyone*  | merged metrics, always 200 (*loopback only with METRICS_LOCALHOST_ACCESS_ONLY) |
+| /quitquitquit                          | POST   | loopback | 200 OK: stop Envoy without draining, exit 0 |
+| /drain                                 | POST   | loopback | 200 OK: drain inbound listeners for good; the later SIGTERM skips the drain wait |
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # aiohttp is imported when the server is built; bind() runs before Envoy starts
+    from aiohttp import web
+
+    from agent.sidecar.metrics import MetricsMerger
+    from agent.sidecar.probes import AppProber
+
+Callback = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class StatusDeps:
+    readiness: Callable[[], Awaitable["str | None"]]
+    prober: "AppProber"
+    metrics: "MetricsMerger"
+    on_drain: Callback
+    on_quit: Callback
+    metrics_localhost_only: bool = False
+
+
+def is_loopback(peer: str | None) -> bool:
+    if not peer:
+        return False
+    try:
+        addr = ipaddress.ip_address(peer.split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)  # a dual-stack socket shows IPv4 peers as ::ffff:a.b.c.d
+    return (mapped or addr).is_loopback
+
+
+def _peer(request: web.Request) -> str | None:
+    info = request.transport.get_extra_info("peername") if request.transport else None
+    return info[0] if info else None
+
+
+def _local_post(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    from aiohttp import web
+
+    async def guarded(request: "web.Request") -> "web.StreamResponse":
+        if request.method != "POST":
+            return web.Response(status=405, text="Method Not Allowed")
+        if not is_loopback(_peer(request)):
+            return web.Response(status=403, text="Only requests from localhost are allowed")
+        return await handler(request)
+
+    return guarded
+
+
+def make_app(deps: StatusDeps) -> "web.Application":
+    from aiohttp import web
+
+    async def ready(_request: web.Request) -> web.Response:
+        reason = await deps.readiness()
+        return web.Response(status=503 if reason else 200)
+
+    async def app_health(request: web.Request) -> web.Response:
+        result = await deps.prober.probe(request.path, request.headers)
+        return web.Response(status=result.status, body=result.body, headers=result.headers)
+
+    async def stats(request: web.Request) -> web.Response:
+        if deps.metrics_localhost_only and not is_loopback(_peer(request)):
+            return web.Response(status=403, text="Only requests from localhost are allowed")
+        body, ctype = await deps.metrics.scrape(request.query_string, request.headers)
+        resp = web.Response(status=200, body=body)
+        resp.headers["Content-Type"] = ctype
+        return resp
+
+    async def quit_(_request: web.Request) -> web.Response:
+        await deps.on_quit()
+        return web.Response(text="OK")
+
+    async def drain(_request: web.Request) -> web.Response:
+        await deps.on_drain()
+        return web.Response(text="OK")
+
+    app = web.Application()
+    app.router.add_route("*", "/healthz/ready", ready)
+    app.router.add_route("*", r"/app-health/{container}/{kind}", app_health)
+    app.router.add_route("*", r"/app-lifecycle/{container}/{kind}", app_health)
+    app.router.add_route("*", "/stats/prometheus", stats)
+    app.router.add_route("*", "/metrics", stats)
+    app.router.add_route("*", "/quitquitquit", _local_post(quit_))
+    app.router.add_route("*", "/drain", _local_post(drain))
+    return app
+
+
+def bind(port: int) -> socket.socket:
+    """Bind the status port before Envoy starts, so 'port in use' fails start-up cleanly.
+
+    Dual-stack (`[::]:port` with IPV6_V6ONLY off) like Go's `:15020`; IPv4-only hosts fall back.
+    """
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        addr: tuple = ("::", port)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        addr = ("0.0.0.0", port)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class StatusServer:
+    """runner/site split as in aiohttp's web_runner: start() on a pre-bound socket, stop() always."""
+
+    def __init__(self, deps: StatusDeps, sock: socket.socket):
+        from aiohttp import web
+
+        self.runner = web.AppRunner(make_app(deps), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+        self.sock = sock
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        await self.runner.setup()
+        await web.SockSite(self.runner, self.sock).start()
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
