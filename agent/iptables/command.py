@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from typing import Mapping, Sequence, TextIO
+from typing import Callable, Mapping, Sequence, TextIO
 
 from agent import flags
 from agent.exitcodes import Exit
@@ -48,7 +48,8 @@ def help_text() -> str:
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str], *, stdout: TextIO | None = None,
-        stderr: TextIO | None = None) -> int:
+        stderr: TextIO | None = None, gather: Callable[..., host.HostFacts] = host.gather) -> int:
+    """The mode's entry point (agent.cli). Tests inject stdout/stderr and the host-facts reader."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
         parsed = flags.parse(all_flags(), argv, environ, allow_unknown=False)
@@ -68,7 +69,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str], *, stdout: TextIO | Non
         log.error("--native-nftables is not supported by this implementation; use the iptables backend")
         return Exit.FAILURE
     try:
-        facts = host.gather(dual_stack=cfg.dual_stack, need_dns=cfg.redirect_dns and not cfg.capture_all_dns)
+        facts = gather(dual_stack=cfg.dual_stack, need_dns=cfg.redirect_dns and not cfg.capture_all_dns)
     except host.HostError as e:
         log.error("%s", e)
         return Exit.FAILURE

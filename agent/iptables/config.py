@@ -315,9 +315,18 @@ def _proxy_ids(check: _Checker, user_id: Callable[[str], int | None],
     if not uid_text:
         uid = user_id(check.environ.get("ENVOY_USER", "istio-proxy"))
         uid_text = str(uid) if uid is not None else "1337"
+    before = len(check.problems)
     uids = check.owners("proxy_uid", uid_text, user_id, "uid")
-    gid_text = check.value("proxy_gid") or uid_text
+    gid_text = check.value("proxy_gid")
+    if not gid_text:
+        if len(check.problems) > before:
+            return uids, uids  # one line for one bad value: -g only inherits -u's problem
+        gid_text = uid_text
+    before = len(check.problems)
     gids = check.owners("proxy_gid", gid_text, group_id, "gid")
+    if len(check.problems) > before and not check.value("proxy_gid"):
+        p = check.problems[-1]
+        check.problems[-1] = Problem(p.setting, p.value, p.reason + " (-g defaults to the -u value)")
     return uids, gids
 
 
