@@ -231,13 +231,13 @@ class _Checker:
     """Collects problems while converting flag values; one instance per load()."""
 
     def __init__(self, parsed: Any, environ: Mapping[str, str]) -> None:
-        self.parsed, self.environ, self.problems = parsed, environ, []
+        self.parsed, self.env, self.problems = parsed, environ, []
 
     def value(self, attr: str) -> Any:
         return self.parsed.values[attr]
 
     def bad(self, attr: str, value: str, reason: str) -> None:
-        self.problems.append(Problem(_setting(self.parsed, _BY_ATTR[attr], self.environ), value, reason))
+        self.problems.append(Problem(_setting(self.parsed, _BY_ATTR[attr], self.env), value, reason))
 
     def port(self, attr: str) -> str:
         text = self.value(attr)
@@ -313,7 +313,7 @@ def _proxy_ids(check: _Checker, user_id: Callable[[str], int | None],
     """§1.5 steps 2-3: empty -u is ENVOY_USER's uid (1337 if unknown); empty -g is the -u value."""
     uid_text = check.value("proxy_uid")
     if not uid_text:
-        uid = user_id(check.environ.get("ENVOY_USER", "istio-proxy"))
+        uid = user_id(check.env.get("ENVOY_USER", "istio-proxy"))
         uid_text = str(uid) if uid is not None else "1337"
     before = len(check.problems)
     uids = check.owners("proxy_uid", uid_text, user_id, "uid")

@@ -1,0 +1,167 @@
+"""The istio-iptables command: dry-run transcript on stdout only, DRY_RUN_FILE_PATH, --help, exit codes."""
+from __future__ import annotations
+
+import io
+import os
+import re
+
+import pytest
+
+from agent import cli
+from agent.iptables import command, config
+from agent.iptables.host import HostError, HostFacts
+
+from ._support import transcript
+
+INIT = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
+        "-d", "15090,15020"]
+
+
+class Host:
+    """A fake host-facts reader that records whether it was asked (the kernel-untouched check)."""
+
+    def __init__(self, facts: HostFacts | None = None, error: str | None = None) -> None:
+        self.facts, self.error, self.calls = facts or HostFacts(), error, []
+
+    def __call__(self, **kw) -> HostFacts:
+        self.calls.append(kw)
+        if self.error:
+            raise HostError(self.error)
+        return self.facts
+
+
+def run(argv, env=None, host=None):
+    out, err = io.StringIO(), io.StringIO()
+    rc = command.run(argv, env or {}, stdout=out, stderr=err, gather=host or Host())
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_dry_run_prints_the_transcript_and_nothing_else_on_stdout():
+    rc, out, err = run(["-n", *INIT])
+    assert rc == 0
+    assert out == transcript(INIT)
+    assert out.startswith("iptables-save\nip6tables-save\n* nat\n") and out.endswith("COMMIT\niptables-save\n")
+    assert err and all(re.match(r"\S+Z\t(info|warn|debug)\t", line) for line in err.splitlines())
+
+
+def test_dry_run_ipv6_transcript_has_both_families():
+    rc, out, _ = run(["-n", *INIT], host=Host(HostFacts(enable_ipv6=True, host_ip="2001:db8::2")))
+    assert rc == 0 and out.count("* nat\n") == 2 and out.endswith("iptables-save\nip6tables-save\n")
+
+
+def test_dry_run_from_env():
+    rc, out, _ = run([], {"DRY_RUN": "true", "ISTIO_INBOUND_PORTS": "*"})
+    assert rc == 0 and "-A ISTIO_INBOUND -p tcp -j ISTIO_IN_REDIRECT" in out
+
+
+def test_dry_run_file_is_written_without_truncation(tmp_path):
+    path = tmp_path / "transcript"
+    path.write_text("x" * 5000)
+    rc, out, _ = run(["-n", *INIT], {"DRY_RUN_FILE_PATH": str(path)})
+    content = path.read_text()
+    assert rc == 0 and content.startswith(out) and content[len(out):] == "x" * (5000 - len(out))
+
+
+def test_dry_run_file_created(tmp_path):
+    path = tmp_path / "t"
+    rc, out, _ = run(["-n", *INIT], {"DRY_RUN_FILE_PATH": str(path)})
+    assert path.read_text() == out
+
+
+def test_skip_rule_apply_records_nothing():
+    rc, out, _ = run(["-n", "--skip-rule-apply", *INIT])
+    assert rc == 0 and out == ""
+
+
+def test_cleanup_only_dry_run():
+    rc, out, _ = run(["-n", "--cleanup-only", *INIT])
+    assert rc == 0 and out.splitlines()[2] == "iptables -t nat -D ISTIO_OUTPUT -j ISTIO_REDIRECT"
+
+
+def test_dns_needs_resolv_conf_only_when_not_capturing_all():
+    h = Host()
+    run(["-n", "--redirect-dns"], host=h)
+    run(["-n", "--redirect-dns", "--capture-all-dns"], host=h)
+    run(["-n", "--dual-stack"], host=h)
+    assert h.calls == [{"dual_stack": False, "need_dns": True}, {"dual_stack": False, "need_dns": False},
+                       {"dual_stack": True, "need_dns": False}]
+
+
+def test_redirect_dns_without_servers_warns_and_is_off():
+    rc, out, err = run(["-n", "--redirect-dns"])
+    assert rc == 0 and "ISTIO_OUTPUT_DNS" not in out and "\twarn\t" in err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["-p", "0"], '"0" for -p/--envoy-port'),
+        (["-b", "80,x"], '"80,x" for -b/--istio-inbound-ports'),
+        (["-x", "*"], '"*" for -x/--istio-service-exclude-cidr'),
+        (["-i", "10.0.0.0"], '"10.0.0.0" for -i/--istio-service-cidr'),
+        (["-m", "NAT"], '"NAT" for -m/--istio-inbound-interception-mode'),
+        (["-u", "no-such-user-xyz"], '"no-such-user-xyz" for -u/--proxy-uid'),
+        (["-t", "mark"], '"mark" for -t/--istio-inbound-tproxy-mark'),
+        (["--bogus"], "unknown flag: --bogus"),
+        (["-n=maybe"], 'invalid argument "maybe" for "--dry-run" flag'),
+        (["--iptables-probe-port", "70000"], '"70000" for "--iptables-probe-port"'),
+    ],
+)
+@pytest.mark.parametrize("dry", [True, False])
+def test_bad_input_one_line_exit_255_nothing_touched(argv, needle, dry):
+    h = Host()
+    rc, out, err = run((["-n"] if dry else []) + argv, host=h)
+    assert rc == 255
+    assert out == "" and err.count("\n") == 1 and err.startswith("Error: ") and needle in err
+    assert h.calls == []  # failed before even reading the host, let alone the kernel
+
+
+def test_bad_env_only_setting_exits_1_like_istio():
+    h = Host()
+    rc, out, err = run(["-n"], {"ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": "10.0.0.0/8"}, host=h)
+    assert rc == 1 and out == "" and "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR" in err and h.calls == []
+
+
+@pytest.mark.parametrize("error", ["no valid local IP address found", "failed to load /etc/resolv.conf: gone"])
+def test_host_errors_exit_1(error):
+    rc, out, err = run(["-n"], host=Host(error=error))
+    assert rc == 1 and out == "" and error in err
+
+
+def test_native_nftables_is_refused():
+    rc, out, err = run(["-n", "--native-nftables"])
+    assert rc == 1 and out == "" and "native-nftables" in err
+
+
+def test_log_output_level_none_silences_stderr():
+    rc, out, err = run(["-n", "--log_output_level=default:none", "--log_as_json", *INIT])
+    assert rc == 0 and err == "" and out
+
+
+def test_help_lists_every_flag_with_env_and_default():
+    rc, out, err = run(["--help"])
+    assert rc == 0 and err == ""
+    for flag in config.FLAGS:
+        line = next(l for l in out.splitlines() if re.match(rf"\s+(-\w, )?--{flag.name}\b", l))
+        assert (flag.short is None) or f"-{flag.short}, " in line
+        assert all(var in line for var in flag.env)
+        assert "(default " in line
+    for var, _, _ in config.ENV_ONLY:
+        assert var in out
+    for name in ("log_output_level", "log_as_json", "log_target", "log_caller", "log_stacktrace_level"):
+        assert f"--{name}" in out
+
+
+def test_cli_dispatches_help(capsys):
+    assert cli.main(["istio-iptables", "-h"]) == 0
+    assert "--istio-inbound-ports" in capsys.readouterr().out
+
+
+def test_cli_usage_error(capsys):
+    assert cli.main(["istio-iptables", "--nope"]) == 255
+    assert capsys.readouterr().err == "Error: unknown flag: --nope\n"
+
+
+def test_console_scripts_are_installed():
+    assert os.access("/opt/agent/bin/istio-iptables", os.X_OK)
+    assert os.access("/opt/agent/bin/pilot-agent", os.X_OK)

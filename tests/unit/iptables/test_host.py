@@ -1,0 +1,73 @@
+"""Host facts: IPv6 detection / HostIP (spec §1.5 step 4), resolv.conf parsing (step 5), netlink dump."""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from agent.iptables import host
+from agent.iptables.host import HostError, detect_ip, parse_resolv_conf
+
+
+@pytest.mark.parametrize(
+    "addresses, dual, expected",
+    [
+        (["127.0.0.1", "198.18.0.2", "::1", "fe80::1"], False, (False, "198.18.0.2")),
+        (["127.0.0.1", "::1", "2001:db8::2", "fe80::1"], False, (True, "2001:db8::2")),
+        (["127.0.0.1", "198.18.0.2", "::1", "2001:db8::2"], False, (False, "198.18.0.2")),
+        (["127.0.0.1", "198.18.0.2", "::1", "2001:db8::2"], True, (True, "198.18.0.2")),
+        (["198.18.0.2"], True, (False, "198.18.0.2")),
+        (["169.254.1.1", "fe80::1", "ff02::1", "224.0.0.5", "198.18.0.3"], False, (False, "198.18.0.3")),
+        (["::ffff:127.0.0.1", "::ffff:198.18.0.4"], False, (False, "198.18.0.4")),  # v4-mapped unwrapped
+    ],
+)
+def test_detect_ip(addresses, dual, expected):
+    assert detect_ip(addresses, dual) == expected
+
+
+@pytest.mark.parametrize("addresses", [[], ["127.0.0.1", "::1"], ["fe80::1", "169.254.0.1"]])
+def test_no_usable_address_is_an_error(addresses):
+    with pytest.raises(HostError, match="no valid local IP address found"):
+        detect_ip(addresses, False)
+
+
+def test_parse_resolv_conf_canonicalises_like_go():
+    text = """# comment
+; other comment
+nameserver 127.0.0.53
+nameserver ::127.0.0.53
+nameserver 2001:DB8::1
+nameserver ::ffff:10.0.0.1
+nameserver fe80::1%eth0
+nameserver not-an-ip
+nameserver
+search example.com
+options ndots:5
+  nameserver   10.0.0.2   # trailing
+"""
+    assert parse_resolv_conf(text) == (("127.0.0.53", "10.0.0.1", "10.0.0.2"), ("::7f00:35", "2001:db8::1"))
+
+
+def test_parse_resolv_conf_without_servers():
+    assert parse_resolv_conf("search x\n") == ((), ())
+
+
+def test_unreadable_resolv_conf_is_an_error(tmp_path):
+    with pytest.raises(HostError, match="failed to load"):
+        host.read_resolv_conf(str(tmp_path / "missing"))
+
+
+def test_netlink_dump_lists_loopback_and_matches_proc():
+    addrs = host.interface_addresses()
+    assert "127.0.0.1" in addrs and all(ipaddress.ip_address(a) for a in addrs)
+    v4 = [a for a in addrs if ":" not in a]
+    assert addrs[: len(v4)] == v4  # Go's order: every IPv4 address first
+    assert set(host._proc_addresses()) == {a for a in addrs if ":" in a}
+
+
+def test_name_lookups():
+    assert host.user_id("root") == 0
+    assert host.group_id("root") == 0
+    assert host.user_id("no-such-user-xyz") is None
+    assert host.group_id("no-such-group-xyz") is None
+    assert host.user_id("bad\0name") is None
