@@ -59,7 +59,7 @@ def locality(cfg: SidecarConfig) -> dict[str, str]:
 
 def pilot_san(cfg: SidecarConfig) -> list[str]:
     """PILOT_SAN: the istiod name Envoy checks in the server certificate, only for MUTUAL_TLS."""
-    return [cfg.istiod_san] if cfg.control_plane_auth_policy == "MUTUAL_TLS" else []
+    return [cfg.istiod_san] if cfg.control_plane_auth_policy == "MUTUAL_TLS" and not cfg.standalone else []
 
 
 def _labels(cfg: SidecarConfig) -> dict[str, str]:

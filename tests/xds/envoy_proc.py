@@ -1,0 +1,88 @@
+"""Helpers for tests that run real Envoy with an agent bootstrap against the test ADS server."""
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import Callable, Iterator
+
+from agent.sidecar import bootstrap, config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def wait_for(check: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} not met within {timeout}s (last: {last!r})")
+
+
+def control_plane_config(tmp_path, ads_port: int, extra_argv=(), env=None) -> config.SidecarConfig:
+    """The 2020 command line pointed at a local ADS server, on free ports (tests may run side by side)."""
+    argv = ["sidecar", "--configPath", str(tmp_path / "proxy"), "--discoveryAddress", f"127.0.0.1:{ads_port}",
+            "--controlPlaneAuthPolicy", "NONE", "--proxyAdminPort", str(free_port()),
+            "--statusPort", str(free_port()), "--serviceCluster", "productpage.ns1", "--drainDuration", "1s",
+            "--connectTimeout", "1s", "--dnsRefreshRate", "300s", *extra_argv]
+    environ = {"POD_NAME": "productpage-v1-abc", "POD_NAMESPACE": "ns1", "INSTANCE_IP": "127.0.0.1",
+               "ENVOY_STATUS_PORT": str(free_port()), "ENVOY_PROMETHEUS_PORT": str(free_port()), **(env or {})}
+    return config.load(argv, environ)
+
+
+@contextlib.contextmanager
+def running_envoy(cfg: config.SidecarConfig, log_path) -> Iterator[subprocess.Popen]:
+    """Envoy with the agent's bootstrap (hot restart off, one worker); stopped and reaped on exit."""
+    path = bootstrap.prepare_bootstrap(cfg)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([cfg.binary_path, "-c", path, "--disable-hot-restart", "--concurrency", "1",
+                                 "--drain-time-s", "1", "-l", "warning"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        admin = f"http://127.0.0.1:{cfg.admin_port}"
+        wait_for(lambda: proc.poll() is not None or http_get(f"{admin}/server_info")[0] == 200, 30, "Envoy admin")
+        assert proc.poll() is None, open(log_path).read()[-3000:]
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def dynamic_listener_names(admin: str) -> list[str]:
+    _, text = http_get(f"{admin}/config_dump?resource=dynamic_listeners")
+    data = json.loads(text) if text.strip() else {"configs": []}
+    return [c.get("active_state", {}).get("listener", {}).get("name") for c in data.get("configs", [])]
+
+
+def stat(admin: str, name: str) -> int | None:
+    _, text = http_get(f"{admin}/stats?filter=^{name}$")
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        if key == name:
+            return int(value)
+    return None
