@@ -1,0 +1,73 @@
+"""drain.decide() with a fake clock: every branch of spec §7.3's wait phase."""
+import pytest
+
+from agent.sidecar.drain import NO_STAT, POLL_FAILED, Action, DrainPolicy, decide
+
+DEFAULT = DrainPolicy(termination_drain=5.0)
+ZERO = DrainPolicy(exit_on_zero=True, minimum_drain=5.0, poll_interval=1.0, max_poll_errors=5)
+
+
+def test_default_mode_waits_the_rest_of_termination_drain():
+    step = decide(1.5, None, DEFAULT)
+    assert step.action == Action.WAIT and step.seconds == pytest.approx(3.5)
+
+
+def test_default_mode_ignores_connections_and_stops_at_deadline():
+    assert decide(5.0, 100, DEFAULT).action == Action.STOP
+    assert decide(7.0, None, DEFAULT).action == Action.STOP
+
+
+def test_zero_termination_drain_stops_at_once():
+    assert decide(0.0, None, DrainPolicy(termination_drain=0)).action == Action.STOP
+
+
+def test_exit_on_zero_waits_minimum_first_even_with_zero_connections():
+    step = decide(2.0, 0, ZERO)
+    assert step.action == Action.WAIT and step.seconds == pytest.approx(3.0)
+
+
+def test_exit_on_zero_polls_after_minimum():
+    assert decide(5.0, None, ZERO).action == Action.POLL
+
+
+@pytest.mark.parametrize("active, action", [(0, Action.STOP), (3, Action.WAIT), (NO_STAT, Action.STOP)])
+def test_exit_on_zero_after_poll(active, action):
+    step = decide(6.0, active, ZERO)
+    assert step.action == action
+    if action == Action.WAIT:
+        assert step.seconds == 1.0
+
+
+def test_exit_on_zero_is_not_bounded_by_termination_drain():
+    policy = DrainPolicy(termination_drain=1.0, exit_on_zero=True, minimum_drain=0.0)
+    assert decide(3600.0, 7, policy).action == Action.WAIT
+
+
+def test_poll_failures_retry_then_stop():
+    step = decide(6.0, POLL_FAILED, ZERO, poll_errors=4)
+    assert step.action == Action.WAIT and step.seconds == 1.0
+    assert decide(6.0, POLL_FAILED, ZERO, poll_errors=5).action == Action.STOP
+
+
+def test_simulated_drain_with_fake_clock():
+    """Drive decide() like the controller does: connections fall 3, 2, 0 one poll at a time."""
+    clock, polls, active, trace = 0.0, iter([3, 2, 0]), None, []
+    while True:
+        step = decide(clock, active, ZERO)
+        trace.append(step.action)
+        if step.action == Action.STOP:
+            break
+        if step.action == Action.POLL:
+            active = next(polls)
+        else:
+            clock += step.seconds
+            active = None
+    assert clock == pytest.approx(7.0)
+    assert trace == [Action.WAIT, Action.POLL, Action.WAIT, Action.POLL, Action.WAIT, Action.POLL, Action.STOP]
+
+
+def test_policy_from_config_uses_defaults_for_missing_fields():
+    class Cfg:
+        termination_drain_duration = 2.0
+    p = DrainPolicy.from_config(Cfg())
+    assert p.termination_drain == 2.0 and p.exit_on_zero is False and p.minimum_drain == 5.0

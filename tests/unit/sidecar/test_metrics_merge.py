@@ -1,0 +1,125 @@
+"""Metrics merging (spec §6.5): targets, Accept negotiation, content type, joining, real scrapes."""
+import aiohttp
+import pytest
+from aiohttp import web
+
+from agent.sidecar import logs
+from agent.sidecar.metrics import (OPENMETRICS_0, OPENMETRICS_1, TEXT, AgentMetrics, MetricsConfigError,
+                                   MetricsMerger, Target, join, negotiate_accept, response_content_type,
+                                   scrape_targets)
+from tests.unit.sidecar._servers import free_port, http_app, run
+
+
+@pytest.mark.parametrize("raw, want", [
+    (None, None), ("", None),
+    ('{"scrape":"false","port":"8080"}', None),
+    ('{"scrape":"true"}', [Target(80, "/metrics")]),
+    ('{"scrape":"true","port":"9100","path":"/m"}', [Target(9100, "/m")]),
+    ('{"targets":[{"port":"8080"},{"port":"08081","path":"/x"}]}', [Target(8080), Target(8081, "/x")]),
+    ({"port": "9100"}, [Target(9100)]),
+])
+def test_scrape_targets(raw, want):
+    assert scrape_targets(raw, 15020) == want
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("{nope", "not JSON"), ('{"port":"15020"}', "status port"), ('{"port":"15090"}', "reserved"),
+    ('{"port":"http"}', "not a number"), ('{"port":"70000"}', "out of range"),
+    ('{"targets":[{"port":"8080"},{"port":"15000"}]}', "reserved"),
+])
+def test_scrape_target_errors_name_the_setting(raw, message):
+    with pytest.raises(MetricsConfigError, match=message) as e:
+        scrape_targets(raw, 15020)
+    assert "ISTIO_PROMETHEUS_ANNOTATIONS" in str(e.value)
+
+
+PROM = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+        "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+
+
+def test_negotiate_accept():
+    assert negotiate_accept(None, True) == "text/plain;version=0.0.4"
+    assert negotiate_accept("application/json", True) == "text/plain;version=0.0.4"
+    assert negotiate_accept(PROM, False) == "text/plain;version=0.0.4;q=0.1"
+    assert negotiate_accept(PROM, True) == ("application/openmetrics-text;version=1.0.0;q=0.3,"
+                                            "application/openmetrics-text;version=0.0.1;q=0.2,"
+                                            "text/plain;version=0.0.4;q=0.1")
+    assert negotiate_accept("application/*", True) == "application/openmetrics-text;version=0.0.1;q=0.1"
+    assert negotiate_accept("application/vnd.google.protobuf", False) == "text/plain;version=0.0.4"
+
+
+@pytest.mark.parametrize("types, want", [
+    ([], TEXT), (["text/plain; version=0.0.4"], TEXT), ([None], TEXT),
+    (["application/openmetrics-text; version=1.0.0; charset=utf-8"], OPENMETRICS_1),
+    (["application/openmetrics-text"], OPENMETRICS_0),
+    (["application/openmetrics-text; version=1.0.0", "text/plain"], TEXT),
+])
+def test_response_content_type(types, want):
+    assert response_content_type(types) == want
+
+
+def test_join_order_and_eof():
+    assert join(b"a 1\n", b"b 2", [b"c 3\n# EOF\n"], TEXT) == b"a 1\nb 2\nc 3\n"
+    assert join(b"a 1\n", b"", [b"c 3\n# EOF\r\n", b"d 4\n# EOF"], OPENMETRICS_1) == b"a 1\nc 3\nd 4\n# EOF\n"
+
+
+def test_agent_registry_names():
+    m = AgentMetrics(envoy_pid=lambda: None)
+    m.scrapes.inc()
+    m.envoy_restarts.inc()
+    text = m.render().decode()
+    for name in ("istio_agent_scrapes_total 1.0", "istio_agent_envoy_restarts_total 1.0",
+                 'istio_agent_scrape_failures_total{type="envoy"} 0.0', "istio_agent_startup_duration_seconds",
+                 "istio_agent_process_resident_memory_bytes"):
+        assert name in text
+    assert "_created" not in text
+    assert all(line.startswith(("#", "istio_agent_")) for line in text.splitlines())
+
+
+def test_envoy_process_metrics_for_a_real_process():
+    import os
+    m = AgentMetrics(envoy_pid=os.getpid)
+    text = m.render().decode()
+    assert "istio_agent_envoy_process_resident_memory_bytes" in text
+    assert "istio_agent_envoy_process_cpu_seconds_total" in text
+    assert "istio_agent_envoy_process_open_fds" in text
+
+
+async def _merge(app_up: bool):
+    seen = {}
+
+    async def envoy_stats(request):
+        seen.setdefault("envoy_accept", request.headers.get("Accept"))
+        seen.setdefault("envoy_query", request.query_string)
+        return web.Response(text="envoy_x 1\n", content_type="text/plain")
+
+    async def app_metrics(request):
+        seen.setdefault("app_accept", request.headers.get("Accept"))
+        return web.Response(body=b"app_y 2\n# EOF\n",
+                            headers={"Content-Type": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
+
+    async with http_app({"/stats/prometheus": envoy_stats}) as envoy_port, http_app({"/metrics": app_metrics}) as app_port:
+        port = app_port if app_up else free_port()
+        m = AgentMetrics()
+        async with aiohttp.ClientSession() as session:
+            merger = MetricsMerger(m, session, envoy_port=envoy_port, targets=[Target(port)], log=logs.get())
+            body, ctype = await merger.scrape("usedonly", {"Accept": PROM, "User-Agent": "prometheus"})
+            body2, _ = await merger.scrape("", {})
+        return body.decode(), ctype, seen, m.render().decode(), body2.decode()
+
+
+def test_merge_with_app():
+    body, ctype, seen, registry, _ = run(_merge(True))
+    assert ctype == OPENMETRICS_1
+    agent_at, envoy_at, app_at = body.index("istio_agent_scrapes_total"), body.index("envoy_x 1"), body.index("app_y 2")
+    assert agent_at < envoy_at < app_at and body.endswith("# EOF\n") and body.count("# EOF") == 1
+    assert seen["envoy_query"] == "usedonly" and seen["envoy_accept"] == "text/plain;version=0.0.4;q=0.1"
+    assert seen["app_accept"].startswith("application/openmetrics-text;version=1.0.0")
+    assert 'istio_agent_scrape_failures_total{type="application"} 0.0' in registry
+
+
+def test_merge_with_app_down_still_answers_and_counts():
+    body, ctype, _, registry, body2 = run(_merge(False))
+    assert ctype == TEXT and "envoy_x 1" in body and "app_y" not in body
+    assert 'istio_agent_scrape_failures_total{type="application"} 2.0' in registry
+    assert "istio_agent_scrapes_total 2.0" in registry

@@ -1,0 +1,123 @@
+"""Istio's readiness logic (spec §6.2): reasons from admin /stats text, caching, terminate, restart."""
+import asyncio
+
+import pytest
+
+from agent.sidecar import envoy
+from agent.sidecar.admin import AdminError, ReadinessProbe
+
+CONFIG_OK = ("cluster_manager.cds.update_success: 1\ncluster_manager.cds.update_rejected: 0\n"
+             "listener_manager.lds.update_success: 1\nlistener_manager.lds.update_rejected: 0\n")
+LIVE = "server.state: 0\nlistener_manager.workers_started: 1\n"
+
+
+@pytest.mark.parametrize("text, want", [
+    (CONFIG_OK, None),
+    ("", "config not received from XDS server (is Istiod running?): cds updates: 0 successful, 0 rejected; "
+         "lds updates: 0 successful, 0 rejected"),
+    ("cluster_manager.cds.update_rejected: 2\n", "config not received from XDS server"),
+    ("cluster_manager.cds.update_success: 1\nlistener_manager.lds.update_rejected: 1\n",
+     "config received from XDS server, but was rejected: cds updates: 1 successful, 0 rejected; "
+     "lds updates: 0 successful, 1 rejected"),
+    ("cluster_manager.cds.update_success: 3\n", "config not fully received from XDS server"),
+])
+def test_config_reason(text, want):
+    got = envoy.config_reason(envoy.parse_stats(text))
+    assert got == want if want is None else got.startswith(want)
+
+
+@pytest.mark.parametrize("text, want", [
+    (LIVE, None),
+    ("listener_manager.workers_started: 1\n", "server.state is not yet updated"),
+    ("server.state: 0\n", "listener_manager.workers_started is not yet updated"),
+    ("server.state: 1\nlistener_manager.workers_started: 1\n", "server is not live, current state is: DRAINING"),
+    ("server.state: 2\nlistener_manager.workers_started: 0\n", "server is not live, current state is: PRE_INITIALIZING"),
+    ("server.state: 3\nlistener_manager.workers_started: 0\n", "server is not live, current state is: INITIALIZING"),
+    ("server.state: 9\nlistener_manager.workers_started: 0\n", "server is not live, current state is: UNKNOWN"),
+    ("server.state: 0\nlistener_manager.workers_started: 0\n", "workers have not yet started"),
+])
+def test_live_reason(text, want):
+    got = envoy.live_reason(text)
+    assert got == want if want is None else got.startswith(want)
+
+
+def test_parse_stats_skips_garbage():
+    assert envoy.parse_stats("a: 1\nnonsense\nb: x\nc.d: 22\n") == {"a": 1, "c.d": 22}
+
+
+def test_active_connections_excludes_agent_listeners_and_workers():
+    text = ("listener.0.0.0.0_15006.downstream_cx_active: 3\n"
+            "listener.0.0.0.0_15006.worker_0.downstream_cx_active: 3\n"
+            "listener.0.0.0.0_15001.downstream_cx_active: 2\n"
+            "listener.0.0.0.0_15021.downstream_cx_active: 5\n"
+            "listener.0.0.0.0_15090.downstream_cx_active: 7\n"
+            "listener.admin.downstream_cx_active: 1\n"
+            "listener.admin.main_thread.downstream_cx_active: 1\n"
+            "listener.envoy_internal_x.downstream_cx_active: 4\n"
+            "http.inbound.downstream_cx_active: 9\n")
+    assert envoy.active_connections(text) == 5
+    assert envoy.active_connections("") is None
+    assert envoy.active_connections("listener.0.0.0.0_15006.downstream_cx_active: 0\n") == 0
+
+
+class FakeAdmin:
+    def __init__(self, config: str, live: str):
+        self.answers = {envoy.CONFIG_STATS: config, envoy.LIVE_STATS: live}
+        self.calls: list[str] = []
+
+    async def stats(self, regex, timeout=1.0):
+        self.calls.append(regex)
+        answer = self.answers[regex]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _probe(admin, standalone=False):
+    ready = []
+    probe = ReadinessProbe(admin, standalone=standalone, on_first_ready=ready.append, process_start=100.0,
+                           clock=lambda: 102.5)
+    return probe, ready
+
+
+def test_ready_then_cached_forever():
+    admin = FakeAdmin(CONFIG_OK, LIVE)
+    probe, ready = _probe(admin)
+    assert asyncio.run(probe.check()) is None
+    assert ready == [2.5]
+    admin.answers = {envoy.CONFIG_STATS: "", envoy.LIVE_STATS: "server.state: 1\n"}
+    assert asyncio.run(probe.check()) is None  # both cached after the first success, as Istio does
+    assert len(admin.calls) == 2
+
+
+def test_standalone_skips_the_xds_condition():
+    admin = FakeAdmin("", LIVE)
+    probe, _ = _probe(admin, standalone=True)
+    assert asyncio.run(probe.check()) is None
+    assert admin.calls == [envoy.LIVE_STATS]
+
+
+def test_terminate_fails_at_once_after_config_check():
+    probe, _ = _probe(FakeAdmin(CONFIG_OK, LIVE))
+    assert asyncio.run(probe.check()) is None
+    probe.terminate("received signal: SIGTERM")
+    assert asyncio.run(probe.check()) == "server is terminated: received signal: SIGTERM"
+
+
+def test_admin_error_is_the_reason():
+    probe, _ = _probe(FakeAdmin(AdminError("GET /stats: connection refused"), LIVE))
+    assert asyncio.run(probe.check()) == "GET /stats: connection refused"
+
+
+def test_envoy_down_and_restart_clear_caches():
+    admin = FakeAdmin(CONFIG_OK, LIVE)
+    probe, ready = _probe(admin)
+    asyncio.run(probe.check())
+    probe.envoy_down = "Envoy exited (signal=SIGKILL)"
+    assert asyncio.run(probe.check()) == "Envoy exited (signal=SIGKILL)"
+    probe.envoy_restarted()
+    admin.answers[envoy.CONFIG_STATS] = ""
+    assert asyncio.run(probe.check()).startswith("config not received")
+    admin.answers[envoy.CONFIG_STATS] = CONFIG_OK
+    assert asyncio.run(probe.check()) is None
+    assert ready == [2.5]  # startup duration recorded once only

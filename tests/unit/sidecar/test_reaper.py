@@ -1,0 +1,69 @@
+"""Envoy's process wrapper with real processes: own session, parent-death signal, reaping."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+from agent.sidecar import reaper
+
+
+def _wait_gone(pid, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:  # a zombie of ours still answers kill(0); it is gone for our purpose once reaped
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] == "Z":
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_spawn_new_session_and_reap_status():
+    proc = reaper.spawn([sys.executable, "-c", "import os,sys; sys.exit(3 if os.getsid(0)==os.getpid() else 4)"])
+    deadline = time.monotonic() + 10
+    code = None
+    while code is None and time.monotonic() < deadline:
+        code, _ = reaper.reap(proc.pid, all_children=False)
+        time.sleep(0.02)
+    assert code == 3  # it led its own session
+
+
+def test_reap_all_keeps_envoys_status_and_collects_others():
+    other = subprocess.Popen(["true"])
+    envoy = reaper.spawn(["sh", "-c", "exit 7"])
+    time.sleep(0.5)
+    code, others = reaper.reap(envoy.pid, all_children=True)
+    assert code == 7
+    assert (other.pid, 0) in others
+    other.returncode = 0
+
+
+def test_signal_status_is_negative():
+    envoy = reaper.spawn(["sleep", "30"])
+    envoy.signal(9)
+    time.sleep(0.3)
+    assert reaper.reap(envoy.pid, all_children=False)[0] == -9
+
+
+def test_child_dies_with_its_parent():
+    """The agent killed with SIGKILL: PR_SET_PDEATHSIG takes 'Envoy' (here sleep) with it."""
+    script = textwrap.dedent("""
+        import sys, time
+        from agent.sidecar import reaper
+        p = reaper.spawn(["sleep", "60"])
+        print(p.pid, flush=True)
+        time.sleep(60)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(child, 0)  # alive
+    parent.kill()
+    parent.wait()
+    assert _wait_gone(child)
