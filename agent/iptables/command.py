@@ -14,16 +14,18 @@ Dry-run (-n) prints Istio's transcript (spec §4) on stdout and nothing else; lo
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
-from typing import Callable, Mapping, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TextIO
 
 from agent import flags
 from agent.exitcodes import Exit
 from agent.iptables import config as cfgmod
 from agent.iptables import host, restore, rules
 from agent.iptables.config import ConfigError, IptablesConfig
+
+if TYPE_CHECKING:
+    from agent.iptables.runner import Runner
 
 log = logging.getLogger("istio-iptables")
 
@@ -78,54 +80,68 @@ def run(argv: Sequence[str], environ: Mapping[str, str], *, stdout: TextIO | Non
     ruleset = rules.build(cfg, facts)
     _log_config(cfg, facts)
     if cfg.dry_run:
-        return dry_run(cfg, ruleset, out)
-    return _apply(cfg, ruleset, facts)
+        return dry_run(cfg, ruleset, facts, out)
+    return _apply(cfg, ruleset, facts, out)
 
 
-def dry_run(cfg: IptablesConfig, ruleset: rules.RuleSet, out: TextIO) -> int:
-    """Print the transcript of spec §4.1 (and write DRY_RUN_FILE_PATH, §4.3). Touches nothing."""
+def dry_run(cfg: IptablesConfig, ruleset: rules.RuleSet, facts: host.HostFacts, out: TextIO) -> int:
+    """Istio's dry-run (spec §4): every call goes to the recorder, which writes DRY_RUN_FILE_PATH
+    (§4.3); the transcript goes to stdout. Touches nothing, needs no iptables binary."""
+    from agent.iptables.runner import DryRunRecorder
+
     log.info("running iptables in dry-run mode")
-    lines = transcript(cfg, ruleset)
-    if lines:
-        out.write("".join(line + "\n" for line in lines))
-        out.flush()
-    if cfg.dry_run_file_path and lines:
-        _write_untruncated(cfg.dry_run_file_path, lines)
+    recorder = DryRunRecorder(file_path=cfg.dry_run_file_path)
+    if cfg.verify:  # beyond Istio: the difference against an empty (recorded) kernel
+        return _apply(cfg, ruleset, facts, out, recorder)
     if not cfg.skip_rule_apply:
+        record(cfg, ruleset, recorder)
         log.info("skipping configuring routes due to dry run mode")
+    out.write(recorder.transcript)
+    out.flush()
+    if cfg.run_validation:  # Istio runs the validator in dry-run too (it only listens and connects)
+        return _validate(cfg, facts)
     return Exit.OK
 
 
-def transcript(cfg: IptablesConfig, ruleset: rules.RuleSet) -> list[str]:
-    """What Istio's dry-run stub records: the save probes, the restore documents (or the cleanup
-    commands with --cleanup-only), then the final-state saves (§4.1)."""
-    if cfg.skip_rule_apply:
-        return []
-    lines = ["iptables-save", "ip6tables-save"]
-    families = [(4, "iptables")] + ([(6, "ip6tables")] if ruleset.ipv6 else [])
-    for family, binary in families:
+def record(cfg: IptablesConfig, ruleset: rules.RuleSet, runner: "Runner") -> None:
+    """The calls Istio's flow makes against a clean state (§4.1): both save probes, each family's
+    restore document (or, with --cleanup-only, the §5.5 commands), then the final-state saves."""
+    families = (4, 6) if ruleset.ipv6 else (4,)
+    runner.save(4)
+    runner.save(6)  # the v6 probe runs even when IPv6 is off (§9.4)
+    for family in families:
         if cfg.cleanup_only:
-            lines += restore.transcript_lines(restore.cleanup_commands(ruleset.family(family)), binary)
+            for args in restore.cleanup_commands(ruleset.family(family)):
+                runner.iptables(family, args, quiet=True)
         else:
-            lines += restore.render(ruleset.family(family)).splitlines()
-    lines += [f"{binary}-save" for _, binary in families]
-    return lines
+            runner.restore(family, restore.render(ruleset.family(family)))
+    for family in families:
+        runner.save(family)
 
 
-def _write_untruncated(path: str, lines: list[str]) -> None:
-    """Istio opens the file create|write-only without truncating it; we keep that."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, "".join(line + "\n" for line in lines).encode())
-    finally:
-        os.close(fd)
+def transcript(cfg: IptablesConfig, ruleset: rules.RuleSet) -> list[str]:
+    """The dry-run transcript as lines (empty with --skip-rule-apply)."""
+    from agent.iptables.runner import DryRunRecorder
+
+    recorder = DryRunRecorder()
+    if not cfg.skip_rule_apply:
+        record(cfg, ruleset, recorder)
+    return recorder.lines
 
 
-def _apply(cfg: IptablesConfig, ruleset: rules.RuleSet, facts: host.HostFacts) -> int:
-    """Real mode: the iptables-apply orchestrator owns verify/reconcile/cleanup/apply/routes."""
-    from agent.iptables import apply  # noqa: PLC0415 - imported only on the real path
+def _apply(cfg: IptablesConfig, ruleset: rules.RuleSet, facts: host.HostFacts, out: TextIO,
+           runner: "Runner | None" = None) -> int:
+    """Real mode: the iptables-apply orchestrator owns verify/reconcile/cleanup/apply/routes and
+    --run-validation."""
+    from agent.iptables import apply  # imported only when needed
 
-    return int(apply.main(cfg, ruleset, facts))
+    return int(apply.main(cfg, ruleset, facts, runner=runner, out=out))
+
+
+def _validate(cfg: IptablesConfig, facts: host.HostFacts) -> int:
+    from agent.iptables import validation
+
+    return Exit.OK if validation.run(cfg, facts) else Exit.VALIDATION_FAILED
 
 
 class _Formatter(logging.Formatter):
