@@ -252,3 +252,11 @@ def test_host_ips_follow_instance_ip():
     cfg = load([], {"INSTANCE_IP": "10.0.0.2"}, read_file=lambda p: None, path_exists=lambda p: True,
                host_ips=["10.0.0.3", "10.0.0.2", "fd00::3"])
     assert cfg.instance_ips == ("10.0.0.2", "10.0.0.3", "fd00::3")
+
+
+def test_readme_flag_table_is_current():
+    """docs/readme/sidecar-config.md embeds flags.markdown_table(PROXY_FLAGS); regenerate it when flags change."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "readme" / "sidecar-config.md").read_text()
+    assert flags.markdown_table(config.PROXY_FLAGS) in doc
