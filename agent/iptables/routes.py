@@ -1,0 +1,120 @@
+"""TPROXY policy routing and the IPv6 passthrough address (spec §5.6), with iproute2.
+
+What Istio does through netlink, done here with `ip` and made idempotent by looking first:
+
+* IPv6 on: `::6/128` on `lo` (the proxy's inbound-passthrough source address). Checked in
+  /proc/net/if_inet6 (no process); added with `ip -6 addr add ::6/128 dev lo` when missing.
+* TPROXY with inbound ports: per family, `ip rule add fwmark <MARK> lookup <TABLE>` and
+  `ip route add local default dev lo table <TABLE>`. One `ip -batch` lists the rules and the
+  table; a second adds only what is missing. The kernel accepts duplicate `ip rule`s, so Istio's
+  blind add stacks one more rule per re-run; looking first keeps a re-run a no-op.
+
+`cleanup()` removes the same things (for --cleanup-only). `missing()` lists what is not in place
+(for --verify). Everything goes through the runner's `run(argv)`, so dry-run touches nothing.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+from agent.iptables.config import IptablesConfig
+from agent.iptables.runner import Runner
+
+log = logging.getLogger("istio-iptables")
+
+IF_INET6 = "/proc/net/if_inet6"
+PASSTHROUGH6_HEX = "0" * 31 + "6"
+
+
+class RouteError(Exception):
+    """`failed to configure routes: ...` (exit 1); the iptables rules are in place by then."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The routing state these flags want: `tproxy` families, `::6` on lo when IPv6 is on."""
+
+    families: tuple[int, ...]
+    mark: int
+    table: str
+    loopback6: bool
+
+    @classmethod
+    def of(cls, cfg: IptablesConfig, ipv6: bool) -> "Plan":
+        tproxy = cfg.tproxy and bool(cfg.inbound_ports)
+        families = ((4, 6) if ipv6 else (4,)) if tproxy else ()
+        return cls(families, int(cfg.tproxy_mark), cfg.tproxy_route_table, ipv6)
+
+
+def has_loopback6(path: str = IF_INET6) -> bool:
+    try:
+        with open(path) as f:
+            return any(line.split()[0] == PASSTHROUGH6_HEX and line.split()[-1] == "lo" for line in f)
+    except (OSError, IndexError):
+        return False
+
+
+def _state(runner: Runner, family: int, plan: Plan) -> tuple[bool, bool]:
+    """(rule present, route present) for one family, from one `ip -batch` listing."""
+    res = _batch(runner, family, ["rule show", f"route show table {plan.table}"], force=True)
+    rule = any(_rule_matches(m, plan) for m in re.finditer(r"fwmark (0x[0-9a-fA-F]+|\d+)(?:/\S+)? lookup (\S+)",
+                                                           res))
+    route = any(line.strip().startswith("local default dev lo") for line in res.splitlines())
+    return rule, route
+
+
+def _rule_matches(m: re.Match, plan: Plan) -> bool:
+    return int(m.group(1), 0) == plan.mark and m.group(2) == plan.table
+
+
+def _batch(runner: Runner, family: int, lines: list[str], *, force: bool = False) -> str:
+    argv = ["ip", f"-{family}", *(["-force"] if force else []), "-batch", "-"]
+    res = runner.run(argv, stdin="".join(line + "\n" for line in lines))
+    if not res.ok and not force:
+        raise RouteError(f"failed to configure routes: {' '.join(argv)}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def configure(cfg: IptablesConfig, ipv6: bool, runner: Runner) -> int:
+    """Bring routing in line with the flags. Returns how many changes were made."""
+    plan = Plan.of(cfg, ipv6)
+    changes = 0
+    if plan.loopback6 and not has_loopback6():
+        res = runner.run(["ip", "-6", "addr", "add", "::6/128", "dev", "lo"])
+        if not res.ok and "File exists" not in res.stderr:
+            raise RouteError(f"failed to configure routes: add ::6/128 to lo: {res.stderr.strip()}")
+        changes += 1
+    for family in plan.families:
+        rule, route = _state(runner, family, plan)
+        todo = ([] if rule else [f"rule add fwmark {plan.mark} lookup {plan.table}"]) + \
+               ([] if route else [f"route add local default dev lo table {plan.table}"])
+        if todo:
+            _batch(runner, family, todo)
+            changes += len(todo)
+            log.info("routes added family=%s %s", family, "; ".join(todo))
+    return changes
+
+
+def missing(cfg: IptablesConfig, ipv6: bool, runner: Runner) -> list[str]:
+    """What `configure` would add, as `ip` command lines (empty when routing is in place)."""
+    plan = Plan.of(cfg, ipv6)
+    out = [] if not plan.loopback6 or has_loopback6() else ["ip -6 addr add ::6/128 dev lo"]
+    for family in plan.families:
+        rule, route = _state(runner, family, plan)
+        out += [] if rule else [f"ip -{family} rule add fwmark {plan.mark} lookup {plan.table}"]
+        out += [] if route else [f"ip -{family} route add local default dev lo table {plan.table}"]
+    return out
+
+
+def cleanup(cfg: IptablesConfig, ipv6: bool, runner: Runner) -> None:
+    """Remove what `configure` adds (errors ignored, as Istio's cleanup): every copy of the rule."""
+    plan = Plan.of(cfg, ipv6)
+    for family in plan.families:
+        rule, route = _state(runner, family, plan)
+        lines = [f"rule del fwmark {plan.mark} lookup {plan.table}"] * (8 if rule else 0)
+        lines += [f"route del local default dev lo table {plan.table}"] if route else []
+        if lines:
+            _batch(runner, family, lines, force=True)
+    if plan.loopback6 and has_loopback6():
+        runner.run(["ip", "-6", "addr", "del", "::6/128", "dev", "lo"])

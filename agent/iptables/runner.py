@@ -1,0 +1,307 @@
+"""The one seam through which istio-iptables touches the kernel (Istio's `Dependencies`).
+
+`Runner` is what the orchestrator (agent.iptables.apply) talks to; there are two:
+
+* `RealRunner` picks the iptables binaries as spec §5.1 says (legacy vs nft, FORCE_IPTABLES_BINARY)
+  and runs them (`--wait=30` for legacy >= 1.6.2, §5.2).
+* `DryRunRecorder` runs nothing and records Istio's transcript (spec §4): restore input line by
+  line, any other call as `<binary> <args>`; saves return "" and everything succeeds. With
+  DRY_RUN_FILE_PATH the transcript so far is rewritten after each call (not truncated, as Istio).
+
+Process budget (issue 2: at most 4 on the common path). Istio's detection alone runs up to 12
+commands (`-save`, `-save --version`, a kernel probe `-A` and `-D`, for up to three candidates and
+two families). Here detection costs one process per family, and that process is also the state
+probe of spec §5.3, so nothing is spawned twice:
+
+* legacy "has existing rules" (Istio: its `-save` printed >= 3 lines) is read from
+  /proc/net/ip_tables_names (ip6_tables_names): legacy `-save` prints a table block exactly when the
+  kernel lists that table there. No process.
+* legacy with rules -> `iptables-legacy-save` (its output is the state; its header carries the
+  version, which decides `--wait`). Otherwise `iptables-nft-save`: success means nft is usable and
+  its output is the state (nft takes no `--wait`, so no version is needed).
+* The kernel-support probe (`-t nat -A INPUT -p 255 -j RETURN`, then `-D`) only runs to explain a
+  failure, or on the fallback path (plain `iptables`, forced legacy without a version header).
+* The v6 binary is only detected when something needs IPv6.
+
+So a fresh pod netns with default flags spawns: `iptables-nft-save`, `iptables-nft-restore` = 2
+(4 with IPv6). `spawned` lists every argv, and `apply` logs the count.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from typing import Protocol
+
+log = logging.getLogger("istio-iptables")  # configured by agent.iptables.command
+
+FAMILIES = (4, 6)
+_BASE = {4: "iptables", 6: "ip6tables"}
+_PROC_TABLES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
+_VERSION = re.compile(r"v(\d+(?:\.\d+)+)")
+_XTABLES_ERRORS = {1: "xtables other problem", 2: "xtables parameter problem",
+                   3: "xtables version problem", 4: "xtables resource problem"}
+
+
+class IptablesError(Exception):
+    """An iptables command failed (exit 1 at the edge). `line` is the restore line that failed."""
+
+    def __init__(self, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    stdout: str = ""
+    stderr: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 0
+
+
+class Runner(Protocol):
+    """What the orchestrator needs from the outside world (families are 4 / 6, as RuleSet.family)."""
+
+    def save(self, family: int) -> str: ...
+
+    def restore(self, family: int, text: str, *, quiet: bool = False, noflush: bool = True) -> None: ...
+
+    def check(self, family: int, text: str) -> int | None: ...
+
+    def iptables(self, family: int, args: list[str], *, quiet: bool = False) -> Result: ...
+
+    def run(self, argv: list[str], stdin: str | None = None) -> Result: ...
+
+    def describe(self, family: int) -> str: ...
+
+
+def restore_failed_line(stderr: str) -> int | None:
+    """The line number iptables-restore names in `... line N failed`."""
+    m = re.search(r"line (\d+) failed", stderr)
+    return int(m.group(1)) if m else None
+
+
+def _error(argv: list[str], res: Result) -> str:
+    """Istio's wording (§5.2): exit 1-4 become `xtables ... problem: <stderr after first ':'>`."""
+    detail = res.stderr.strip()
+    kind = _XTABLES_ERRORS.get(res.code)
+    if kind:
+        tail = detail.split(":", 1)[1].strip() if ":" in detail else detail
+        return f"{' '.join(argv[:1])}: {kind}: {tail}"
+    return f"{' '.join(argv)}: exit {res.code}: {detail}"
+
+
+# ---- binary detection ---------------------------------------------------------------------------
+
+@dataclass
+class Binary:
+    """One detected iptables family: `name` is e.g. `iptables-nft`; save/restore add the suffix."""
+
+    name: str
+    variant: str  # "legacy" or "nft"
+    version: tuple[int, ...] = ()
+    initial_save: str | None = None  # the detection save, reused as the state probe
+
+    @property
+    def wait(self) -> list[str]:
+        """§5.2: writing commands get --wait=30 on legacy >= 1.6.2 (nft needs no lock)."""
+        return ["--wait=30"] if self.variant == "legacy" and self.version >= (1, 6, 2) else []
+
+
+class DetectError(IptablesError):
+    pass
+
+
+def _parse_version(text: str) -> tuple[int, ...]:
+    m = _VERSION.search(text)
+    return tuple(int(x) for x in m.group(1).split(".")) if m else ()
+
+
+def legacy_has_tables(family: int, proc_path: str | None = None) -> bool:
+    """True when legacy `-save` would print something (>= 3 lines): the kernel has a legacy table."""
+    try:
+        with open(proc_path or _PROC_TABLES[family]) as f:
+            return bool(f.read().strip())
+    except OSError:
+        return False  # module not loaded: legacy has no tables in any netns
+
+
+# ---- the real runner ----------------------------------------------------------------------------
+
+@dataclass
+class RealRunner:
+    """Runs iptables/ip commands in the current netns. `force` is FORCE_IPTABLES_BINARY."""
+
+    force: str = ""
+    env: dict[str, str] | None = None
+    spawned: list[list[str]] = field(default_factory=list)
+    _bins: dict[int, Binary] = field(default_factory=dict)
+    _fresh_save: dict[int, str] = field(default_factory=dict)
+
+    # -- process plumbing
+    def _spawn(self, argv: list[str], stdin: str | None = None) -> Result:
+        self.spawned.append(argv)
+        log.debug("exec %s%s", " ".join(argv), f" <<EOF\n{stdin}EOF" if stdin else "")
+        try:
+            cp = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=self.env)
+        except OSError as e:  # not installed / not executable
+            return Result(127, "", f"{argv[0]}: {e.strerror or e}")
+        return Result(cp.returncode, cp.stdout, cp.stderr)
+
+    def run(self, argv: list[str], stdin: str | None = None) -> Result:
+        return self._spawn(argv, stdin)
+
+    # -- detection (§5.1)
+    def binary(self, family: int) -> Binary:
+        if family not in self._bins:
+            self._bins[family] = b = self._detect(family)
+            self._fresh_save[family] = b.initial_save or ""
+            b.initial_save = None
+            log.debug("iptables binary family=%s binary=%s variant=%s version=%s", family, b.name,
+                     b.variant, ".".join(map(str, b.version)) or "?")
+        return self._bins[family]
+
+    def _detect(self, family: int) -> Binary:
+        base = _BASE[family]
+        if self.force:
+            return self._probe(f"{base}-{self.force}", self.force)
+        if legacy_has_tables(family):
+            try:
+                return self._probe(f"{base}-legacy", "legacy")
+            except DetectError as e:
+                log.debug("legacy candidate unusable: %s", e)
+        try:
+            return self._probe(f"{base}-nft", "nft")
+        except DetectError as e:
+            log.debug("nft candidate unusable: %s", e)
+        return self._probe(base, "")
+
+    def _probe(self, name: str, variant: str) -> Binary:
+        res = self._spawn([f"{name}-save"])
+        if not res.ok:
+            raise DetectError(f"iptables binary {name} is not usable: {res.stderr.strip() or res.code}")
+        version = _parse_version(res.stdout.split("\n", 1)[0]) if res.stdout.startswith("#") else ()
+        if not variant or (variant == "legacy" and not version):
+            # Unknown variant (plain `iptables`) or legacy without a header: ask the binary (§5.1).
+            ver = self._spawn([f"{name}-save", "--version"])
+            if ver.ok and "unrecognized option" not in ver.stderr:
+                version = _parse_version(ver.stdout)
+                variant = variant or ("nft" if "nf_tables" in ver.stdout else "legacy")
+            else:
+                variant, version = variant or "legacy", version or (0, 0, 0)
+            if name == _BASE[4] or name == _BASE[6]:
+                self._kernel_probe(Binary(name, variant, version))
+        return Binary(name, variant, version, res.stdout)
+
+    def _kernel_probe(self, b: Binary) -> None:
+        """§5.1 step 3: a throwaway nat rule proves kernel support; removed again at once."""
+        args = ["-t", "nat", "-A", "INPUT", "-p", "255", "-j", "RETURN", *b.wait]
+        res = self._spawn([b.name, *args])
+        if not res.ok or "does not exist" in res.stderr:
+            raise DetectError(f"iptables binary {b.name} has no loaded kernel support: {res.stderr.strip()}")
+        self._spawn([b.name, *["-D" if a == "-A" else a for a in args]])
+
+    def explain(self, family: int) -> str:
+        """After a failed restore: the kernel-support probe's verdict, if it finds a problem."""
+        try:
+            self._kernel_probe(self.binary(family))
+        except IptablesError as e:
+            return str(e)
+        return ""
+
+    def describe(self, family: int) -> str:
+        return self.binary(family).name
+
+    # -- the operations
+    def save(self, family: int) -> str:
+        """Live rules. Reuses the last save (first: the detection's) while nothing was written."""
+        b = self.binary(family)
+        if family not in self._fresh_save:
+            res = self._spawn([f"{b.name}-save"])
+            if not res.ok:
+                raise IptablesError(_error([f"{b.name}-save"], res))
+            self._fresh_save[family] = res.stdout
+        return self._fresh_save[family]
+
+    def restore(self, family: int, text: str, *, quiet: bool = False, noflush: bool = True) -> None:
+        b = self.binary(family)
+        argv = [f"{b.name}-restore", *(["--noflush"] if noflush else []), *b.wait]
+        res = self._spawn(argv, stdin=text)
+        self._fresh_save.pop(family, None)
+        if not res.ok:
+            if not quiet:
+                log.debug("restore input:\n%s", text)
+            raise IptablesError(_error(argv, res), restore_failed_line(res.stderr))
+
+    def check(self, family: int, text: str) -> int | None:
+        """Feed a document of `-C` lines to one restore: None when every rule exists, else the
+        number of the first line that failed (one process instead of one `iptables -C` per rule)."""
+        b = self.binary(family)
+        res = self._spawn([f"{b.name}-restore", "--noflush", *b.wait], stdin=text)
+        if res.ok:
+            return None
+        return restore_failed_line(res.stderr) or 0
+
+    def iptables(self, family: int, args: list[str], *, quiet: bool = False) -> Result:
+        b = self.binary(family)
+        writing = not ("-C" in args or "-S" in args or "-L" in args)
+        argv = [b.name, *args, *(b.wait if writing else [])]
+        res = self._spawn(argv)
+        if writing:
+            self._fresh_save.pop(family, None)
+        if not res.ok and not quiet:
+            raise IptablesError(_error(argv, res))
+        return res
+
+
+# ---- dry run ------------------------------------------------------------------------------------
+
+@dataclass
+class DryRunRecorder:
+    """Records Istio's dry-run transcript (spec §4.1) and runs nothing.
+
+    Binaries are named plainly (`iptables`, `ip6tables-save`, ...), as Istio's stub detects them.
+    `file_path` is DRY_RUN_FILE_PATH: after every call the whole transcript so far is written to it
+    without truncating (§4.3). `run()` (routes) records nothing: dry-run never touches routes.
+    """
+
+    file_path: str = ""
+    lines: list[str] = field(default_factory=list)
+
+    def _record(self, new: list[str]) -> None:
+        self.lines.extend(new)
+        if self.file_path:
+            fd = os.open(self.file_path, os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, "".join(line + "\n" for line in self.lines).encode())
+            finally:
+                os.close(fd)
+
+    def save(self, family: int) -> str:
+        self._record([f"{_BASE[family]}-save"])
+        return ""
+
+    def restore(self, family: int, text: str, *, quiet: bool = False, noflush: bool = True) -> None:
+        self._record(text.splitlines())
+
+    def check(self, family: int, text: str) -> int | None:
+        return None
+
+    def iptables(self, family: int, args: list[str], *, quiet: bool = False) -> Result:
+        self._record([" ".join([_BASE[family], *args])])
+        return Result(0)
+
+    def run(self, argv: list[str], stdin: str | None = None) -> Result:
+        return Result(0)
+
+    def describe(self, family: int) -> str:
+        return _BASE[family]
+
+    @property
+    def transcript(self) -> str:
+        return "".join(line + "\n" for line in self.lines)
