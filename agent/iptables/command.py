@@ -49,6 +49,12 @@ def help_text() -> str:
     return flags.usage(TITLE, all_flags()) + "\nEnvironment-only settings:\n" + env_only + "\n"
 
 
+def env_only_table() -> str:
+    rows = ["| env var | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{var}` | `{default or EMPTY}` | {text} |" for var, default, text in cfgmod.ENV_ONLY]
+    return "\n".join(rows) + "\n"
+
+
 def run(argv: Sequence[str], environ: Mapping[str, str], *, stdout: TextIO | None = None,
         stderr: TextIO | None = None, gather: Callable[..., host.HostFacts] = host.gather) -> int:
     """The mode's entry point (agent.cli). Tests inject stdout/stderr and the host-facts reader."""
@@ -62,11 +68,16 @@ def run(argv: Sequence[str], environ: Mapping[str, str], *, stdout: TextIO | Non
         out.write(help_text())
         return Exit.OK
     try:
+        level = log_level(parsed.values["log_output_level"])
+    except ValueError as e:
+        err.write(f'Error: invalid value "{parsed.values["log_output_level"]}" for --log_output_level: {e}\n')
+        return Exit.USAGE
+    try:
         cfg = cfgmod.load(parsed, environ, user_id=host.user_id, group_id=host.group_id)
     except ConfigError as e:
         err.writelines(f"Error: {p}\n" for p in e.problems)
         return Exit.USAGE if e.usage else Exit.FAILURE
-    _setup_logging(parsed.values.get("log_output_level", ""), err)
+    _setup_logging(level, parsed.values["log_as_json"], err)
     if cfg.native_nftables:
         log.error("--native-nftables is not supported by this implementation; use the iptables backend")
         return Exit.FAILURE
@@ -145,27 +156,43 @@ def _validate(cfg: IptablesConfig, facts: host.HostFacts) -> int:
 
 
 class _Formatter(logging.Formatter):
-    converter = time.gmtime
+    """Istio's text lines (`<time>\t<level>\t<message>`), or JSON with --log_as_json."""
+
+    def __init__(self, as_json: bool) -> None:
+        super().__init__()
+        self.as_json = as_json
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}000Z"
-        return f"{stamp}\t{record.levelname.lower().replace('warning', 'warn')}\t{record.getMessage()}"
+        level = record.levelname.lower().replace("warning", "warn").replace("critical", "fatal")
+        if self.as_json:
+            import json
+
+            return json.dumps({"time": stamp, "level": level, "scope": "default", "msg": record.getMessage()})
+        return f"{stamp}\t{level}\t{record.getMessage()}"
 
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
-           "error": logging.ERROR, "fatal": logging.CRITICAL, "none": logging.CRITICAL + 10}
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR,
+           "fatal": logging.CRITICAL, "none": logging.CRITICAL + 10}
 
 
-def _setup_logging(level_spec: str, err: TextIO) -> None:
-    """Logs go to stderr, never stdout (the dry-run transcript owns stdout). Istio's
-    --log_output_level is a comma list of scope:level; we honour the `default` scope."""
+def log_level(spec: str) -> int:
+    """Istio's --log_output_level: a comma list of `scope:level` (or a bare level for `default`).
+    We log in one scope, `default`; other scopes are accepted and ignored. ValueError if bad."""
     level = logging.INFO
-    for item in level_spec.split(","):
+    for item in filter(None, spec.split(",")):
         scope, _, name = item.rpartition(":")
-        if scope in ("", "default") and name in _LEVELS:
+        if name not in _LEVELS:
+            raise ValueError(f"invalid log level {name!r} (one of {', '.join(_LEVELS)})")
+        if scope in ("", "default"):
             level = _LEVELS[name]
+    return level
+
+
+def _setup_logging(level: int, as_json: bool, err: TextIO) -> None:
+    """Logs go to stderr, never stdout: the dry-run transcript owns stdout."""
     handler = logging.StreamHandler(err)
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(_Formatter(as_json))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False

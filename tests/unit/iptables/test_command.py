@@ -165,3 +165,32 @@ def test_cli_usage_error(capsys):
 def test_console_scripts_are_installed():
     assert os.access("/opt/agent/bin/istio-iptables", os.X_OK)
     assert os.access("/opt/agent/bin/pilot-agent", os.X_OK)
+
+
+def test_readme_tables_are_generated_from_the_flag_table():
+    from pathlib import Path
+
+    from agent import flags
+
+    doc = (Path(__file__).parents[3] / "docs" / "readme" / "iptables-core.md").read_text()
+    assert flags.markdown_table(command.all_flags()) in doc
+    assert command.env_only_table() in doc
+
+
+@pytest.mark.parametrize("spec, level", [("", 20), ("default:debug", 10), ("debug", 10), ("ads:debug,default:warn", 30),
+                                         ("default:none", 60), ("all:error", 20)])
+def test_log_level(spec, level):
+    assert command.log_level(spec) == level
+
+
+def test_bad_log_level_is_a_usage_error():
+    h = Host()
+    rc, out, err = run(["-n", "--log_output_level=default:loud"], host=h)
+    assert rc == 255 and err.count("\n") == 1 and "--log_output_level" in err and h.calls == []
+
+
+def test_log_as_json():
+    import json
+
+    rc, out, err = run(["-n", "--log_as_json"])
+    assert rc == 0 and all(json.loads(line)["level"] in ("info", "warn") for line in err.splitlines())
