@@ -212,6 +212,9 @@ def _passthrough_listener(name: str, wildcard: str, port: int, cluster: str) -> 
 
 
 def _original_dst_cluster(name: str, timeout: float, bind: str | None = None) -> dict[str, Any]:
+    # alt_stat_name "<name>;" as istiod sets on every cluster: Istio's cluster_name tag regex
+    # (`^cluster(\.(.+);)`) then yields envoy_cluster_*{cluster_name="PassthroughCluster"}; the admin
+    # /stats name is `cluster.PassthroughCluster;.upstream_cx_total`.
     cluster: dict[str, Any] = {"name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
                                "connect_timeout": seconds(timeout), "alt_stat_name": f"{name};"}
     if bind:
