@@ -168,7 +168,9 @@ class Problem:
     usage: bool = True
 
     def __str__(self) -> str:
-        return f'invalid value "{self.value}" for {self.setting}: {self.reason}'
+        # One line whatever the value holds: control characters are shown escaped.
+        shown = self.value if self.value.isprintable() else self.value.encode("unicode_escape").decode()
+        return f'invalid value "{shown}" for {self.setting}: {self.reason}'
 
 
 class ConfigError(Exception):

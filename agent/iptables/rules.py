@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.iptables.config import IptablesConfig
-from agent.iptables.host import HostFacts
+
+if TYPE_CHECKING:  # the facts are plain data; the adapter module that reads them is not needed here
+    from agent.iptables.host import HostFacts
 
 BUILTIN = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING", "ACCEPT", "RETURN", "DROP"})
 DNS_PORT, AGENT_DNS_PORT, OUTBOUND_MARK = "53", "15053", "1338"

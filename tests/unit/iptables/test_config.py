@@ -186,3 +186,11 @@ def test_split_list():
     assert split_list("6000,7000,") == ("6000", "7000")
     assert split_list("") == ()
     assert split_list(" a, b") == (" a", " b")  # no trimming, as Istio
+
+
+@pytest.mark.parametrize("value", ["80\n81", "eth0\r", "10.0.0.0/8\x00"])
+def test_problem_is_one_line_whatever_the_value(value):
+    for flag in ("-b", "-c", "-i"):
+        with pytest.raises(ConfigError) as e:
+            load([flag, value])
+        assert all("\n" not in str(p) and "\r" not in str(p) for p in e.value.problems)
