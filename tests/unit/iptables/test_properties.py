@@ -1,4 +1,4 @@
-"""Properties of the builder/renderer/parser over generated valid settings (fast: 150 examples)."""
+"""Properties of the builder/renderer/parser over generated valid settings (fast: 60 examples each)."""
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
@@ -26,7 +26,7 @@ ARGV = st.fixed_dictionaries({
 SWITCHES = st.lists(st.sampled_from(["--redirect-dns", "--capture-all-dns", "--drop-invalid"]), unique=True)
 FACTS = st.builds(HostFacts, enable_ipv6=st.booleans(),
                   dns_v4=st.sampled_from([(), ("198.18.0.20",)]), dns_v6=st.sampled_from([(), ("2001:db8::20",)]))
-SETTINGS = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
