@@ -172,5 +172,10 @@ def group_id(name: str) -> int | None:
         return None
 
 
-__all__ = ["HostFacts", "HostError", "detect_ip", "parse_resolv_conf", "gather", "user_id", "group_id",
+def owner_id(kind: str, name: str) -> int | None:
+    """For restore.diff: ("uid"|"gid", name) -> id, as iptables-save prints owners."""
+    return user_id(name) if kind == "uid" else group_id(name)
+
+
+__all__ = ["HostFacts", "HostError", "detect_ip", "parse_resolv_conf", "gather", "user_id", "group_id", "owner_id",
            "interface_addresses", "read_resolv_conf"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import shlex
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from agent.iptables.rules import BUILTIN, Rule
 
@@ -154,7 +154,11 @@ def _address(text: str) -> str:
         return text
 
 
-def rule_key(line: str) -> str:
+#: (kind, name) -> numeric id or None; kind is "uid" or "gid". iptables-save prints ids, not names.
+OwnerLookup = Callable[[str, str], "int | None"]
+
+
+def rule_key(line: str, owner_id: OwnerLookup | None = None) -> str:
     """A comparison key that makes Istio's rule text and iptables-save's rendering of it equal:
     generic matches in save order, no implicit `-m tcp`/`-m udp`, decimal marks, masked CIDRs,
     target options sorted and without the defaults save adds. Best effort for foreign rules."""
@@ -178,7 +182,11 @@ def rule_key(line: str) -> str:
         if body[i] == "-m" and i + 1 < jump and body[i + 1] in ("tcp", "udp"):
             i += 2
             continue
-        matches.append(_number(body[i]) if not body[i].startswith("-") else body[i])
+        word = body[i]
+        if owner_id and i and body[i - 1] in ("--uid-owner", "--gid-owner") and not word.isdigit():
+            found = owner_id(body[i - 1][2:5], word)
+            word = str(found) if found is not None else word
+        matches.append(_number(word) if not word.startswith("-") else word)
         i += 1
     target = body[jump:jump + 2]
     options = _target_options(body[jump + 2:])
@@ -206,33 +214,36 @@ def _target_options(words: list[str]) -> list[str]:
     return out
 
 
-def diff(expected: State, live: State) -> list[str]:
+def diff(expected: State, live: State, owner_id: OwnerLookup | None = None) -> list[str]:
     """The difference, in iptables-save form: per table `*table`, then `+` lines for what is
     missing from the kernel and `-` lines for what should not be there, then `COMMIT`.
     Empty when the rules are in place. ISTIO_* chains must match exactly (in order); built-in
     chains must contain the expected rules, and any other rule there that jumps to an ISTIO_ chain
-    is reported as stale. Rules of other tools in built-in chains are left alone."""
+    is reported as stale. Rules of other tools in built-in chains are left alone. `owner_id`
+    resolves user/group names in `--uid-owner`/`--gid-owner` (e.g. `-u istio-proxy`), which
+    iptables-save prints as numbers."""
+    key = (lambda line: rule_key(line, owner_id)) if owner_id else rule_key
     out: list[str] = []
     for table in sorted(set(expected) | set(live)):
-        lines = _table_diff(expected.get(table, {}), live.get(table, {}))
+        lines = _table_diff(expected.get(table, {}), live.get(table, {}), key)
         if lines:
             out += [f"*{table}", *lines, "COMMIT"]
     return out
 
 
-def _table_diff(want: dict[str, list[str]], have: dict[str, list[str]]) -> list[str]:
+def _table_diff(want: dict[str, list[str]], have: dict[str, list[str]], key: Callable[[str], str]) -> list[str]:
     lines: list[str] = []
     for chain in [c for c in want if c.startswith("ISTIO")] + [c for c in have if c.startswith("ISTIO") and c not in want]:
         if chain not in have:
             lines.append(f"+:{chain} - [0:0]")
         elif chain not in want:
             lines.append(f"-:{chain} - [0:0]")
-        lines += _ordered_diff(want.get(chain, []), have.get(chain, []))
+        lines += _ordered_diff(want.get(chain, []), have.get(chain, []), key)
     for chain in [c for c in want if not c.startswith("ISTIO")] + [c for c in have if not c.startswith("ISTIO") and c not in want]:
-        have_keys = {rule_key(l) for l in have.get(chain, [])}
-        want_keys = {rule_key(l) for l in want.get(chain, [])}
-        lines += [f"+{l}" for l in want.get(chain, []) if rule_key(l) not in have_keys]
-        lines += [f"-{l}" for l in have.get(chain, []) if rule_key(l) not in want_keys and _mentions_istio(l)]
+        have_keys = {key(l) for l in have.get(chain, [])}
+        want_keys = {key(l) for l in want.get(chain, [])}
+        lines += [f"+{l}" for l in want.get(chain, []) if key(l) not in have_keys]
+        lines += [f"-{l}" for l in have.get(chain, []) if key(l) not in want_keys and _mentions_istio(l)]
     return lines
 
 
@@ -241,8 +252,8 @@ def _mentions_istio(line: str) -> bool:
     return any(a == "-j" and b.startswith("ISTIO") for a, b in zip(words, words[1:]))
 
 
-def _ordered_diff(want: list[str], have: list[str]) -> list[str]:
-    want_keys, have_keys = [rule_key(l) for l in want], [rule_key(l) for l in have]
+def _ordered_diff(want: list[str], have: list[str], key: Callable[[str], str]) -> list[str]:
+    want_keys, have_keys = [key(l) for l in want], [key(l) for l in have]
     out: list[str] = []
     matcher = difflib.SequenceMatcher(a=have_keys, b=want_keys, autojunk=False)
     for op, a0, a1, b0, b1 in matcher.get_opcodes():

@@ -71,3 +71,8 @@ def test_name_lookups():
     assert host.user_id("no-such-user-xyz") is None
     assert host.group_id("no-such-group-xyz") is None
     assert host.user_id("bad\0name") is None
+
+
+def test_owner_id():
+    assert host.owner_id("uid", "root") == 0 and host.owner_id("gid", "root") == 0
+    assert host.owner_id("uid", "no-such-user-xyz") is None

@@ -210,3 +210,13 @@ def test_rule_key_equates_istio_text_with_save_text(ours, saved):
 )
 def test_rule_key_keeps_real_differences(a, b):
     assert restore.rule_key(a) != restore.rule_key(b)
+
+
+def test_verify_diff_resolves_owner_names_when_asked():
+    want = {"nat": {"ISTIO_OUTPUT": ["-A ISTIO_OUTPUT -m owner --uid-owner istio-proxy -j RETURN",
+                                     "-A ISTIO_OUTPUT -m owner --gid-owner istio-proxy -j RETURN"]}}
+    live = {"nat": {"ISTIO_OUTPUT": ["-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+                                     "-A ISTIO_OUTPUT -m owner --gid-owner 1337 -j RETURN"]}}
+    ids = {("uid", "istio-proxy"): 1337, ("gid", "istio-proxy"): 1337}
+    assert restore.diff(want, live, lambda kind, name: ids.get((kind, name))) == []
+    assert len(restore.diff(want, live)) == 6  # without the lookup the names look different
