@@ -35,7 +35,6 @@ from agent.sidecar.bootstrap_parts import (
     proto_merge,
     seconds,
     socket_address,
-    static_cluster,
     stats_config,
 )
 from agent.sidecar.config import SidecarConfig

@@ -1,0 +1,116 @@
+"""The resolved sidecar configuration (a frozen dataclass) and Istio's ProxyConfig defaults (spec §3.2)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_BINARY = "/usr/local/bin/envoy"
+
+DEFAULT_PROXY_CONFIG: dict[str, Any] = {
+    "configPath": "./etc/istio/proxy",
+    "binaryPath": DEFAULT_BINARY,
+    "serviceCluster": "istio-proxy",
+    "drainDuration": "45s",
+    "terminationDrainDuration": "5s",
+    "proxyAdminPort": 15000,
+    "controlPlaneAuthPolicy": "MUTUAL_TLS",
+    "discoveryAddress": "istiod.istio-system.svc:15012",
+    "statNameLength": 189,
+    "statusPort": 15020,
+}
+
+KNOWN_PROXY_CONFIG_FIELDS = frozenset("""
+configPath binaryPath serviceCluster drainDuration parentShutdownDuration discoveryAddress discoveryRefreshDelay
+zipkinAddress statsdUdpAddress envoyMetricsServiceAddress proxyAdminPort availabilityZone controlPlaneAuthPolicy
+customConfigFile statNameLength concurrency proxyBootstrapTemplatePath interceptionMode tracing sds
+envoyAccessLogService envoyMetricsService proxyMetadata runtimeValues statusPort extraStatTags gatewayTopology
+terminationDrainDuration meshId readinessProbe proxyStatsMatcher holdApplicationUntilProxyStarts caCertificatesPem
+image privateKeyProvider proxyHeaders tracingServiceName fileFlushInterval fileFlushMinSizeKb statsCompression
+connectionSettings
+""".split())
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """Everything the sidecar needs, resolved once. Treat the dict fields as read-only."""
+
+    proxy_type: str = "sidecar"
+    standalone: bool = False
+    # Identity (§4)
+    pod_name: str = ""
+    pod_namespace: str = ""
+    instance_ip: str = ""  # INSTANCE_IP as given (may be empty)
+    instance_ips: tuple[str, ...] = ("127.0.0.1",)
+    service_account: str = ""
+    host_ip: str = ""
+    domain: str = ""
+    trust_domain: str = "cluster.local"
+    service_cluster: str = "istio-proxy"
+    labels: dict = field(default_factory=dict)
+    annotations: dict = field(default_factory=dict)
+    meta_env: dict = field(default_factory=dict)  # ISTIO_META_* (prefix stripped) and ISTIO_METAJSON_* merged
+    # Paths
+    config_path: str = "./etc/istio/proxy"
+    binary_path: str = DEFAULT_BINARY
+    custom_config_file: str = ""
+    mesh_config_path: str = "./etc/istio/config/mesh"
+    bootstrap_override_path: str = ""  # ISTIO_BOOTSTRAP_OVERRIDE
+    bootstrap_override: dict | None = None  # its parsed contents ($(HOST_IP) substituted)
+    outlier_log_path: str = ""
+    # Ports
+    admin_port: int = 15000
+    status_port: int = 15020
+    envoy_status_port: int = 15021
+    envoy_prometheus_port: int = 15090
+    sts_port: int = 0
+    # Control plane (Envoy dials it directly, as in 2020)
+    discovery_address: str = "istiod.istio-system.svc:15012"
+    control_plane_auth_policy: str = "MUTUAL_TLS"
+    xds_root_cert: str = "./var/run/secrets/istio/root-cert.pem"
+    istiod_san: str = "istiod.istio-system.svc"
+    xds_type: str = "GRPC"
+    connect_timeout: float = 1.0
+    dns_refresh_rate: float = 300.0
+    zipkin_address: str = ""
+    # Envoy process
+    concurrency: int = 0
+    drain_duration: float = 45.0
+    parent_shutdown_duration: float = 60.0
+    proxy_log_level: str = "warning"
+    proxy_component_log_level: str = ""
+    skip_deprecated_logs: bool = True
+    enable_core_dump: bool = False
+    file_flush_interval_ms: int = 1000
+    # Lifecycle
+    termination_drain_duration: float = 5.0
+    exit_on_zero_active_connections: bool = False
+    minimum_drain_duration: float = 5.0
+    restart_budget: int = 3
+    restart_window: float = 600.0
+    restart_backoff: float = 1.0
+    # Status server
+    app_probers_raw: str = ""
+    app_probers: dict = field(default_factory=dict)
+    prometheus_annotations_raw: str = ""
+    prometheus_annotations: dict | None = None
+    merge_envoy_stats: bool = True
+    metrics_localhost_access_only: bool = False
+    probe_keepalive: bool = False
+    probe_legacy_localhost: bool = False
+    profiling: bool = True
+    # Stats (§5.3)
+    extra_stat_tags: tuple[str, ...] = ()
+    inclusion_prefixes: tuple[str, ...] = ()
+    inclusion_suffixes: tuple[str, ...] = ()
+    inclusion_regexps: tuple[str, ...] = ()
+    runtime_values: dict = field(default_factory=dict)
+    # Logs
+    log_output_level: str = "default:info"
+    log_as_json: bool = False
+    log_target: str = "stdout"
+    # Provenance
+    proxy_config: dict = field(default_factory=dict)  # the effective ProxyConfig, camelCase JSON
+    flag_values: dict = field(default_factory=dict)  # every flag's resolved value, for the FLAG: log lines
+    unknown_flags: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
