@@ -123,6 +123,23 @@ def snapshot_document(before: str, tables: Sequence[str]) -> str:
     return join_blocks(blocks)
 
 
+def committed_tables(doc: str, failed_line: int | None) -> list[str]:
+    """iptables-restore commits table by table: the tables whose COMMIT came before the failing
+    line are in the kernel. Unknown line: every table but a lone one may be."""
+    tables, current = [], None
+    lines = doc.splitlines()
+    for number, line in enumerate(lines, 1):
+        if line.startswith("*"):
+            current = line[1:].strip()
+        elif line.strip() == "COMMIT" and current:
+            if failed_line is not None and number >= failed_line:
+                break
+            tables.append(current)
+    if failed_line is None:
+        return tables if len(tables) > 1 else []
+    return tables
+
+
 def swap_document(live: restore.State, rules: Sequence[Rule], present: Sequence[Rule]) -> str:
     """One transaction that replaces our live rules with `rules` (see the module docstring).
     `present` are the non-jump rules of built-in chains these flags would add that are live."""
@@ -243,13 +260,14 @@ class Applier:
         """Run one restore per family; on any failure put back every table already touched."""
         done: list[tuple[Family, list[str]]] = []
         for fam, doc, tables in steps:
-            done.append((fam, tables))
             try:
                 self.runner.restore(fam.number, doc)
             except IptablesError as e:
                 hint = self.runner.explain(fam.number) if isinstance(self.runner, RealRunner) else ""
-                self.rollback(done)
+                partial = committed_tables(doc, e.line)
+                self.rollback(done + ([(fam, partial)] if partial else []))
                 raise IptablesError(f"{fam.label}: {e}" + (f" ({hint})" if hint else "")) from None
+            done.append((fam, tables))
 
     def rollback(self, done: list[tuple[Family, list[str]]]) -> None:
         for fam, tables in reversed(done):

@@ -43,6 +43,11 @@ POD6, REMOTE6 = "2001:db8::10", "2001:db8::20"
 PROXY_UID = 1337
 APP_UID = 1000
 
+#: Resolved once with the real PATH, so a test's PATH (e.g. counting shims) never sees them.
+IP = shutil.which("ip") or "/usr/sbin/ip"
+SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
+BUILTIN_CHAINS = {"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"}
+
 _LIVE: set["Netns"] = set()
 
 
@@ -81,9 +86,9 @@ class Netns:
 
     def argv(self, argv: list[str], uid: int | None = None, caps: tuple[str, ...] = ()) -> list[str]:
         """argv wrapped to run inside this netns, optionally as `uid` (gid = uid, no groups)."""
-        prefix = ["ip", "netns", "exec", self.name]
+        prefix = [IP, "netns", "exec", self.name]
         if uid is not None:
-            prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+            prefix += [SETPRIV, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
             if caps:
                 spec = ",".join(f"+{c}" for c in caps)
                 prefix += [f"--inh-caps={spec}", f"--ambient-caps={spec}"]
@@ -264,6 +269,68 @@ class Pod:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def rules_only(save_text: str) -> str:
+    """What matters of an iptables-save dump: the rules and user chains, not empty tables, built-in
+    policies or counters (an nft table, once created, stays even when emptied)."""
+    keep = []
+    for line in save_text.splitlines():
+        if line.startswith(("*", "#")) or line == "COMMIT" or not line.strip():
+            continue
+        if line.startswith(":") and line[1:].split()[0] in BUILTIN_CHAINS:
+            continue
+        keep.append(line.split(" [")[0] if line.startswith(":") else line)
+    return "\n".join(keep)
+
+
+SHIM = """#!/bin/sh
+n=${0##*/}
+printf '%s\\n' "$n $*" >> "$SHIM_LOG"
+case " $SHIM_FAIL " in *" $n "*) echo "$n: injected failure" >&2; exit 1;; esac
+PATH="$SHIM_REAL_PATH" exec "$n" "$@"
+"""
+
+
+@dataclass
+class Shims:
+    """A PATH of counting shims, one per executable in the system bin directories: each logs
+    `<name> <args>` and execs the real program (or fails, for names in `fail`). Counting the
+    log lines counts every process a command spawns by name."""
+
+    root: Path
+    fail: tuple[str, ...] = ()
+    real_path: str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+    def __post_init__(self) -> None:
+        bindir = self.root / "bin"
+        bindir.mkdir(parents=True, exist_ok=True)
+        script = self.root / "shim"
+        script.write_text(SHIM)
+        script.chmod(0o755)
+        for d in self.real_path.split(":"):
+            if not os.path.isdir(d):
+                continue
+            for name in os.listdir(d):
+                link = bindir / name
+                if not link.exists() and os.access(os.path.join(d, name), os.X_OK):
+                    link.symlink_to(script)
+        self.log.write_text("")
+
+    @property
+    def log(self) -> Path:
+        return self.root / "calls.log"
+
+    @property
+    def env(self) -> dict:
+        return {"PATH": str(self.root / "bin"), "SHIM_LOG": str(self.log), "SHIM_REAL_PATH": self.real_path,
+                "SHIM_FAIL": " ".join(self.fail)}
+
+    def calls(self) -> list[str]:
+        return [line for line in self.log.read_text().splitlines() if line]
+
+    def reset(self) -> None:
+        self.log.write_text("")
 
 
 def wait_for(predicate, timeout: float = 5, interval: float = 0.05):
