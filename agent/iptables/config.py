@@ -370,6 +370,19 @@ def loopback_problem(text: str) -> str | None:
     return None
 
 
+#: Values that need no check beyond their flag kind.
+PASSTHROUGH = ("dry_run", "probe_timeout", "skip_rule_apply", "run_validation", "redirect_dns", "drop_invalid",
+               "dual_stack", "capture_all_dns", "network_namespace", "cni_mode", "reconcile", "cleanup_only",
+               "force_apply", "native_nftables", "verify")
+
+
+def _other_checks(check: _Checker) -> None:
+    if check.value("force_iptables_binary") not in ("", "legacy", "nft"):
+        check.bad("force_iptables_binary", check.value("force_iptables_binary"), "must be legacy or nft")
+    if check.value("iptables_probe_port") == 0:
+        check.bad("iptables_probe_port", "0", "port out of range 1-65535")
+
+
 def load(parsed: Any, environ: Mapping[str, str], *, user_id: Callable[[str], int | None],
          group_id: Callable[[str], int | None]) -> IptablesConfig:
     """Build the config from parsed flags (agent.flags.Parsed) and the environment.
@@ -397,15 +410,8 @@ def load(parsed: Any, environ: Mapping[str, str], *, user_id: Callable[[str], in
         tproxy_route_table=check.integer("istio_inbound_tproxy_route_table"),
         force_iptables_binary=check.value("force_iptables_binary"),
     )
-    if values["force_iptables_binary"] not in ("", "legacy", "nft"):
-        check.bad("force_iptables_binary", values["force_iptables_binary"], "must be legacy or nft")
-    if check.value("iptables_probe_port") == 0:
-        check.bad("iptables_probe_port", "0", "port out of range 1-65535")
-    for attr in ("dry_run", "probe_timeout", "skip_rule_apply", "run_validation", "redirect_dns", "drop_invalid",
-                 "dual_stack", "capture_all_dns", "network_namespace", "cni_mode", "reconcile", "cleanup_only",
-                 "force_apply", "native_nftables", "verify"):
-        values[attr] = check.value(attr)
-    values["probe_port"] = check.value("iptables_probe_port")
+    _other_checks(check)
+    values.update({attr: check.value(attr) for attr in PASSTHROUGH}, probe_port=check.value("iptables_probe_port"))
     env_values, env_problems = _env_only(environ)
     problems = check.problems + env_problems
     if problems:
