@@ -93,8 +93,11 @@ class _Stream:
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     """In-process ADS server. Every `start` has a `stop`; use it as a context manager."""
 
-    def __init__(self, address: str = "127.0.0.1", port: int = 0, *, hold: bool = False) -> None:
+    def __init__(self, address: str = "127.0.0.1", port: int = 0, *, hold: bool = False,
+                 tls: tuple[bytes, bytes] | None = None) -> None:
+        """tls = (certificate chain PEM, private key PEM): serve gRPC over TLS (no client certificate)."""
         self.address, self.port = address, port
+        self._tls = tls
         self._held = hold
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -113,7 +116,11 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                              options=[("grpc.max_send_message_length", 256 * 1024 * 1024)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
         host = f"[{self.address}]" if ":" in self.address else self.address
-        self.port = server.add_insecure_port(f"{host}:{self.port}")
+        if self._tls:
+            creds = grpc.ssl_server_credentials([(self._tls[1], self._tls[0])])
+            self.port = server.add_secure_port(f"{host}:{self.port}", creds)
+        else:
+            self.port = server.add_insecure_port(f"{host}:{self.port}")
         server.start()
         self._server = server
         return self

@@ -102,3 +102,28 @@ def test_server_stops_cleanly_with_open_streams(tmp_path):
         ads.stop()
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", ads.port), timeout=1).close()
+
+
+@pytest.mark.parametrize("san, connects", [("istiod.istio-system.svc", True), ("someone-else.example", False)])
+def test_mutual_tls_verifies_root_and_istiod_san(tmp_path, san, connects):
+    """controlPlaneAuthPolicy MUTUAL_TLS: Envoy dials the control plane over TLS, trusting the mounted
+    root certificate and accepting only a server certificate for the istiod SAN."""
+    from tests.xds.certs import make_pki
+
+    pki = make_pki(tmp_path / "pki", san=san)
+    tls = (pki["cert"].read_bytes(), pki["key"].read_bytes())
+    with AdsServer(tls=tls) as ads:
+        ads.set(clusters=[], listeners=[])
+        cfg = control_plane_config(tmp_path, ads.port, ["--controlPlaneAuthPolicy", "MUTUAL_TLS"],
+                                   env={"XDS_ROOT_CA": str(pki["root"]), "ISTIOD_SAN": "istiod.istio-system.svc"})
+        assert cfg.control_plane_auth_policy == "MUTUAL_TLS"
+        admin = f"http://127.0.0.1:{cfg.admin_port}"
+        with running_envoy(cfg, tmp_path / "envoy.log"):
+            if connects:
+                ads.wait_acked(LISTENER)
+                wait_for(lambda: http_get(f"{admin}/ready")[0] == 200, 30, "Envoy LIVE")
+            else:
+                with pytest.raises(TimeoutError):
+                    ads.wait_connected(timeout=3)
+                assert http_get(f"{admin}/ready")[0] == 503
+                assert (stat(admin, "cluster.xds-grpc;.ssl.fail_verify_san") or 0) >= 1
