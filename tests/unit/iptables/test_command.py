@@ -194,3 +194,19 @@ def test_log_as_json():
 
     rc, out, err = run(["-n", "--log_as_json"])
     assert rc == 0 and all(json.loads(line)["level"] in ("info", "warn") for line in err.splitlines())
+
+
+@pytest.mark.parametrize("extra", [[], ["--cleanup-only"], ["--verify"], ["--reconcile", "--force-apply"],
+                                   ["-m", "TPROXY", "--redirect-dns", "--capture-all-dns"]])
+def test_dry_run_spawns_nothing_and_needs_no_binary(extra, monkeypatch):
+    import subprocess
+
+    def refuse(*a, **k):
+        raise AssertionError(f"dry-run spawned {a}")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(os, "execv", refuse)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    rc, out, _ = run(["-n", *INIT, *extra], host=Host(HostFacts(enable_ipv6=True)))
+    assert rc == (1 if "--verify" in extra else 0)  # verify: nothing is in place in an empty (recorded) kernel
+    assert out
