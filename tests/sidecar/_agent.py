@@ -32,7 +32,7 @@ def curl(ns: Netns, url: str, method: str = "GET", *, uid: int | None = None, ti
         argv += ["-H", f"{k}: {v}"]
     cp = ns.run(argv + [url], uid=uid, check=False, timeout=timeout + 10)
     body, _, code = cp.stdout.rpartition("\n")
-    return int(code or 0), body
+    return int(code or 0), body.rstrip("\n")
 
 
 def wait_until(predicate, timeout: float = 30, interval: float = 0.1, what: str = "condition"):
