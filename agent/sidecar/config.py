@@ -261,11 +261,34 @@ def _validate(cfg: SidecarConfig) -> None:
         problems.append(f"invalid --envoy-restart-budget: {cfg.restart_budget} (>= 0)")
     if cfg.restart_window <= 0 or cfg.restart_backoff < 0:
         problems.append("invalid --envoy-restart-window/--envoy-restart-backoff (window > 0, backoff >= 0)")
-    for name in ("connect_timeout", "dns_refresh_rate", "termination_drain_duration", "minimum_drain_duration"):
+    for name in ("termination_drain_duration", "minimum_drain_duration"):
         if getattr(cfg, name) < 0:
             problems.append(f"invalid {name}: negative")
+    # Envoy's own constraints on the clusters these feed (Duration gt 0 / gt 1ms).
+    if cfg.connect_timeout <= 0:
+        problems.append(f"invalid connectTimeout: {flags.format_duration(cfg.connect_timeout)!r} (> 0)")
+    if cfg.dns_refresh_rate <= 0.001:
+        problems.append(f"invalid dnsRefreshRate: {flags.format_duration(cfg.dns_refresh_rate)!r} (> 1ms)")
+    if cfg.concurrency < 0:
+        problems.append(f"invalid concurrency: {cfg.concurrency} (>= 0)")
+    problems += _log_level_problems(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
+
+
+def _log_level_problems(cfg: SidecarConfig) -> list[str]:
+    """Envoy refuses to start on an unknown level; say so before starting it."""
+    problems = []
+    for flag, text in (("proxyLogLevel", cfg.proxy_log_level), ("proxyComponentLogLevel", cfg.proxy_component_log_level)):
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            level = part.rpartition(":")[2]
+            if level not in ENVOY_LOG_LEVELS or part.startswith(":"):
+                problems.append(f"invalid {flag}: {text!r} (level {level!r}; one of {', '.join(ENVOY_LOG_LEVELS)})")
+                break
+    return problems
 
 
 def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFile, path_exists: PathExists,

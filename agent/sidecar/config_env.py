@@ -130,7 +130,7 @@ def concurrency(pc: Mapping[str, Any], parsed: flags.Parsed, env: Mapping[str, s
     if value in (None, "") and env.get("ISTIO_CPU_LIMIT"):
         n = to_int("ISTIO_CPU_LIMIT", env["ISTIO_CPU_LIMIT"])
     legacy = parsed.values["concurrency"]
-    return legacy if legacy > 0 else n
+    return legacy if legacy != 0 else n  # a negative value is reported by validation
 
 
 def termination_drain(pc: Mapping[str, Any], env: Mapping[str, str]) -> float:

@@ -121,6 +121,7 @@ MESH = "defaultConfig:\n  drainDuration: 30s\n  proxyMetadata: {A: mesh, B: mesh
     ([], {"ISTIO_DELTA_XDS": "true"}, {}, "xds_type", "DELTA_GRPC"),
     # log flags
     (["--log_as_json", "--log_output_level=default:debug"], {}, {}, "log_as_json", True),
+    (["--proxyLogLevel=info,misc:error,upstream:debug"], {}, {}, "proxy_log_level", "info,misc:error,upstream:debug"),
     (["--log_output_level=default:debug"], {}, {}, "log_output_level", "default:debug"),
 ])
 def test_precedence(argv, env, files, attr, expected):
@@ -199,6 +200,12 @@ def test_istiod_san_and_root_cert():
     (["--drainDuration", "1500ms"], {}, {}, "invalid drainDuration: '1.5s'"),
     (["--statusPort", "0"], {}, {}, "invalid statusPort: 0"),
     (["router2"], {}, {}, "invalid proxy Type: router2"),
+    (["--proxyLogLevel", "loud"], {}, {}, "invalid proxyLogLevel: 'loud' (level 'loud'"),
+    (["--proxyLogLevel", "info,misc:chatty"], {}, {}, "invalid proxyLogLevel: 'info,misc:chatty'"),
+    (["--proxyComponentLogLevel", "misc:nope"], {}, {}, "invalid proxyComponentLogLevel"),
+    (["--connectTimeout", "0s"], {}, {}, "invalid connectTimeout: '0s' (> 0)"),
+    (["--dnsRefreshRate", "0s"], {}, {}, "invalid dnsRefreshRate: '0s'"),
+    (["--concurrency", "-2"], {}, {}, "invalid concurrency: -2"),
     ([], {}, {"./etc/istio/config/mesh": "defaultConfig: [\n"}, "invalid --meshConfig file"),
     ([], {"ISTIO_BOOTSTRAP_OVERRIDE": "/o"}, {"/o": "- a\n- b\n"}, "expected an object"),
 ])
