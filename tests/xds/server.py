@@ -24,7 +24,7 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import grpc
 from google.protobuf import any_pb2, json_format
@@ -61,8 +61,10 @@ def many_clusters(n: int, address: str = "127.0.0.1", port: int = 9) -> list[dic
     return [static_cluster(f"cluster-{i:05d}", address, port) for i in range(n)]
 
 
-def pack(type_url: str, resource: dict[str, Any]) -> any_pb2.Any:
-    message = json_format.ParseDict(resource, _MESSAGES[type_url]())
+def pack(type_url: str, resource: Any) -> any_pb2.Any:
+    """A dict (parsed as the type's message) or a ready protobuf message -> Any."""
+    message = resource if hasattr(resource, "SerializeToString") else json_format.ParseDict(
+        resource, _MESSAGES[type_url]())
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed
@@ -146,14 +148,17 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return str(self._version)
 
     def set(self, *, clusters: Iterable[dict] | None = None, listeners: Iterable[dict] | None = None,
-            **by_type: Iterable[dict]) -> str:
-        """Replace the snapshot of the given types, bump the version and push to open streams."""
+            resources: Mapping[str, Iterable[Any]] | None = None) -> str:
+        """Replace the snapshot of the given types, bump the version and push to open streams.
+
+        `resources` maps any other type URL to its resources (dicts for CDS/LDS types, or protobuf
+        messages of any type, e.g. ClusterLoadAssignment for EDS)."""
         packed = {}
         if clusters is not None:
             packed[CLUSTER] = [pack(CLUSTER, c) for c in clusters]
         if listeners is not None:
             packed[LISTENER] = [pack(LISTENER, lst) for lst in listeners]
-        for type_url, items in by_type.items():
+        for type_url, items in (resources or {}).items():
             packed[type_url] = [pack(type_url, r) for r in items]
         with self._cond:
             self._resources.update(packed)
