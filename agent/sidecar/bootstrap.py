@@ -103,10 +103,32 @@ def _dynamic_resources(cfg: SidecarConfig) -> dict[str, Any]:
     }
 
 
-def _http2() -> dict[str, Any]:
-    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+def _http2(max_requests_per_connection: int = 0) -> dict[str, Any]:
+    options: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}}}}
+        "explicit_http_config": {"http2_protocol_options": {}}}
+    if max_requests_per_connection:
+        options["common_http_protocol_options"] = {"max_requests_per_connection": max_requests_per_connection}
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}
+
+
+def _dns_cluster(cfg: SidecarConfig, name: str, address: str) -> dict[str, Any]:
+    """A DNS cluster to host:port. Envoy 1.40 deprecates the STRICT_DNS type's cluster-level DNS fields
+    in favour of the `envoy.cluster.dns` extension, which carries dns_refresh_rate (--dnsRefreshRate)."""
+    host, port = _host_port(address)
+    return {
+        "name": name,
+        "cluster_type": {"name": "envoy.cluster.dns", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster",
+            "dns_refresh_rate": seconds(cfg.dns_refresh_rate),
+            "dns_lookup_family": ip_family(cfg)[2],
+            "all_addresses_in_single_endpoint": False}},
+        "connect_timeout": seconds(cfg.connect_timeout),
+        "lb_policy": "ROUND_ROBIN",
+        "alt_stat_name": f"{name};",
+        "load_assignment": {"cluster_name": name, "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}]},
+    }
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -116,23 +138,13 @@ def _host_port(address: str) -> tuple[str, int]:
 
 def _xds_cluster(cfg: SidecarConfig) -> dict[str, Any]:
     """ADS to discoveryAddress, dialled by Envoy (2020): connectTimeout and dnsRefreshRate apply here."""
-    host, port = _host_port(cfg.discovery_address)
     limits = {"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}
-    cluster: dict[str, Any] = {
-        "name": "xds-grpc",
-        "type": "STRICT_DNS",
-        "connect_timeout": seconds(cfg.connect_timeout),
-        "dns_refresh_rate": seconds(cfg.dns_refresh_rate),
-        "dns_lookup_family": ip_family(cfg)[2],
-        "lb_policy": "ROUND_ROBIN",
-        "alt_stat_name": "xds-grpc;",
-        "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [
-            {"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}]},
+    cluster = _dns_cluster(cfg, "xds-grpc", cfg.discovery_address)
+    cluster.update({
         "circuit_breakers": {"thresholds": [{"priority": p, **limits} for p in ("DEFAULT", "HIGH")]},
         "upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 300}},
-        "max_requests_per_connection": 1,
-        "typed_extension_protocol_options": _http2(),
-    }
+        "typed_extension_protocol_options": _http2(max_requests_per_connection=1),
+    })
     if cfg.control_plane_auth_policy == "MUTUAL_TLS":
         cluster["transport_socket"] = _xds_tls(cfg)
     return cluster
@@ -170,18 +182,7 @@ def _sds_cluster() -> dict[str, Any]:
 
 
 def _zipkin_cluster(cfg: SidecarConfig) -> dict[str, Any]:
-    host, port = _host_port(cfg.zipkin_address)
-    return {
-        "name": "zipkin",
-        "type": "STRICT_DNS",
-        "connect_timeout": seconds(cfg.connect_timeout),
-        "dns_refresh_rate": seconds(cfg.dns_refresh_rate),
-        "dns_lookup_family": ip_family(cfg)[2],
-        "lb_policy": "ROUND_ROBIN",
-        "alt_stat_name": "zipkin;",
-        "load_assignment": {"cluster_name": "zipkin", "endpoints": [
-            {"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}]},
-    }
+    return _dns_cluster(cfg, "zipkin", cfg.zipkin_address)
 
 
 def _zipkin_tracer() -> dict[str, Any]:

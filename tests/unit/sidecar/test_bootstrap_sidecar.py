@@ -139,7 +139,10 @@ def test_mutual_tls_checks_the_istiod_san_with_the_mounted_root():
 def test_2020_timeouts_apply_to_the_agents_clusters():
     clusters = {c["name"]: c for c in bootstrap.build_bootstrap(make_config("none_2020"))["static_resources"]["clusters"]}
     for name in ("xds-grpc", "zipkin"):
-        assert (clusters[name]["connect_timeout"], clusters[name]["dns_refresh_rate"]) == ("10s", "300s")
+        dns = clusters[name]["cluster_type"]["typed_config"]
+        assert (clusters[name]["connect_timeout"], dns["dns_refresh_rate"]) == ("10s", "300s")
+    assert clusters["xds-grpc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == \
+        {"socket_address": {"address": "istiod.istio-system.svc", "port_value": 15012}}
     assert "transport_socket" not in clusters["xds-grpc"]
     assert clusters["agent"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == \
         {"socket_address": {"address": "127.0.0.1", "port_value": 15020}}
