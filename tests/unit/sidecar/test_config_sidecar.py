@@ -267,3 +267,11 @@ def test_readme_flag_table_is_current():
 
     doc = (Path(__file__).resolve().parents[3] / "docs" / "readme" / "sidecar-config.md").read_text()
     assert flags.markdown_table(config.PROXY_FLAGS) in doc
+
+
+def test_multi_line_proxy_config_annotation():
+    """The downward-API file Go-quotes values: a YAML annotation arrives with \\n escapes."""
+    note = 'proxy.istio.io/config="drainDuration: 19s\\nproxyMetadata:\\n  ISTIO_META_FROM_NOTE: \\"yes\\"\\n"\n'
+    cfg = run([], {}, {ROOT: "", "./etc/istio/pod/annotations": note})
+    assert cfg.drain_duration == 19.0 and cfg.meta_env["FROM_NOTE"] == "yes"
+    assert cfg.annotations["proxy.istio.io/config"].startswith("drainDuration: 19s\n")
