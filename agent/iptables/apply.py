@@ -30,15 +30,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
 from typing import Sequence, TextIO
 
 from agent.exitcodes import Exit
-from agent.iptables import restore, routes
+from agent.iptables import restore
 from agent.iptables.config import IptablesConfig
 from agent.iptables.host import HostFacts
 from agent.iptables.rules import BUILTIN, Rule, RuleSet
-from agent.iptables.runner import IptablesError, RealRunner, Runner
+from agent.iptables.runner import IptablesError, RealRunner, RouteError, Runner
 
 log = logging.getLogger("istio-iptables")
 
@@ -191,12 +190,13 @@ def drift_reason(want: restore.State, live: restore.State) -> str | None:
 
 # ---- the orchestrator ---------------------------------------------------------------------------
 
-@dataclass
 class Family:
-    number: int
-    rules: tuple[Rule, ...]
-    before: str = ""  # live rules when we started (iptables-save text)
-    live: restore.State = field(default_factory=dict)
+    """One address family's rules, and its live rules when we started (save text and parsed)."""
+
+    def __init__(self, number: int, rules: tuple[Rule, ...]) -> None:
+        self.number, self.rules = number, rules
+        self.before = ""
+        self.live: restore.State = {}
 
     @property
     def label(self) -> str:
@@ -330,6 +330,8 @@ class Applier:
                 log.info("%s: cleanup in one transaction failed (%s); removing rule by rule", fam.label, e)
                 for args in restore.cleanup_commands(fam.rules):
                     self.runner.iptables(fam.number, args, quiet=True)
+        from agent.iptables import routes
+
         routes.cleanup(self.cfg, self.ruleset.ipv6, self.runner)
         log.info("cleanup done")
 
@@ -364,6 +366,8 @@ class Applier:
             diff = restore.diff(restore.expected_state(fam.rules), fam.live)
             if diff:
                 lines += [f"# {fam.label} ({self.runner.describe(fam.number)}): - live only, + missing", *diff]
+        from agent.iptables import routes
+
         missing = routes.missing(self.cfg, self.ruleset.ipv6, self.runner)
         lines += ["# routes missing:", *[f"+{m}" for m in missing]] if missing else []
         if lines:
@@ -393,9 +397,11 @@ def main(cfg: IptablesConfig, ruleset: RuleSet, facts: HostFacts, runner: Runner
         applier = Applier(cfg, ruleset, runner, out or sys.stdout)
         try:
             code = applier.run()
-            if code == Exit.OK and not (cfg.verify or cfg.cleanup_only):
+            if code == Exit.OK and not (cfg.verify or cfg.cleanup_only) and (ruleset.ipv6 or cfg.tproxy):
+                from agent.iptables import routes  # only IPv6 (::6 on lo) and TPROXY need it
+
                 routes.configure(cfg, ruleset.ipv6, runner)
-        except (Drift, IptablesError, routes.RouteError) as e:
+        except (Drift, IptablesError, RouteError) as e:
             log.error("%s", e)
             code = Exit.FAILURE
         finally:

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 
 from agent.iptables.config import IptablesConfig
-from agent.iptables.runner import Runner
+from agent.iptables.runner import RouteError, Runner
 
 log = logging.getLogger("istio-iptables")
 
@@ -27,18 +26,11 @@ IF_INET6 = "/proc/net/if_inet6"
 PASSTHROUGH6_HEX = "0" * 31 + "6"
 
 
-class RouteError(Exception):
-    """`failed to configure routes: ...` (exit 1); the iptables rules are in place by then."""
-
-
-@dataclass(frozen=True)
 class Plan:
-    """The routing state these flags want: `tproxy` families, `::6` on lo when IPv6 is on."""
+    """The routing state these flags want: TPROXY `families`, `::6` on lo when IPv6 is on."""
 
-    families: tuple[int, ...]
-    mark: int
-    table: str
-    loopback6: bool
+    def __init__(self, families: tuple[int, ...], mark: int, table: str, loopback6: bool) -> None:
+        self.families, self.mark, self.table, self.loopback6 = families, mark, table, loopback6
 
     @classmethod
     def of(cls, cfg: IptablesConfig, ipv6: bool) -> "Plan":

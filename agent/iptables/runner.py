@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import subprocess
-from dataclasses import dataclass, field
+import select
 from typing import Protocol
 
 log = logging.getLogger("istio-iptables")  # configured by agent.iptables.command
@@ -40,7 +38,6 @@ log = logging.getLogger("istio-iptables")  # configured by agent.iptables.comman
 FAMILIES = (4, 6)
 _BASE = {4: "iptables", 6: "ip6tables"}
 _PROC_TABLES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
-_VERSION = re.compile(r"v(\d+(?:\.\d+)+)")
 _XTABLES_ERRORS = {1: "xtables other problem", 2: "xtables parameter problem",
                    3: "xtables version problem", 4: "xtables resource problem"}
 
@@ -53,11 +50,17 @@ class IptablesError(Exception):
         self.line = line
 
 
-@dataclass(frozen=True)
 class Result:
-    code: int
-    stdout: str = ""
-    stderr: str = ""
+    """A finished command. (Plain classes, not dataclasses, on this path: each @dataclass costs
+    about a millisecond of start-up, and this runs in every pod's init container.)"""
+
+    __slots__ = ("code", "stdout", "stderr")
+
+    def __init__(self, code: int, stdout: str = "", stderr: str = "") -> None:
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+    def __repr__(self) -> str:
+        return f"Result({self.code!r}, {self.stdout!r}, {self.stderr!r})"
 
     @property
     def ok(self) -> bool:
@@ -82,8 +85,9 @@ class Runner(Protocol):
 
 def restore_failed_line(stderr: str) -> int | None:
     """The line number iptables-restore names in `... line N failed`."""
-    m = re.search(r"line (\d+) failed", stderr)
-    return int(m.group(1)) if m else None
+    head, sep, _ = stderr.partition(" failed")
+    number = head.rsplit("line ", 1)[-1] if sep else ""
+    return int(number) if number.isdigit() else None
 
 
 def _error(argv: list[str], res: Result) -> str:
@@ -98,14 +102,13 @@ def _error(argv: list[str], res: Result) -> str:
 
 # ---- binary detection ---------------------------------------------------------------------------
 
-@dataclass
 class Binary:
-    """One detected iptables family: `name` is e.g. `iptables-nft`; save/restore add the suffix."""
+    """One detected iptables family: `name` is e.g. `iptables-nft`; save/restore add the suffix.
+    `variant` is "legacy" or "nft"; `initial_save` is the detection's `-save` output."""
 
-    name: str
-    variant: str  # "legacy" or "nft"
-    version: tuple[int, ...] = ()
-    initial_save: str | None = None  # the detection save, reused as the state probe
+    def __init__(self, name: str, variant: str, version: tuple[int, ...] = (),
+                 initial_save: str | None = None) -> None:
+        self.name, self.variant, self.version, self.initial_save = name, variant, version, initial_save
 
     @property
     def wait(self) -> list[str]:
@@ -117,9 +120,18 @@ class DetectError(IptablesError):
     pass
 
 
+class RouteError(Exception):
+    """`failed to configure routes: ...` (exit 1); the iptables rules are in place by then.
+    (Defined here so apply can catch it without importing routes on the common path.)"""
+
+
 def _parse_version(text: str) -> tuple[int, ...]:
-    m = _VERSION.search(text)
-    return tuple(int(x) for x in m.group(1).split(".")) if m else ()
+    """The first `v<digits>(.<digits>)+` in text, e.g. `iptables-save v1.8.9 (legacy)`."""
+    for word in text.replace("(", " ").split():
+        parts = word[1:].split(".") if word.startswith("v") else []
+        if len(parts) > 1 and all(p.isdigit() for p in parts):
+            return tuple(int(p) for p in parts)
+    return ()
 
 
 def legacy_has_tables(family: int, proc_path: str | None = None) -> bool:
@@ -133,25 +145,72 @@ def legacy_has_tables(family: int, proc_path: str | None = None) -> bool:
 
 # ---- the real runner ----------------------------------------------------------------------------
 
-@dataclass
-class RealRunner:
-    """Runs iptables/ip commands in the current netns. `force` is FORCE_IPTABLES_BINARY."""
+_SIGPIPE = 13  # Linux; Python ignores SIGPIPE and children would inherit that (subprocess resets it too)
 
-    force: str = ""
-    env: dict[str, str] | None = None
-    spawned: list[list[str]] = field(default_factory=list)
-    _bins: dict[int, Binary] = field(default_factory=dict)
-    _fresh_save: dict[int, str] = field(default_factory=dict)
+
+def spawn(argv: list[str], stdin: str | None = None, env: dict[str, str] | None = None) -> Result:
+    """Run argv (looked up in PATH), feed stdin, collect stdout/stderr. posix_spawn and pipes
+    rather than subprocess: the same work without subprocess's import cost on this path."""
+    fds = [os.pipe(), os.pipe(), os.pipe()]  # stdin, stdout, stderr; all close-on-exec
+    (in_r, in_w), (out_r, out_w), (err_r, err_w) = fds
+    actions = [(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+    try:
+        pid = os.posix_spawnp(argv[0], argv, os.environ if env is None else env, file_actions=actions,
+                              setsigdef=(_SIGPIPE,))
+    except OSError as e:  # not installed / not executable
+        for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
+            os.close(fd)
+        return Result(127, "", f"{argv[0]}: {e.strerror or e}")
+    for fd in (in_r, out_w, err_w):
+        os.close(fd)
+    out = _communicate(in_w, (stdin or "").encode(), out_r, err_r)
+    _, status = os.waitpid(pid, 0)
+    return Result(os.waitstatus_to_exitcode(status), out[out_r].decode(errors="replace"),
+                  out[err_r].decode(errors="replace"))
+
+
+def _communicate(in_w: int, data: bytes, out_r: int, err_r: int) -> dict[int, bytes]:
+    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
+    writers = [in_w] if data else []
+    if not data:
+        os.close(in_w)
+    readers = [out_r, err_r]
+    while readers or writers:
+        readable, writable, _ = select.select(readers, writers, [])
+        for fd in writable:
+            try:
+                sent = os.write(fd, data[:65536])
+            except BrokenPipeError:
+                sent = len(data)
+            data = data[sent:]
+            if not data:
+                os.close(fd)
+                writers = []
+        for fd in readable:
+            chunk = os.read(fd, 65536)
+            if chunk:
+                chunks[fd].append(chunk)
+            else:
+                os.close(fd)
+                readers.remove(fd)
+    return {fd: b"".join(parts) for fd, parts in chunks.items()}
+
+
+class RealRunner:
+    """Runs iptables/ip commands in the current netns. `force` is FORCE_IPTABLES_BINARY;
+    `spawned` lists the argv of every process started (the process budget, logged at the end)."""
+
+    def __init__(self, force: str = "", env: dict[str, str] | None = None) -> None:
+        self.force, self.env = force, env
+        self.spawned: list[list[str]] = []
+        self._bins: dict[int, Binary] = {}
+        self._fresh_save: dict[int, str] = {}
 
     # -- process plumbing
     def _spawn(self, argv: list[str], stdin: str | None = None) -> Result:
         self.spawned.append(argv)
         log.debug("exec %s%s", " ".join(argv), f" <<EOF\n{stdin}EOF" if stdin else "")
-        try:
-            cp = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=self.env)
-        except OSError as e:  # not installed / not executable
-            return Result(127, "", f"{argv[0]}: {e.strerror or e}")
-        return Result(cp.returncode, cp.stdout, cp.stderr)
+        return spawn(argv, stdin, self.env)
 
     def run(self, argv: list[str], stdin: str | None = None) -> Result:
         return self._spawn(argv, stdin)
@@ -261,7 +320,6 @@ class RealRunner:
 
 # ---- dry run ------------------------------------------------------------------------------------
 
-@dataclass
 class DryRunRecorder:
     """Records Istio's dry-run transcript (spec §4.1) and runs nothing.
 
@@ -270,8 +328,9 @@ class DryRunRecorder:
     without truncating (§4.3). `run()` (routes) records nothing: dry-run never touches routes.
     """
 
-    file_path: str = ""
-    lines: list[str] = field(default_factory=list)
+    def __init__(self, file_path: str = "") -> None:
+        self.file_path = file_path
+        self.lines: list[str] = []
 
     def _record(self, new: list[str]) -> None:
         self.lines.extend(new)
