@@ -160,6 +160,11 @@ def _start_and_serve(cfg: Any, plan: dict[str, Any]) -> int:
     from agent.sidecar import logs, reaper
 
     log = logs.get()
+    # Until the supervisor's loop installs its handlers, a SIGTERM/SIGINT is only recorded (and
+    # replayed there), so a pod deleted during start-up still drains instead of dying mid-way.
+    early: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda n, _f: early.append(n))
     try:
         proc = reaper.spawn(plan["argv"])
     except OSError as e:
@@ -172,7 +177,7 @@ def _start_and_serve(cfg: Any, plan: dict[str, Any]) -> int:
         _log_config(cfg)
         import asyncio
 
-        code = asyncio.run(_serve(cfg, plan, envoy_ref))
+        code = asyncio.run(_serve(cfg, plan, envoy_ref, early))
     except BaseException as e:
         log.error("agent failed", error=repr(e))
         code = Exit.FAILURE
@@ -208,7 +213,7 @@ def _kill_leftover(proc: Any) -> None:
     proc.popen.returncode = -9
 
 
-async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list) -> int:
+async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list, early_signals: list[int]) -> int:
     """Build the adapters and run the supervisor. The heavy imports happen here, while Envoy starts."""
     import aiohttp
 
@@ -235,7 +240,7 @@ async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list) -> int:
         on_restart=metrics.envoy_restarts.inc,
         budget=envoy.RestartBudget(cfg.restart_budget, cfg.restart_window, base_delay=cfg.restart_backoff),
         drain_policy=drain.DrainPolicy.from_config(cfg), inbound_only=cfg.proxy_type == "sidecar",
-        excluded_ports=(cfg.envoy_status_port, cfg.envoy_prometheus_port)))
+        excluded_ports=(cfg.envoy_status_port, cfg.envoy_prometheus_port), early_signals=early_signals))
     server = None
     try:
         if plan["status_sock"] is not None:

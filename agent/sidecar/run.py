@@ -55,6 +55,7 @@ class Supervision:
     excluded_ports: tuple[int, ...] = (15021, 15090)
     reap_all: bool = field(default_factory=lambda: os.getpid() == 1)
     stop_grace: float = 2.0
+    early_signals: list[int] = field(default_factory=list)  # recorded by the edge before the loop ran
     clock: Callable[[], float] = time.monotonic
 
 
@@ -91,6 +92,8 @@ class Supervisor:
             loop.add_signal_handler(signum, self.enqueue, "signal", signum)
         loop.add_signal_handler(signal.SIGCHLD, self.enqueue, "child")
         self.enqueue("child")  # Envoy may have exited before the handler was installed
+        for signum in self.s.early_signals:
+            self.enqueue("signal", signum)
         try:
             while self.exit_code is None:
                 name, *args = await self.events.get()
