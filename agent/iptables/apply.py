@@ -139,16 +139,38 @@ def committed_tables(doc: str, failed_line: int | None) -> list[str]:
     return tables
 
 
+def istio_shape(table: str, chain: str, words: Sequence[str]) -> bool:
+    """Rules Istio puts in built-in chains that do not jump to an ISTIO_ chain, told apart by
+    shape only (Istio's text and iptables-save's both match): the -c/-k interface RETURNs
+    (`-i X -j RETURN` in PREROUTING, `-o X -j RETURN` in OUTPUT; spec §2.3 steps 1-2) and the
+    TPROXY mark/connmark plumbing in mangle (step 17). A reconcile removes them whatever flags
+    installed them, so switching flags leaves nothing of the old set behind."""
+    words = list(words)
+    if table not in ("nat", "mangle") or chain not in ("PREROUTING", "OUTPUT") or "-j" not in words:
+        return False
+    if len(words) == 4 and words[0] in ("-i", "-o") and words[2:] == ["-j", "RETURN"]:
+        return (words[0] == "-i") == (chain == "PREROUTING")
+    target = words[words.index("-j") + 1] if words.index("-j") + 1 < len(words) else ""
+    return table == "mangle" and (target in ("CONNMARK", "MARK") or
+                                  (target == "RETURN" and "lo" in words and "--mark" in words))
+
+
+def _ours_in_builtin(table: str, chain: str, line: str) -> bool:
+    words = line.split()
+    return not chain.startswith("ISTIO") and (jumps_to_istio(words) or istio_shape(table, chain, words[2:]))
+
+
 def swap_document(live: restore.State, rules: Sequence[Rule], present: Sequence[Rule]) -> str:
     """One transaction that replaces our live rules with `rules` (see the module docstring).
-    `present` are the non-jump rules of built-in chains these flags would add that are live."""
+    `present` are the other non-jump rules of built-in chains these flags add that are live."""
     new = document_blocks(restore.render(rules))
     blocks: dict[str, list[str]] = {}
-    for table in dict.fromkeys([*[t for t, c in live.items() if ours_live({t: c})], *new]):
+    touched = [t for t, chains in live.items() if ours_live({t: chains}) or
+               any(_ours_in_builtin(t, c, line) for c, ls in chains.items() for line in ls)]
+    for table in dict.fromkeys([*touched, *new]):
         chains = live.get(table, {})
         mine = [c for c in chains if c.startswith("ISTIO")]
-        lines = ["-D" + line[2:] for c, ls in chains.items() if not c.startswith("ISTIO")
-                 for line in ls if jumps_to_istio(line.split())]
+        lines = ["-D" + line[2:] for c, ls in chains.items() for line in ls if _ours_in_builtin(table, c, line)]
         lines += [" ".join(("-D", r.chain, *r.args)) for r in present if r.table == table]
         lines += [f"-F {c}" for c in mine]
         created = {line.split()[1] for line in new.get(table, []) if line.startswith("-N ")}
@@ -281,8 +303,8 @@ class Applier:
         log.info("reconciling iptables rules: %s", reason)
         steps = []
         for fam in self.families:
-            present = self.present(fam, [r for r in fam.rules if r.chain in BUILTIN
-                                         and not jumps_to_istio(r.args)])
+            present = self.present(fam, [r for r in fam.rules if r.chain in BUILTIN and not
+                                         (jumps_to_istio(r.args) or istio_shape(r.table, r.chain, r.args))])
             doc = swap_document(fam.live, fam.rules, present)
             steps.append((fam, doc, list(document_blocks(doc))))
         self.guardrails(True)

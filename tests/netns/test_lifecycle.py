@@ -72,6 +72,18 @@ def test_reconcile_from_redirect_to_tproxy_removes_old_chains(pod):
     applied(pod, *TPROXY_ARGS)  # and a plain re-run is a no-op
 
 
+def test_reconcile_from_tproxy_back_to_redirect_leaves_no_tproxy_plumbing(pod):
+    applied(pod, *TPROXY_ARGS, "--redirect-dns", "-c", "eth9")
+    applied(pod, *INIT_ARGS, "--reconcile")
+    fresh = Pod.create()
+    try:
+        assert fresh.istio_iptables(*INIT_ARGS).returncode == 0
+        assert rules_only(pod.save_all()) == rules_only(fresh.save_all())
+    finally:
+        fresh.close()
+    assert pod.remote.client(uid=None).tcp(POD4, 8080).get("listener") == 15006
+
+
 def test_reconcile_with_same_flags_is_a_no_op(pod):
     applied(pod, *INIT_ARGS)
     before = pod.save_all()
