@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ BUILD_SCRIPT = REPO / "docker" / "build-local.sh"
 DEFAULT_IMAGE = "localhost/agent-proxyv2:latest"
 
 # Runs as root in the container's network namespace, in the private mount namespace that
-# `ip netns exec` made. argv: <root> <read_only 0|1> [emptyDir paths...] -- <command...>
+# `ip netns exec` made. argv: <root> <read_only 0|1> [volume specs...] -- <command...>
 _SETUP = r"""
 set -eu
 root=$1; ro=$2; shift 2
@@ -44,9 +46,18 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$root/dev/shm"
 ln -s /proc/self/fd "$root/dev/fd"
 ln -s /proc/self/fd/0 "$root/dev/stdin"; ln -s /proc/self/fd/1 "$root/dev/stdout"; ln -s /proc/self/fd/2 "$root/dev/stderr"
 # The pod's resolv.conf (`ip netns exec` bind-mounted /etc/netns/<ns>/resolv.conf over ours).
-[ -e "$root/etc/resolv.conf" ] && mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
+[ ! -e "$root/etc/resolv.conf" ] || mount --bind /etc/resolv.conf "$root/etc/resolv.conf"
+# Volumes (targets already resolved inside the root, see in_root): "tmpfs:<target>" is an emptyDir
+# (writable by the sidecar's fsGroup 1337), "ro:<host dir>:<target>" a read-only volume such as
+# the downward-API podinfo.
 while [ "$1" != "--" ]; do
-  mount -t tmpfs -o uid=1337,gid=1337,mode=0775 tmpfs "$root$1"; shift
+  case $1 in
+    tmpfs:*) mount -t tmpfs -o uid=1337,gid=1337,mode=0775 tmpfs "${1#tmpfs:}" ;;
+    ro:*) spec=${1#ro:}; mount --bind "${spec%%:*}" "${spec#*:}"
+          mount -o remount,bind,ro "${spec#*:}" ;;
+    *) echo "container-setup: bad volume $1" >&2; exit 2 ;;
+  esac
+  shift
 done
 shift
 exec "$@"
@@ -58,6 +69,31 @@ def _run(argv: list[str], timeout: float = 120) -> str:
     if cp.returncode != 0:
         raise RuntimeError(f"{argv!r} exited {cp.returncode}: {cp.stderr.strip()[-2000:]}")
     return cp.stdout
+
+
+def in_root(root: str, path: str) -> str:
+    """`path` inside the container resolved to a host path under `root`, following symlinks as if
+    chrooted (Debian's /var/run -> /run must not lead to the host's /run)."""
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            resolved = resolved[:-1]
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > 40:
+                raise OSError(f"too many symlinks resolving {path} in {root}")
+            link = os.readlink(candidate)
+            if link.startswith("/"):
+                resolved = []
+            parts = [p for p in link.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
 
 
 @dataclass(frozen=True)
@@ -102,6 +138,7 @@ class Container:
     cid: str
     root: str
     _removed: bool = field(default=False, repr=False)
+    _temp: list[str] = field(default_factory=list, repr=False)
 
     @classmethod
     def create(cls, image: Image, label: str) -> "Container":
@@ -124,28 +161,53 @@ class Container:
         return int(name), int(group or name)
 
     def argv(self, args: list[str], *, env: dict[str, str] | None = None, user: str | None = None,
-             read_only: bool = False, empty_dirs: tuple[str, ...] | list[str] = ()) -> list[str]:
+             read_only: bool = False, empty_dirs: tuple[str, ...] | list[str] = (),
+             ro_volumes: dict[str, str] | None = None, command: list[str] | None = None,
+             pod_hosts: str = "") -> list[str]:
         """The argv (for Netns.run/spawn, which run it as root) that starts ENTRYPOINT + args in
-        this container, as `user` (default: the image's USER)."""
+        this container (or `command` + args, as a pod's `command:` or an exec hook does), as
+        `user` (default: the image's USER). `ro_volumes` maps container path -> host directory.
+        /etc/hosts is kubelet's managed file (localhost entries + `pod_hosts` lines), as in any pod."""
         uid, gid = self._ids(user if user is not None else self.image.user)
         full_env = {**self.image.env, **(env or {})}
-        command = ["env", "-i", *(f"{k}={v}" for k, v in full_env.items()),
-                   "/usr/sbin/chroot", self.root]
+        argv = ["env", "-i", *(f"{k}={v}" for k, v in full_env.items()),
+                "/usr/sbin/chroot", self.root]
         if uid != 0:
             # Runs inside the chroot (the image's own setpriv): root is needed for chroot itself.
-            command += ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+            argv += ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
                         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
         # chroot leaves the working directory at the new root; the image's WorkingDir is "/".
         assert self.image.workdir == "/", self.image.workdir
-        command += [*self.image.entrypoint, *args]
+        argv += [*(command if command is not None else self.image.entrypoint), *args]
+        volumes = [f"tmpfs:{self.mount_point(p)}" for p in empty_dirs]
+        volumes += [f"ro:{host}:{self.mount_point(path)}" for path, host in (ro_volumes or {}).items()]
+        volumes.append(f"ro:{self._hosts_file(pod_hosts)}:{in_root(self.root, '/etc/hosts')}")
         return ["sh", "-c", _SETUP, "container-setup", self.root, "1" if read_only else "0",
-                *empty_dirs, "--", *command]
+                *volumes, "--", *argv]
+
+    def _hosts_file(self, extra: str) -> str:
+        text = ("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"
+                "::1\tlocalhost ip6-localhost ip6-loopback\n" + (extra + "\n" if extra else ""))
+        path = Path(tempfile.mkdtemp(prefix="hosts-")) / "hosts"
+        path.write_text(text)
+        path.parent.chmod(0o755)
+        path.chmod(0o644)
+        self._temp.append(str(path.parent))
+        return str(path)
+
+    def mount_point(self, path: str) -> str:
+        """Like a runtime: create a missing mount point in the container's writable layer."""
+        target = in_root(self.root, path)
+        os.makedirs(target, exist_ok=True)
+        return target
 
     def remove(self) -> None:
         if not self._removed:
             self._removed = True
             subprocess.run(["buildah", "umount", self.cid], capture_output=True)
             subprocess.run(["buildah", "rm", self.cid], capture_output=True)
+            for d in self._temp:
+                shutil.rmtree(d, ignore_errors=True)
 
     def __enter__(self) -> "Container":
         return self
