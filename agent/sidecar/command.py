@@ -23,7 +23,20 @@ from typing import Any, Mapping, Sequence
 
 from agent.exitcodes import Exit
 
-_T0 = time.monotonic()
+def _process_age() -> float:
+    """Seconds since this process started (kernel start time), not since this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+#: monotonic clock value at process start: start-up durations are measured from here (as Istio does).
+_T0 = time.monotonic() - _process_age()
 
 
 class StartupError(Exception):
@@ -101,11 +114,10 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     from agent.sidecar import logs
 
     try:
-        logs.configure(cfg.log_output_level, cfg.log_as_json, cfg.log_target)
-    except (logs.LogConfigError, OSError) as e:
-        return _fail(str(e))
-    try:
+        logs.parse_levels(cfg.log_output_level)  # validated now, configured once Envoy is on its way
         plan = _prepare(cfg, environ)
+    except logs.LogConfigError as e:
+        return _fail(str(e))
     except StartupError as e:
         return _fail(str(e))
     return _start_and_serve(cfg, plan)
@@ -159,7 +171,6 @@ def _prepare(cfg: Any, environ: Mapping[str, str]) -> dict[str, Any]:
 def _start_and_serve(cfg: Any, plan: dict[str, Any]) -> int:
     from agent.sidecar import logs, reaper
 
-    log = logs.get()
     # Until the supervisor's loop installs its handlers, a SIGTERM/SIGINT is only recorded (and
     # replayed there), so a pod deleted during start-up still drains instead of dying mid-way.
     early: list[int] = []
@@ -170,6 +181,13 @@ def _start_and_serve(cfg: Any, plan: dict[str, Any]) -> int:
     except OSError as e:
         _remove(plan["bootstrap"])
         return _fail(f"--binaryPath: cannot start Envoy {cfg.binary_path!r}: {e.strerror or e}")
+    try:
+        logs.configure(cfg.log_output_level, cfg.log_as_json, cfg.log_target)
+    except OSError as e:  # an unwritable --log_target file
+        _kill_leftover(proc)
+        _remove(plan["bootstrap"])
+        return _fail(f"--log_target: {e}")
+    log = logs.get()
     log.info("Envoy started", pid=proc.pid, argv=" ".join(plan["argv"]),
              seconds_since_start=round(time.monotonic() - _T0, 3))
     envoy_ref = [proc]

@@ -14,7 +14,8 @@ import sys
 import time
 from typing import Any, Mapping, TextIO
 
-import structlog
+# structlog (and the asyncio it pulls in) is imported in configure()/get(): the edge validates the
+# level spec with parse_levels() before spawning Envoy and configures logging after it.
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40, "fatal": 50, "none": 100}
 #: structlog method names -> Istio level names.
@@ -70,6 +71,8 @@ def render_json(_logger: Any, _method: str, event: dict) -> str:
 
 
 def _make_filter(levels: Mapping[str, int]):
+    import structlog
+
     default = levels.get("default", LEVELS["info"])
 
     def stamp_and_filter(_logger: Any, method: str, event: dict) -> dict:
@@ -86,6 +89,8 @@ def _make_filter(levels: Mapping[str, int]):
 def configure(output_level: str = "default:info", as_json: bool = False, target: str = "stdout",
               stream: TextIO | None = None) -> None:
     """Configure structlog once for the process. Raises LogConfigError on a bad level spec."""
+    import structlog
+
     levels = parse_levels(output_level)
     if stream is None:
         first = (target or "stdout").split(",")[0].strip()
@@ -98,6 +103,22 @@ def configure(output_level: str = "default:info", as_json: bool = False, target:
     )
 
 
+class _Lazy:
+    """A module-level logger usable before configure(): resolves structlog on first use."""
+
+    def __init__(self, scope: str):
+        self.scope = scope
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(get(self.scope), name)
+
+
+def lazy(scope: str = "default") -> Any:
+    return _Lazy(scope)
+
+
 def get(scope: str = "default") -> Any:
+    import structlog
+
     log = structlog.get_logger()
     return log.bind(scope=scope) if scope != "default" else log

@@ -11,7 +11,6 @@ imported when the registry and merger are built, after Envoy is on its way.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
@@ -211,12 +210,14 @@ class MetricsMerger:
                 if resp.status != 200 or len(body) > BODY_CAP:
                     raise ValueError(f"HTTP status code {resp.status}" if resp.status != 200 else "body over 10 MiB")
                 return body, resp.headers.get("Content-Type")
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as e:
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
             self.metrics.scrape_failures.labels(kind).inc()
             self.log.warning("metrics scrape failed", source=kind, url=url, error=str(e) or type(e).__name__)
             return b"", None
 
     async def scrape(self, query: str, headers: Mapping[str, str]) -> tuple[bytes, str]:
+        import asyncio
+
         self.metrics.scrapes.inc()
         timeout = 5.0
         try:

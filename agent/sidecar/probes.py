@@ -13,7 +13,6 @@ which the agent does not carry (grpcio is a test-only dependency).
 """
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 import struct
@@ -22,7 +21,7 @@ from typing import Any, Mapping
 
 from agent.sidecar import logs
 
-log = logs.get("probes")
+log = logs.lazy("probes")
 
 PATH_RE = re.compile(r"^/(app-health|app-lifecycle)/[^/]+/(livez|readyz|startupz|prestopz|poststartz)$")
 BODY_LIMIT = 10 * 1024
@@ -128,10 +127,12 @@ class AppProber:
         return result
 
     async def _tcp(self, prober: Prober) -> ProbeResult:
+        import asyncio
+
         try:
             conn = asyncio.open_connection(self.dest, prober.port, local_addr=(self.source, 0))
             _, writer = await asyncio.wait_for(conn, prober.timeout or None)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (OSError, TimeoutError) as e:
             return ProbeResult(500, f"tcp probe failed: {e or type(e).__name__}".encode())
         sock = writer.get_extra_info("socket")
         if sock is not None:
@@ -151,7 +152,7 @@ class AppProber:
             async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                              auto_decompress=False) as session:
                 return await self._follow(session, url, headers)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
             return ProbeResult(500, f"http probe failed: {e or type(e).__name__}".encode())
 
     async def _follow(self, session: "aiohttp.ClientSession", url: str, headers: dict) -> ProbeResult:
