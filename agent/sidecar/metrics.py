@@ -129,6 +129,18 @@ def join(agent: bytes, envoy: bytes, apps: Sequence[bytes], content_type: str) -
     return out + b"# EOF\n" if content_type != TEXT else out
 
 
+async def read_capped(stream: Any, limit: int) -> bytes:
+    """Read until EOF or `limit` bytes (StreamReader.read(n) returns whatever has arrived so far)."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 # ---------------------------------------------------------------------------------------------
 # The agent's registry
 
@@ -206,7 +218,7 @@ class MetricsMerger:
 
         try:
             async with self.session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                body = await resp.content.read(BODY_CAP + 1)
+                body = await read_capped(resp.content, BODY_CAP + 1)
                 if resp.status != 200 or len(body) > BODY_CAP:
                     raise ValueError(f"HTTP status code {resp.status}" if resp.status != 200 else "body over 10 MiB")
                 return body, resp.headers.get("Content-Type")

@@ -158,10 +158,12 @@ class AppProber:
     async def _follow(self, session: "aiohttp.ClientSession", url: str, headers: dict) -> ProbeResult:
         from yarl import URL
 
+        from agent.sidecar.metrics import read_capped
+
         origin = URL(url)
         for _ in range(MAX_REDIRECTS + 1):
             async with session.get(url, headers=headers, allow_redirects=False) as resp:
-                body = await resp.content.read(BODY_LIMIT)
+                body = await read_capped(resp.content, BODY_LIMIT)
                 location = resp.headers.get("Location")
                 if 300 <= resp.status < 400 and location:
                     target = origin.join(URL(location))

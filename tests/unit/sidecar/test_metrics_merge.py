@@ -123,3 +123,24 @@ def test_merge_with_app_down_still_answers_and_counts():
     assert ctype == TEXT and "envoy_x 1" in body and "app_y" not in body
     assert 'istio_agent_scrape_failures_total{type="application"} 2.0' in registry
     assert "istio_agent_scrapes_total 2.0" in registry
+
+
+async def _merge_big():
+    async def envoy_stats(request):
+        resp = web.StreamResponse()
+        resp.content_type = "text/plain"
+        await resp.prepare(request)
+        for i in range(200):  # many chunks, as Envoy streams its stats
+            await resp.write(b"".join(b"envoy_metric_%d_%d 1\n" % (i, j) for j in range(50)))
+        await resp.write_eof()
+        return resp
+
+    async with http_app({"/stats/prometheus": envoy_stats}) as envoy_port:
+        async with aiohttp.ClientSession() as session:
+            merger = MetricsMerger(AgentMetrics(), session, envoy_port=envoy_port, targets=None, log=logs.get())
+            return (await merger.scrape("", {}))[0].decode()
+
+
+def test_merge_reads_a_streamed_body_to_the_end():
+    body = run(_merge_big())
+    assert body.count("\nenvoy_metric_") == 200 * 50 and body.endswith("envoy_metric_199_49 1\n")
