@@ -413,7 +413,8 @@ class Applier:
 def main(cfg: IptablesConfig, ruleset: RuleSet, facts: HostFacts, runner: Runner | None = None,
          out: TextIO | None = None) -> int:
     """Apply (or verify / clean up), then routes, then --run-validation. Returns the exit code."""
-    runner = runner or RealRunner(force=cfg.force_iptables_binary)
+    lockfile = cfg.network_namespace if cfg.cni_mode else ""
+    runner = runner or RealRunner(force=cfg.force_iptables_binary, lockfile=lockfile)
     code = Exit.OK
     if not cfg.skip_rule_apply:
         applier = Applier(cfg, ruleset, runner, out or sys.stdout)

@@ -200,17 +200,21 @@ class RealRunner:
     """Runs iptables/ip commands in the current netns. `force` is FORCE_IPTABLES_BINARY;
     `spawned` lists the argv of every process started (the process budget, logged at the end)."""
 
-    def __init__(self, force: str = "", env: dict[str, str] | None = None) -> None:
-        self.force, self.env = force, env
+    def __init__(self, force: str = "", env: dict[str, str] | None = None, lockfile: str = "") -> None:
+        self.force, self.env, self.lockfile = force, env, lockfile
         self.spawned: list[list[str]] = []
         self._bins: dict[int, Binary] = {}
         self._fresh_save: dict[int, str] = {}
 
     # -- process plumbing
-    def _spawn(self, argv: list[str], stdin: str | None = None) -> Result:
+    def _spawn(self, argv: list[str], stdin: str | None = None, lock: "Binary | None" = None) -> Result:
         self.spawned.append(argv)
         log.debug("exec %s%s", " ".join(argv), f" <<EOF\n{stdin}EOF" if stdin else "")
-        return spawn(argv, stdin, self.env)
+        env = self.env
+        if lock is not None and self.lockfile and lock.wait and lock.version >= (1, 8, 6):
+            # §5.2 CNI mode: a pod-scoped xtables lock (the netns path) instead of the node's
+            env = {**(os.environ if env is None else env), "XTABLES_LOCKFILE": self.lockfile}
+        return spawn(argv, stdin, env)
 
     def run(self, argv: list[str], stdin: str | None = None) -> Result:
         return self._spawn(argv, stdin)
@@ -290,7 +294,7 @@ class RealRunner:
     def restore(self, family: int, text: str, *, quiet: bool = False, noflush: bool = True) -> None:
         b = self.binary(family)
         argv = [f"{b.name}-restore", *(["--noflush"] if noflush else []), *b.wait]
-        res = self._spawn(argv, stdin=text)
+        res = self._spawn(argv, stdin=text, lock=b)
         self._fresh_save.pop(family, None)
         if not res.ok:
             if not quiet:
@@ -301,7 +305,7 @@ class RealRunner:
         """Feed a document of `-C` lines to one restore: None when every rule exists, else the
         number of the first line that failed (one process instead of one `iptables -C` per rule)."""
         b = self.binary(family)
-        res = self._spawn([f"{b.name}-restore", "--noflush", *b.wait], stdin=text)
+        res = self._spawn([f"{b.name}-restore", "--noflush", *b.wait], stdin=text, lock=b)
         if res.ok:
             return None
         return restore_failed_line(res.stderr) or 0
@@ -310,7 +314,7 @@ class RealRunner:
         b = self.binary(family)
         writing = not ("-C" in args or "-S" in args or "-L" in args)
         argv = [b.name, *args, *(b.wait if writing else [])]
-        res = self._spawn(argv)
+        res = self._spawn(argv, lock=b if writing else None)
         if writing:
             self._fresh_save.pop(family, None)
         if not res.ok and not quiet:

@@ -286,7 +286,7 @@ def rules_only(save_text: str) -> str:
 
 SHIM = """#!/bin/sh
 n=${0##*/}
-printf '%s\\n' "$n $*" >> "$SHIM_LOG"
+printf '%s\\n' "$n $*${XTABLES_LOCKFILE:+ [XTABLES_LOCKFILE=$XTABLES_LOCKFILE]}" >> "$SHIM_LOG"
 case " $SHIM_FAIL " in *" $n "*) echo "$n: injected failure" >&2; exit 1;; esac
 PATH="$SHIM_REAL_PATH" exec "$n" "$@"
 """

@@ -180,6 +180,15 @@ def test_forced_backend_holds_the_rules_and_captures(pod, tmp_path, backend, oth
     assert "ISTIO" not in pod.save(binary=f"iptables-{backend}-save")
 
 
+def test_cni_mode_uses_a_pod_scoped_xtables_lock(pod, tmp_path):
+    shims = Shims(tmp_path / "shims")
+    lock = tmp_path / "netns-lock"
+    env = {**shims.env, "FORCE_IPTABLES_BINARY": "legacy"}
+    applied(pod, *INIT_ARGS, "--cni-mode", f"--network-namespace={lock}", env=env)
+    restores = [c for c in shims.calls() if "-restore" in c]
+    assert restores == [f"iptables-legacy-restore --noflush --wait=30 [XTABLES_LOCKFILE={lock}]"]
+
+
 def test_existing_legacy_rules_select_legacy(pod):
     pod.run(["iptables-legacy", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "7777", "-j", "ACCEPT"])
     applied(pod, *INIT_ARGS)
