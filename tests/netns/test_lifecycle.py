@@ -202,6 +202,13 @@ def test_fresh_namespace_prefers_nft(pod):
     assert "ISTIO" not in pod.save(binary="iptables-legacy-save")
 
 
+def test_2020_console_script_istio_iptables(pod):
+    res = pod.run(["/opt/agent/bin/istio-iptables", *INIT_ARGS], check=False)
+    assert res.returncode == 0, res.stderr
+    assert pod.istio_iptables(*INIT_ARGS, "--verify").returncode == 0
+    assert pod.client(uid=APP_UID).tcp(REMOTE4, 9090).get("listener") == 15001
+
+
 # ---- bad input ----------------------------------------------------------------------------------
 
 BAD = {
