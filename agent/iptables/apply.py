@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Sequence, TextIO
 
 from agent.exitcodes import Exit
 from agent.iptables import restore
@@ -38,6 +37,10 @@ from agent.iptables.config import IptablesConfig
 from agent.iptables.host import HostFacts
 from agent.iptables.rules import BUILTIN, Rule, RuleSet
 from agent.iptables.runner import IptablesError, RealRunner, RouteError, Runner
+
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Sequence, TextIO
 
 log = logging.getLogger("istio-iptables")
 

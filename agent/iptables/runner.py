@@ -31,7 +31,12 @@ from __future__ import annotations
 import logging
 import os
 import select
-from typing import Protocol
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time here
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object  # the Runner below is a structural type for the checker only
 
 log = logging.getLogger("istio-iptables")  # configured by agent.iptables.command
 
