@@ -111,20 +111,22 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         cfg = sidecar_config.load(args, environ, host_ips=_host_ips())
     except (sidecar_config.ConfigError, flags.UsageError) as e:
         return _fail(str(e))
+    except Exception as e:  # a config bug must still be one line and exit 255, not a traceback
+        return _fail(f"invalid configuration: {type(e).__name__}: {e}")
     from agent.sidecar import logs
 
     try:
         logs.parse_levels(cfg.log_output_level)  # validated now, configured once Envoy is on its way
         plan = _prepare(cfg, environ)
-    except logs.LogConfigError as e:
+    except (logs.LogConfigError, StartupError) as e:
         return _fail(str(e))
-    except StartupError as e:
-        return _fail(str(e))
+    except Exception as e:  # e.g. a bootstrap the builder cannot render from odd settings
+        return _fail(f"invalid configuration: {type(e).__name__}: {e}")
     return _start_and_serve(cfg, plan)
 
 
 def _prepare(cfg: Any, environ: Mapping[str, str]) -> dict[str, Any]:
-    """Everything that can fail cleanly before anything is written or started."""
+    """Everything that can fail cleanly, in order: pure checks, then ports, then the one write."""
     from agent.sidecar import bootstrap, envoy, probes
 
     try:
@@ -141,6 +143,13 @@ def _prepare(cfg: Any, environ: Mapping[str, str]) -> dict[str, Any]:
             raise StartupError(str(e)) from None
     _check_binary(cfg.binary_path)
     data = None if cfg.custom_config_file else bootstrap.build_bootstrap(cfg)
+    path = bootstrap.bootstrap_path(cfg)
+    argv = envoy.envoy_args(
+        cfg.binary_path, path, drain_duration=cfg.drain_duration, node_ips=cfg.instance_ips,
+        file_flush_interval_ms=cfg.file_flush_interval_ms, proxy_log_level=cfg.proxy_log_level,
+        proxy_component_log_level=cfg.proxy_component_log_level,
+        skip_deprecated_logs=cfg.skip_deprecated_logs, enable_core_dump=cfg.enable_core_dump,
+        concurrency=cfg.concurrency)
     status_sock = None
     if cfg.status_port:
         from agent.sidecar.status import bind
@@ -153,17 +162,14 @@ def _prepare(cfg: Any, environ: Mapping[str, str]) -> dict[str, Any]:
         addresses = _listener_addresses(data) if data else [("127.0.0.1", cfg.admin_port, "proxyAdminPort")]
         for address, port, what in addresses:
             check_port_free(address, port, what)
-        path = bootstrap.write_bootstrap(cfg, data) if data else cfg.custom_config_file
-    except (StartupError, OSError) as e:
+        if data is not None:
+            bootstrap.write_bootstrap(cfg, data)
+    except BaseException as e:
         if status_sock:
             status_sock.close()
-        raise StartupError(str(e) if isinstance(e, StartupError) else f"--configPath: cannot write bootstrap: {e}") from None
-    argv = envoy.envoy_args(
-        cfg.binary_path, path, drain_duration=cfg.drain_duration, node_ips=cfg.instance_ips,
-        file_flush_interval_ms=cfg.file_flush_interval_ms, proxy_log_level=cfg.proxy_log_level,
-        proxy_component_log_level=cfg.proxy_component_log_level,
-        skip_deprecated_logs=cfg.skip_deprecated_logs, enable_core_dump=cfg.enable_core_dump,
-        concurrency=cfg.concurrency)
+        if isinstance(e, OSError):
+            raise StartupError(f"--configPath: cannot write bootstrap {path}: {e.strerror or e}") from None
+        raise
     return {"probers": probers, "targets": targets, "status_sock": status_sock, "argv": argv,
             "bootstrap": None if cfg.custom_config_file else path}
 

@@ -73,6 +73,8 @@ def scrape_targets(raw: str | Mapping[str, Any] | None, status_port: int) -> lis
             raise MetricsConfigError(f"invalid ISTIO_PROMETHEUS_ANNOTATIONS: targets {targets!r}") from None
     if not targets:
         return [Target(_target_port(raw.get("port") or "80", status_port), str(raw.get("path") or "/metrics"))]
+    if not isinstance(targets, list) or not all(isinstance(t, Mapping) for t in targets):
+        raise MetricsConfigError(f"invalid ISTIO_PROMETHEUS_ANNOTATIONS: targets must be a list of objects, got {targets!r}")
     return [Target(_target_port(t.get("port"), status_port), str(t.get("path") or "/metrics")) for t in targets]
 
 

@@ -55,18 +55,30 @@ def _port(key: str, spec: Mapping[str, Any]) -> int:
     return port
 
 
+def _timeout(key: str, value: Any) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+        raise ProbeConfigError(f"invalid ISTIO_KUBE_APP_PROBERS: {key}: timeoutSeconds must be a number, got {value!r}")
+    return float(value)
+
+
 def parse_probers(probers: Mapping[str, Any]) -> dict[str, Prober]:
     """The decoded ISTIO_KUBE_APP_PROBERS object -> {path: Prober}. Raises ProbeConfigError."""
     out: dict[str, Prober] = {}
+    if not isinstance(probers, Mapping):
+        raise ProbeConfigError(f"invalid ISTIO_KUBE_APP_PROBERS: expected an object, got {probers!r}")
     for key, probe in probers.items():
-        if not PATH_RE.match(key):
+        if not isinstance(key, str) or not PATH_RE.match(key):
             raise ProbeConfigError(f"invalid ISTIO_KUBE_APP_PROBERS: invalid path {key!r}")
         kinds = [k for k in ("httpGet", "tcpSocket", "grpc") if isinstance(probe, Mapping) and probe.get(k) is not None]
         if len(kinds) != 1:
             raise ProbeConfigError(f"invalid ISTIO_KUBE_APP_PROBERS: {key}: invalid prober type, "
                                    "must be one of type httpGet, tcpSocket or gRPC")
         spec = probe[kinds[0]]
-        timeout = float(probe.get("timeoutSeconds") or 0)
+        if not isinstance(spec, Mapping):
+            raise ProbeConfigError(f"invalid ISTIO_KUBE_APP_PROBERS: {key}: {kinds[0]} must be an object, got {spec!r}")
+        timeout = _timeout(key, probe.get("timeoutSeconds"))
         if kinds[0] == "httpGet":
             path = str(spec.get("path") or "/")
             out[key] = Prober("http", _port(key, spec), path if path.startswith("/") else "/" + path,
@@ -74,7 +86,7 @@ def parse_probers(probers: Mapping[str, Any]) -> dict[str, Prober]:
         elif kinds[0] == "tcpSocket":
             out[key] = Prober("tcp", _port(key, spec), timeout=timeout)
         else:
-            out[key] = Prober("grpc", int(spec.get("port") or 0), timeout=timeout)
+            out[key] = Prober("grpc", _port(key, spec), timeout=timeout)
     return out
 
 
