@@ -310,22 +310,35 @@ class Applier:
                                          (jumps_to_istio(r.args) or istio_shape(r.table, r.chain, r.args))])
             doc = swap_document(fam.live, fam.rules, present)
             steps.append((fam, doc, list(document_blocks(doc))))
-        self.guardrails(True)
+        installed = self.guardrails_on()
         try:
             self.transaction(steps)
-        finally:
-            self.guardrails(False)
+        except BaseException:
+            self.guardrails_off(installed, quiet=True)  # keep the first error
+            raise
+        self.guardrails_off(installed)
         log.info("iptables rules reconciled")
 
-    def guardrails(self, add: bool) -> None:
+    def guardrails_on(self) -> list[Family]:
+        """§5.4: block traffic while rules change. All or nothing across families."""
+        installed: list[Family] = []
         for fam in self.families:
             try:
-                self.runner.restore(fam.number, guardrail_document(add, fam.live))
+                self.runner.restore(fam.number, guardrail_document(True, fam.live))
             except IptablesError as e:
-                if add:
-                    raise IptablesError(f"failed to install guardrails: {e}") from None
+                self.guardrails_off(installed, quiet=True)
+                raise IptablesError(f"failed to install guardrails ({fam.label}): {e}") from None
+            installed.append(fam)
+        return installed
+
+    def guardrails_off(self, installed: list[Family], quiet: bool = False) -> None:
+        for fam in installed:
+            try:
+                self.runner.restore(fam.number, guardrail_document(False, fam.live))
+            except IptablesError as e:
                 log.error("failed to remove guardrails (%s); traffic stays blocked: %s", fam.label, e)
-                raise
+                if not quiet:
+                    raise
 
     def present(self, fam: Family, candidates: list[Rule]) -> list[Rule]:
         """Which of `candidates` are live, with as few `-C` restores as it takes (one when all

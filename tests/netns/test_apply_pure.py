@@ -141,8 +141,8 @@ def test_drift_reason_names_the_difference():
 class Memory:
     """A runner whose kernel is a dict of save texts; restores append, checks pass."""
 
-    def __init__(self, saves: dict[int, str], fail: tuple[int, ...] = ()) -> None:
-        self.saves, self.fail, self.calls = dict(saves), fail, []
+    def __init__(self, saves: dict[int, str], fail: tuple[int, ...] = (), fail_text: str = "") -> None:
+        self.saves, self.fail, self.fail_text, self.calls, self.texts = dict(saves), fail, fail_text, [], []
 
     def save(self, family):
         self.calls.append(("save", family))
@@ -150,7 +150,8 @@ class Memory:
 
     def restore(self, family, text, *, quiet=False, noflush=True):
         self.calls.append(("restore" if noflush else "rollback", family))
-        if family in self.fail:
+        self.texts.append(text)
+        if family in self.fail or (self.fail_text and self.fail_text in text):
             raise runner.IptablesError("boom", None)
 
     def check(self, family, text):
@@ -196,3 +197,12 @@ def test_ipv6_failure_rolls_back_ipv4():
     with pytest.raises(runner.IptablesError):
         Applier(cfg, rs, mem, None).run()
     assert mem.calls[-1] == ("rollback", 4)
+
+
+def test_failed_reconcile_removes_the_guardrails_and_keeps_the_error():
+    cfg, rs = make(reconcile=True)
+    mem = Memory({4: SAVE}, fail_text="-F ISTIO_OLD")
+    with pytest.raises(runner.IptablesError, match="IPv4: boom"):
+        Applier(cfg, rs, mem, None).run()
+    assert "-I INPUT 1 -p tcp -j DROP" in mem.texts[0]
+    assert mem.texts[-1].startswith("*filter\n-D INPUT -p tcp -j DROP")
