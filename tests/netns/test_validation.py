@@ -55,3 +55,11 @@ def test_cni_style_validation_as_the_proxy_uid(pod_factory):
                   uid=PROXY_UID, check=False, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     assert res.returncode == 0, res.stderr
     assert results(res.stderr) == {"inbound-ipv4": "passed", "outbound-ipv4": "skipped"}
+
+
+def test_validation_in_tproxy_mode(pod_factory):
+    pod = pod_factory()
+    args = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-i", "*", "-b", "*"]
+    res = pod.istio_iptables(*args, "--run-validation")
+    assert res.returncode == 0, res.stderr
+    assert results(res.stderr) == {"inbound-ipv4": "passed", "outbound-ipv4": "passed"}
