@@ -25,9 +25,13 @@ ROOTFS="$CACHE_DIR/rootfs-$SUITE"
 
 log() { printf '%s build-local: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 [ "$(id -u)" = 0 ] || { echo "build-local.sh: run as root (debootstrap and buildah need it)" >&2; exit 1; }
-for tool in debootstrap buildah; do
-  command -v "$tool" >/dev/null || { echo "build-local.sh: $tool not found (apt-get install $tool)" >&2; exit 1; }
-done
+# A fresh Debian CI machine may lack the tools: install them from apt (the same mirror).
+missing=()
+for tool in debootstrap buildah; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
 
 # The mirror this machine's apt already uses (deb822 or one-line format), so debootstrap works
 # wherever apt does, including behind a local mirror.
@@ -143,8 +147,9 @@ cert=${PIP_CERT:-$(pip config get global.cert 2>/dev/null || true)}
 
 log "buildah bud -> $IMAGE"
 # --isolation chroot: no OCI runtime or network namespace setup needed for RUN steps; they use the
-# host's network (and its resolver) to reach apt and pip. --layers: cache every step.
-buildah bud --isolation chroot --layers --pull-never \
+# host's network (and its resolver) to reach apt and pip. --layers: cache every step. --force-rm: no
+# working containers left behind when a step fails.
+buildah bud --isolation chroot --layers --force-rm --pull-never \
   --ignorefile docker/Dockerfile.proxyv2.dockerignore \
   "${build_args[@]}" -f docker/Dockerfile.proxyv2 -t "$IMAGE" .
 
