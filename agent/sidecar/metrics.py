@@ -204,6 +204,46 @@ class AgentMetrics:
             return b""
 
 
+class _Source:
+    """One upstream whose headers arrived: its body is streamed later."""
+
+    def __init__(self, kind: str, url: str, resp: Any):
+        self.kind, self.url, self.resp = kind, url, resp
+
+    @property
+    def content_type(self) -> str | None:
+        return self.resp.headers.get("Content-Type")
+
+
+class Scrape:
+    """One merged answer: `content_type` is known up front, `chunks()` streams the body.
+
+    Memory stays at about one chunk per upstream, whatever the size of Envoy's stats; only a
+    trailing `# EOF` (a few bytes) is held back from each app body so it can be dropped.
+    """
+
+    def __init__(self, merger: "MetricsMerger", envoy: _Source | None, apps: list[_Source], content_type: str):
+        self.merger, self.envoy, self.apps, self.content_type = merger, envoy, apps, content_type
+
+    async def chunks(self):
+        try:
+            yield strip_eof(self.merger.metrics.render())
+            if self.envoy:
+                async for chunk in self.merger.stream(self.envoy, strip=False):
+                    yield chunk
+            for app in self.apps:
+                async for chunk in self.merger.stream(app, strip=True):
+                    yield chunk
+            if self.content_type != TEXT:
+                yield b"# EOF\n"
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for source in ([self.envoy] if self.envoy else []) + self.apps:
+            source.resp.release()
+
+
 class MetricsMerger:
     """Answers one scrape: agent + Envoy + app, never failing as a whole."""
 
@@ -215,40 +255,72 @@ class MetricsMerger:
         self.targets = list(targets or [])
         self.log = log
 
-    async def _fetch(self, kind: str, url: str, headers: Mapping[str, str], timeout: float) -> tuple[bytes, str | None]:
+    def _failed(self, kind: str, url: str, error: Any) -> None:
+        self.metrics.scrape_failures.labels(kind).inc()
+        self.log.warning("metrics scrape failed", source=kind, url=url, error=str(error) or type(error).__name__)
+
+    async def _connect(self, kind: str, url: str, headers: Mapping[str, str], timeout: float) -> _Source | None:
         import aiohttp
 
         try:
-            async with self.session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                body = await read_capped(resp.content, BODY_CAP + 1)
-                if resp.status != 200 or len(body) > BODY_CAP:
-                    raise ValueError(f"HTTP status code {resp.status}" if resp.status != 200 else "body over 10 MiB")
-                return body, resp.headers.get("Content-Type")
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
-            self.metrics.scrape_failures.labels(kind).inc()
-            self.log.warning("metrics scrape failed", source=kind, url=url, error=str(e) or type(e).__name__)
-            return b"", None
+            resp = await self.session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout))
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            self._failed(kind, url, e)
+            return None
+        if resp.status != 200:
+            resp.release()
+            self._failed(kind, url, f"HTTP status code {resp.status}")
+            return None
+        return _Source(kind, url, resp)
 
-    async def scrape(self, query: str, headers: Mapping[str, str]) -> tuple[bytes, str]:
+    async def stream(self, source: _Source, strip: bool):
+        """The upstream body in chunks, capped at 10 MiB, ending with a newline; `# EOF` dropped if `strip`."""
+        import aiohttp
+
+        size, tail = 0, b""
+        try:
+            async for chunk in source.resp.content.iter_any():
+                size += len(chunk)
+                if size > BODY_CAP:
+                    raise ValueError("body over 10 MiB")
+                data = tail + chunk
+                keep = 16 if strip else 1  # hold back enough to see "# EOF" / the final newline
+                data, tail = data[:-keep], data[-keep:]
+                if data:
+                    yield data
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            self._failed(source.kind, source.url, e)
+        last = strip_eof(tail) if strip else tail
+        if last or size:
+            yield last if last.endswith(b"\n") or not last else last + b"\n"
+
+    async def open(self, query: str, headers: Mapping[str, str]) -> Scrape:
+        """Start every upstream request; returns once all headers are in (or failed)."""
         import asyncio
+        import math
 
         self.metrics.scrapes.inc()
         timeout = 5.0
         try:
-            timeout = float(headers.get("X-Prometheus-Scrape-Timeout-Seconds", "") or timeout)
+            asked = float(headers.get("X-Prometheus-Scrape-Timeout-Seconds", "") or timeout)
+            timeout = asked if math.isfinite(asked) and asked > 0 else timeout
         except ValueError:
             pass
         fwd = {k: headers[k] for k in ("User-Agent", "X-Prometheus-Scrape-Timeout-Seconds") if k in headers}
         jobs = []
         if self.envoy_port:
             url = f"http://127.0.0.1:{self.envoy_port}/stats/prometheus" + (f"?{query}" if query else "")
-            jobs.append(self._fetch("envoy", url, {**fwd, "Accept": negotiate_accept(headers.get("Accept"), False)}, timeout))
+            jobs.append(self._connect("envoy", url, {**fwd, "Accept": negotiate_accept(headers.get("Accept"), False)}, timeout))
         app_accept = negotiate_accept(headers.get("Accept"), True)
         for t in self.targets:
-            jobs.append(self._fetch("application", f"http://127.0.0.1:{t.port}{t.path}", {**fwd, "Accept": app_accept}, timeout))
-        results = await asyncio.gather(*jobs)
-        envoy_body = results[0][0] if self.envoy_port else b""
-        apps = results[1:] if self.envoy_port else results
-        ok_types = [ctype for body, ctype in apps if body]
-        ctype = response_content_type(ok_types) if ok_types else TEXT
-        return join(self.metrics.render(), envoy_body, [b for b, _ in apps if b], ctype), ctype
+            jobs.append(self._connect("application", f"http://127.0.0.1:{t.port}{t.path}", {**fwd, "Accept": app_accept}, timeout))
+        results = list(await asyncio.gather(*jobs))
+        envoy = results.pop(0) if self.envoy_port else None
+        apps = [r for r in results if r is not None]
+        ctype = response_content_type([a.content_type for a in apps]) if apps else TEXT
+        return Scrape(self, envoy, apps, ctype)
+
+    async def scrape(self, query: str, headers: Mapping[str, str]) -> tuple[bytes, str]:
+        """The whole answer in memory (tests, small bodies)."""
+        scrape = await self.open(query, headers)
+        return b"".join([chunk async for chunk in scrape.chunks()]), scrape.content_type

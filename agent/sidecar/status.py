@@ -79,12 +79,19 @@ def make_app(deps: StatusDeps) -> "web.Application":
         result = await deps.prober.probe(request.path, request.headers)
         return web.Response(status=result.status, body=result.body, headers=result.headers)
 
-    async def stats(request: web.Request) -> web.Response:
+    async def stats(request: web.Request) -> web.StreamResponse:
         if deps.metrics_localhost_only and not is_loopback(_peer(request)):
             return web.Response(status=403, text="Only requests from localhost are allowed")
-        body, ctype = await deps.metrics.scrape(request.query_string, request.headers)
-        resp = web.Response(status=200, body=body)
-        resp.headers["Content-Type"] = ctype
+        scrape = await deps.metrics.open(request.query_string, request.headers)
+        resp = web.StreamResponse(status=200)
+        resp.headers["Content-Type"] = scrape.content_type
+        try:  # streamed: Envoy's stats can be megabytes; the agent holds about one chunk of them
+            await resp.prepare(request)
+            async for chunk in scrape.chunks():
+                await resp.write(chunk)
+            await resp.write_eof()
+        finally:
+            scrape.close()
         return resp
 
     async def quit_(_request: web.Request) -> web.Response:

@@ -7,9 +7,23 @@ from agent.sidecar.status import StatusDeps, StatusServer, bind, is_loopback
 from tests.unit.sidecar._servers import run
 
 
+class StubScrape:
+    content_type = "text/plain; version=0.0.4; charset=utf-8"
+
+    def __init__(self, query):
+        self.query = query
+
+    async def chunks(self):
+        yield b"m 1 "
+        yield f"{self.query}\n".encode()
+
+    def close(self):
+        pass
+
+
 class StubMetrics:
-    async def scrape(self, query, headers):
-        return f"m 1 {query}\n".encode(), "text/plain; version=0.0.4; charset=utf-8"
+    async def open(self, query, headers):
+        return StubScrape(query)
 
 
 @pytest.mark.parametrize("peer, want", [
