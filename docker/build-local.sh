@@ -129,20 +129,30 @@ fi
 # --- 3. the image ------------------------------------------------------------------------------
 # pip inside the build must reach the package index this machine uses. Pass through http(s)
 # indexes from the environment or pip's configuration; file:// indexes do not exist in the build.
+# pip's own view of its configuration (any pip will do: PATH, the dev venv, python3 -m pip).
+pip_config() {
+  local pip
+  for pip in pip pip3 /opt/agent/bin/pip; do
+    command -v "$pip" >/dev/null 2>&1 && { "$pip" config get "global.$1" 2>/dev/null || true; return; }
+  done
+  python3 -m pip config get "global.$1" 2>/dev/null || true
+}
 pip_setting() {
   local env=$1 key=$2 value=${!1:-}
-  [ -n "$value" ] || value=$(pip config get "global.$key" 2>/dev/null || true)
+  [ -n "$value" ] || value=$(pip_config "$key")
   tr ' ' '\n' <<<"$value" | grep -E '^https?://' | paste -sd' ' - || true
 }
 build_args=(--build-arg "BASE=$BASE_IMAGE")
 index=$(pip_setting PIP_INDEX_URL index-url)
 extra=$(pip_setting PIP_EXTRA_INDEX_URL extra-index-url)
-trusted=${PIP_TRUSTED_HOST:-$(pip config get global.trusted-host 2>/dev/null || true)}
+trusted=${PIP_TRUSTED_HOST:-$(pip_config trusted-host)}
 [ -z "$index" ] || build_args+=(--build-arg "PIP_INDEX_URL=$index")
 [ -z "$extra" ] || build_args+=(--build-arg "PIP_EXTRA_INDEX_URL=$extra")
 [ -z "$trusted" ] || build_args+=(--build-arg "PIP_TRUSTED_HOST=$trusted")
-# A TLS-inspecting proxy's CA bundle (PIP_CERT or pip's `cert` setting) goes in as a build secret.
-cert=${PIP_CERT:-$(pip config get global.cert 2>/dev/null || true)}
+# The CA bundle pip trusts here goes in as a build secret (PIP_CERT, pip's `cert` setting, or the
+# system bundle): behind a TLS-inspecting proxy the image's own CA store would not verify the index.
+cert=${PIP_CERT:-$(pip_config cert)}
+[ -s "$cert" ] || cert=/etc/ssl/certs/ca-certificates.crt
 [ ! -s "$cert" ] || build_args+=(--secret "id=pip_cert,src=$cert")
 
 log "buildah bud -> $IMAGE"
