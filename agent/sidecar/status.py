@@ -85,6 +85,7 @@ def make_app(deps: StatusDeps) -> "web.Application":
         scrape = await deps.metrics.open(request.query_string, request.headers)
         resp = web.StreamResponse(status=200)
         resp.headers["Content-Type"] = scrape.content_type
+        resp.enable_compression()  # gzip/deflate when the scraper accepts it, as Istio's wrapper does
         try:  # streamed: Envoy's stats can be megabytes; the agent holds about one chunk of them
             await resp.prepare(request)
             async for chunk in scrape.chunks():

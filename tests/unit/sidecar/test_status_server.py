@@ -64,6 +64,8 @@ async def _exercise():
             out["ready_v6"] = await status("GET", "/healthz/ready", "[::1]")
             out["metrics"] = await status("GET", "/stats/prometheus?usedonly")
             out["metrics_alias"] = await status("GET", "/metrics")
+            async with s.get(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"}) as r:
+                out["gzip"] = (r.headers.get("Content-Encoding"), await r.text())
             out["quit_get"] = await status("GET", "/quitquitquit")
             out["quit"] = await status("POST", "/quitquitquit")
             out["drain_put"] = await status("PUT", "/drain")
@@ -79,6 +81,7 @@ def test_status_endpoints():
     out, state = run(_exercise())
     assert out["ready503"][0] == 503 and out["ready200"][0] == 200 and out["ready_v6"][0] == 200
     assert out["metrics"] == (200, "m 1 usedonly\n") and out["metrics_alias"][0] == 200
+    assert out["gzip"] == ("gzip", "m 1 \n")
     assert out["quit_get"][0] == 405 and out["drain_put"][0] == 405
     assert out["quit"] == (200, "OK") and out["drain"] == (200, "OK")
     assert state["quit"] == 1 and state["drain"] == 1
