@@ -175,7 +175,7 @@ class Container:
         if uid != 0:
             # Runs inside the chroot (the image's own setpriv): root is needed for chroot itself.
             argv += ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-                        "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+                     "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
         # chroot leaves the working directory at the new root; the image's WorkingDir is "/".
         assert self.image.workdir == "/", self.image.workdir
         argv += [*(command if command is not None else self.image.entrypoint), *args]
