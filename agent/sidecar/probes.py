@@ -8,8 +8,10 @@ inbound listener (and it still works under STRICT mTLS, which kubelet's plain pr
 aiohttp is imported on first use: this module is also used at start-up (validation), before Envoy
 is spawned, where import time counts.
 
-gRPC probes are accepted in the config but answered 500 with a reason: they need an HTTP/2 client,
-which the agent does not carry (grpcio is a test-only dependency).
+gRPC probes speak just enough cleartext HTTP/2 (h2c, prior knowledge) to call the standard
+`grpc.health.v1.Health/Check`: the request headers are sent as HPACK literals and only the DATA frame
+of the answer is read (HealthCheckResponse field 1 = SERVING), so no HPACK decoder is needed. grpcio
+stays a test-only dependency.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class Prober:
     path: str = "/"
     scheme: str = "http"
     timeout: float = 1.0  # 0 = no timeout
+    service: str = ""  # gRPC health service name
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ def parse_probers(probers: Mapping[str, Any]) -> dict[str, Prober]:
         elif kinds[0] == "tcpSocket":
             out[key] = Prober("tcp", _port(key, spec), timeout=timeout)
         else:
-            out[key] = Prober("grpc", _port(key, spec), timeout=timeout)
+            out[key] = Prober("grpc", _port(key, spec), timeout=timeout, service=str(spec.get("service") or ""))
     return out
 
 
@@ -133,10 +136,31 @@ class AppProber:
         elif prober.kind == "http":
             result = await self._http(prober, headers)
         else:
-            result = ProbeResult(500, b"gRPC probes are not supported by this agent")
+            result = await self._grpc(prober, headers.get("User-Agent", ""))
         level = log.info if result.status < 400 else log.error
         level("app probe", path=path, kind=prober.kind, port=prober.port, status=result.status)
         return result
+
+    async def _grpc(self, prober: Prober, user_agent: str) -> ProbeResult:
+        import asyncio
+
+        try:
+            serving = await asyncio.wait_for(self._grpc_check(prober, user_agent), prober.timeout or None)
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
+            return ProbeResult(500, f"grpc probe failed: {e or type(e).__name__}".encode())
+        return ProbeResult(200) if serving == 1 else ProbeResult(500, f"grpc health status {serving}".encode())
+
+    async def _grpc_check(self, prober: Prober, user_agent: str) -> int:
+        import asyncio
+
+        reader, writer = await asyncio.open_connection(self.dest, prober.port, local_addr=(self.source, 0))
+        try:
+            host = f"[{self.dest}]" if ":" in self.dest else self.dest
+            writer.write(grpc_health_request(f"{host}:{prober.port}", prober.service, user_agent))
+            await writer.drain()
+            return await read_grpc_health_status(reader, writer)
+        finally:
+            writer.close()
 
     async def _tcp(self, prober: Prober) -> ProbeResult:
         import asyncio
@@ -186,3 +210,91 @@ class AppProber:
                 ctype = resp.headers.get("Content-Type")
                 return ProbeResult(map_status(resp.status), body, {"Content-Type": ctype} if ctype else {})
         return ProbeResult(500, f"stopped after {MAX_REDIRECTS} redirects".encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# Minimal gRPC health check over h2c (RFC 9113 frames, RFC 7541 literal header fields)
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x7
+END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _hpack_int(value: int, prefix_bits: int = 7) -> bytes:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([value])
+    out, value = [limit], value - limit
+    while value >= 128:
+        out.append(value % 128 + 128)
+        value //= 128
+    return bytes(out + [value])
+
+
+def _literal(name: str, value: str) -> bytes:
+    """HPACK 'literal header field without indexing, new name', no Huffman coding."""
+    n, v = name.encode(), value.encode()
+    return b"\x00" + _hpack_int(len(n)) + n + _hpack_int(len(v)) + v
+
+
+def _varint(value: int) -> bytes:
+    out = []
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes(out + [value])
+
+
+def _protobuf_string(field_no: int, text: str) -> bytes:
+    data = text.encode()
+    return (bytes([field_no << 3 | 2]) + _varint(len(data)) + data) if data else b""
+
+
+def grpc_health_request(authority: str, service: str, user_agent: str = "") -> bytes:
+    """Connection preface + SETTINGS + HEADERS + DATA(END_STREAM) for Health/Check on stream 1."""
+    headers = b"".join(_literal(k, v) for k, v in (
+        (":method", "POST"), (":scheme", "http"), (":path", "/grpc.health.v1.Health/Check"),
+        (":authority", authority), ("content-type", "application/grpc"), ("te", "trailers"),
+        ("user-agent", user_agent or "istio-agent-probe")))
+    message = _protobuf_string(1, service)
+    body = b"\x00" + len(message).to_bytes(4, "big") + message
+    return (H2_PREFACE + _frame(SETTINGS, 0, 0) + _frame(HEADERS, END_HEADERS, 1, headers)
+            + _frame(DATA, END_STREAM, 1, body))
+
+
+def health_status(data: bytes) -> int:
+    """gRPC-framed HealthCheckResponse -> its status (0 UNKNOWN, 1 SERVING, 2 NOT_SERVING, 3 SERVICE_UNKNOWN)."""
+    if len(data) < 5:
+        raise ValueError("no health response message (not implemented or failed)")
+    message, status, i = data[5:5 + int.from_bytes(data[1:5], "big")], 0, 0
+    while i < len(message):
+        key = message[i]
+        i += 1
+        if key == 0x08:  # field 1, varint
+            status = message[i]
+            i += 1
+        else:
+            break
+    return status
+
+
+async def read_grpc_health_status(reader, writer) -> int:
+    """Read frames until stream 1 ends; the DATA payload carries the answer, headers are skipped."""
+    data = b""
+    while True:
+        head = await reader.readexactly(9)
+        length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+        stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+        payload = await reader.readexactly(length)
+        if kind == SETTINGS and not flags & ACK:
+            writer.write(_frame(SETTINGS, ACK, 0))
+        elif kind == DATA and stream == 1:
+            data += payload[1 + payload[0]:] if flags & 0x8 else payload  # PADDED: pad length first
+        elif kind in (RST_STREAM, GOAWAY) and stream in (0, 1):
+            raise ValueError("stream reset by the server")
+        if stream == 1 and kind in (DATA, HEADERS) and flags & END_STREAM:
+            return health_status(data)

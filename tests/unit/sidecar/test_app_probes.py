@@ -1,5 +1,6 @@
 """ISTIO_KUBE_APP_PROBERS parsing, status mapping, and real probes against local servers (spec §6.4)."""
 import asyncio
+import time
 
 import pytest
 from aiohttp import web
@@ -97,3 +98,46 @@ def test_real_probes():
     assert out["/app-health/t/readyz"].status == 500
     nope = out["/app-health/nope/livez"]
     assert nope.status == 400 and nope.body == b"app prober config does not exists for /app-health/nope/livez"
+
+
+def test_grpc_health_probe_against_a_real_grpc_server():
+    """grpcio (test-only) serves grpc.health.v1.Health/Check with raw bytes; the agent's h2c client asks."""
+    from concurrent import futures
+
+    import grpc
+
+    answers = {b"": b"\x08\x01", b"\n\x04slow": b"\x08\x01", b"\n\x04down": b"\x08\x02"}
+    seen = []
+
+    def check(request, context):
+        seen.append((request, dict(context.invocation_metadata()).get("user-agent", "")))
+        if request == b"\n\x04slow":
+            time.sleep(1.5)
+        if request not in answers:
+            context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+        return answers[request]
+
+    handler = grpc.method_handlers_generic_handler(
+        "grpc.health.v1.Health", {"Check": grpc.unary_unary_rpc_method_handler(check)})
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        cases = {"ok": None, "down": "down", "missing": "nope", "slow": "slow", "long": "x" * 200}
+        cfg = {f"/app-health/{name}/livez": {"grpc": {"port": port, "service": svc}, "timeoutSeconds": 1}
+               for name, svc in cases.items()}
+        prober = AppProber(parse_probers(cfg), pod_ip="", status_port=15020)
+        got = {name: run(prober.probe(f"/app-health/{name}/livez", {"User-Agent": "kube-probe/1.30"})).status
+               for name in cases}
+    finally:
+        server.stop(0)
+    assert got == {"ok": 200, "down": 500, "missing": 500, "slow": 500, "long": 500}
+    assert seen[0][0] == b"" and seen[0][1].startswith("kube-probe/1.30")
+    assert (b"\n\xc8\x01" + b"x" * 200, ) == (seen[-1][0], )  # a 200-byte name is varint-length-prefixed
+
+
+def test_grpc_probe_to_a_closed_port_is_500():
+    prober = AppProber(parse_probers({"/app-health/a/livez": {"grpc": {"port": free_port()}, "timeoutSeconds": 1}}),
+                       pod_ip="", status_port=15020)
+    assert run(prober.probe("/app-health/a/livez", {})).status == 500
