@@ -28,21 +28,19 @@ exits 0 when in place, 1 when not. Exit codes: 0, 1 (any failure), 126 (validati
 """
 from __future__ import annotations
 
-import logging
 import sys
 
 from agent.exitcodes import Exit
 from agent.iptables import restore
 from agent.iptables.config import IptablesConfig
 from agent.iptables.host import HostFacts
+from agent.iptables.logger import DEBUG, log
 from agent.iptables.rules import BUILTIN, Rule, RuleSet
 from agent.iptables.runner import IptablesError, RealRunner, RouteError, Runner
 
 TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Sequence, TextIO
-
-log = logging.getLogger("istio-iptables")
 
 TABLE_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
@@ -417,7 +415,7 @@ class Applier:
         return Exit.OK
 
     def log_final_state(self) -> None:
-        if not log.isEnabledFor(logging.DEBUG):
+        if not log.isEnabledFor(DEBUG):
             return  # Istio always dumps it; it costs a process per family, so only when asked
         for fam in self.families:
             try:

@@ -13,21 +13,20 @@ Dry-run (-n) prints Istio's transcript (spec §4) on stdout and nothing else; lo
 """
 from __future__ import annotations
 
-import logging
 import sys
-import time
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence, TextIO
 
 from agent import flags
 from agent.exitcodes import Exit
 from agent.iptables import config as cfgmod
 from agent.iptables import host, restore, rules
 from agent.iptables.config import ConfigError, IptablesConfig
+from agent.iptables.logger import DEBUG, log, log_level
 
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
 if TYPE_CHECKING:
-    from agent.iptables.runner import Runner
+    from typing import Callable, Mapping, Sequence, TextIO
 
-log = logging.getLogger("istio-iptables")
+    from agent.iptables.runner import Runner
 
 TITLE = """pilot-agent istio-iptables: set up the pod's traffic capture (Istio's init container).
 
@@ -77,7 +76,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str], *, stdout: TextIO | Non
     except ConfigError as e:
         err.writelines(f"Error: {p}\n" for p in e.problems)
         return Exit.USAGE if e.usage else Exit.FAILURE
-    _setup_logging(level, parsed.values["log_as_json"], err)
+    log.configure(level, parsed.values["log_as_json"], err)  # stderr: the dry-run transcript owns stdout
     if cfg.native_nftables:
         log.error("--native-nftables is not supported by this implementation; use the iptables backend")
         return Exit.FAILURE
@@ -155,51 +154,8 @@ def _validate(cfg: IptablesConfig, facts: host.HostFacts) -> int:
     return Exit.OK if validation.run(cfg, facts) else Exit.VALIDATION_FAILED
 
 
-class _Formatter(logging.Formatter):
-    """Istio's text lines (`<time>\t<level>\t<message>`), or JSON with --log_as_json."""
-
-    def __init__(self, as_json: bool) -> None:
-        super().__init__()
-        self.as_json = as_json
-
-    def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}000Z"
-        level = record.levelname.lower().replace("warning", "warn").replace("critical", "fatal")
-        if self.as_json:
-            import json
-
-            return json.dumps({"time": stamp, "level": level, "scope": "default", "msg": record.getMessage()})
-        return f"{stamp}\t{level}\t{record.getMessage()}"
-
-
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR,
-           "fatal": logging.CRITICAL, "none": logging.CRITICAL + 10}
-
-
-def log_level(spec: str) -> int:
-    """Istio's --log_output_level: a comma list of `scope:level` (or a bare level for `default`).
-    We log in one scope, `default`; other scopes are accepted and ignored. ValueError if bad."""
-    level = logging.INFO
-    for item in filter(None, spec.split(",")):
-        scope, _, name = item.rpartition(":")
-        if name not in _LEVELS:
-            raise ValueError(f"invalid log level {name!r} (one of {', '.join(_LEVELS)})")
-        if scope in ("", "default"):
-            level = _LEVELS[name]
-    return level
-
-
-def _setup_logging(level: int, as_json: bool, err: TextIO) -> None:
-    """Logs go to stderr, never stdout: the dry-run transcript owns stdout."""
-    handler = logging.StreamHandler(err)
-    handler.setFormatter(_Formatter(as_json))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
-
-
 def _log_config(cfg: IptablesConfig, facts: host.HostFacts) -> None:
-    if log.isEnabledFor(logging.DEBUG):
+    if log.isEnabledFor(DEBUG):
         for name, value in sorted(vars(cfg).items()):
             log.debug("config %s=%s", name, value)
     log.info("host ipv6=%s host_ip=%s dns_v4=%s dns_v6=%s mode=%s", facts.enable_ipv6, facts.host_ip,

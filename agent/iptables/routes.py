@@ -14,13 +14,12 @@ What Istio does through netlink, done here with `ip` and made idempotent by look
 """
 from __future__ import annotations
 
-import logging
 import re
 
 from agent.iptables.config import IptablesConfig
+from agent.iptables.logger import log
 from agent.iptables.runner import RouteError, Runner
 
-log = logging.getLogger("istio-iptables")
 
 IF_INET6 = "/proc/net/if_inet6"
 PASSTHROUGH6_HEX = "0" * 31 + "6"

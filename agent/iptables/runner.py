@@ -28,17 +28,16 @@ So a fresh pod netns with default flags spawns: `iptables-nft-save`, `iptables-n
 """
 from __future__ import annotations
 
-import logging
 import os
 import select
+
+from agent.iptables.logger import log
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time here
 if TYPE_CHECKING:
     from typing import Protocol
 else:
     Protocol = object  # the Runner below is a structural type for the checker only
-
-log = logging.getLogger("istio-iptables")  # configured by agent.iptables.command
 
 FAMILIES = (4, 6)
 _BASE = {4: "iptables", 6: "ip6tables"}

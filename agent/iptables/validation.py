@@ -27,7 +27,6 @@ an address inside the first -i CIDR of that family when -i lists CIDRs.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import pwd
 import select
@@ -40,8 +39,7 @@ from dataclasses import dataclass, field
 
 from agent.iptables.config import IptablesConfig
 from agent.iptables.host import HostFacts
-
-log = logging.getLogger("istio-iptables")
+from agent.iptables.logger import log
 
 SO_ORIGINAL_DST = 80
 SOL_IPV6 = 41
