@@ -5,12 +5,16 @@ Pure: text in, text (or argument lists) out. Executing any of it is agent.iptabl
 """
 from __future__ import annotations
 
-import difflib
 import ipaddress
-import shlex
-from typing import Callable, Iterable, Sequence
 
 from agent.iptables.rules import BUILTIN, Rule
+
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Callable, Iterable, Sequence
+
+    #: (kind, name) -> numeric id or None; kind is "uid" or "gid". iptables-save prints ids, not names.
+    OwnerLookup = Callable[[str, str], "int | None"]
 
 #: table -> chain -> rule lines (`-A CHAIN ...`), the shape of §5.3's state maps.
 State = dict[str, dict[str, list[str]]]
@@ -132,6 +136,8 @@ _DEFAULT_TARGET_OPTIONS = {("--nfmask", "0xffffffff"), ("--ctmask", "0xffffffff"
 
 
 def _tokens(line: str) -> list[str]:
+    import shlex  # --verify only: imported when needed (start-up cost)
+
     try:
         return shlex.split(line)
     except ValueError:
@@ -152,10 +158,6 @@ def _address(text: str) -> str:
         return str(ipaddress.ip_network(text, strict=False))  # the kernel masks host bits
     except ValueError:
         return text
-
-
-#: (kind, name) -> numeric id or None; kind is "uid" or "gid". iptables-save prints ids, not names.
-OwnerLookup = Callable[[str, str], "int | None"]
 
 
 def rule_key(line: str, owner_id: OwnerLookup | None = None) -> str:
@@ -253,6 +255,8 @@ def _mentions_istio(line: str) -> bool:
 
 
 def _ordered_diff(want: list[str], have: list[str], key: Callable[[str], str]) -> list[str]:
+    import difflib  # --verify only: imported when needed (start-up cost)
+
     want_keys, have_keys = [key(l) for l in want], [key(l) for l in have]
     out: list[str] = []
     matcher = difflib.SequenceMatcher(a=have_keys, b=want_keys, autojunk=False)
