@@ -186,6 +186,7 @@ class Supervisor:
     async def handle_done(self) -> None:
         self.state = State.STOPPED
         self.exit_code = Exit.OK
+        log.info("Agent has successfully terminated")
 
     # -- drain -------------------------------------------------------------------------------------
     def _begin_drain(self, cause: str) -> None:
@@ -198,21 +199,32 @@ class Supervisor:
         self._drain_task = asyncio.get_running_loop().create_task(self._drain(cause))
 
     async def _drain(self, cause: str) -> None:
+        """Drain, wait, stop Envoy. Whatever fails on the way, Envoy is stopped and the loop told."""
+        try:
+            await self._drain_and_wait(cause)
+        except Exception as e:  # never leave the loop waiting for a "done" that will not come
+            try:
+                log.error("drain failed: stopping Envoy", error=repr(e))
+            except Exception:
+                pass
+        finally:
+            try:
+                await self._stop_envoy()
+            finally:
+                self.enqueue("done")
+
+    async def _drain_and_wait(self, cause: str) -> None:
         started = self.s.clock()
         if self.skip_drain:
             log.info("skipping drain", cause=cause)
-        else:
-            log.info("draining Envoy", cause=cause, inbound_only=self.s.inbound_only,
-                     **vars(self.s.drain_policy))
-            try:
-                await self.s.admin.drain_listeners(self.s.inbound_only)
-            except AdminError as e:
-                log.warning("drain_listeners failed", error=str(e))
-            reason = await self._wait_drained(started)
-            log.info("drain finished", reason=reason, seconds=round(self.s.clock() - started, 3))
-        await self._stop_envoy()
-        log.info("Agent has successfully terminated")
-        self.enqueue("done")
+            return
+        log.info("draining Envoy", cause=cause, inbound_only=self.s.inbound_only, **vars(self.s.drain_policy))
+        try:
+            await self.s.admin.drain_listeners(self.s.inbound_only)
+        except AdminError as e:
+            log.warning("drain_listeners failed", error=str(e))
+        reason = await self._wait_drained(started)
+        log.info("drain finished", reason=reason, seconds=round(self.s.clock() - started, 3))
 
     async def _wait_drained(self, started: float) -> str:
         policy, active, errors = self.s.drain_policy, None, 0

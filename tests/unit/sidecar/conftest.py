@@ -1,0 +1,9 @@
+"""Unit tests that configure structlog (logs, subcommands) must not leak a closed stream to the next."""
+import pytest
+import structlog
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog():
+    yield
+    structlog.reset_defaults()
