@@ -87,11 +87,31 @@ Suites: $SUITE-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
+  # The official image's apt settings (debuerreotype): downloaded .debs and pkgcache deleted after
+  # every install, no translations, compressed indexes, no auto-kept Suggests.
+  mkdir -p "$root/etc/apt/apt.conf.d"
+  cat >"$root/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+  echo 'Acquire::Languages "none";' >"$root/etc/apt/apt.conf.d/docker-no-languages"
+  echo 'Acquire::GzipIndexes "true";' >"$root/etc/apt/apt.conf.d/docker-gzip-indexes"
+  echo 'Apt::AutoRemove::SuggestsImportant "false";' >"$root/etc/apt/apt.conf.d/docker-autoremove-suggests"
   # Like the public image: no hostname baked in, an empty resolv.conf (the runtime provides both).
   : >"$root/etc/hostname"
   : >"$root/etc/resolv.conf"
 }
 
+# Bump when slim_rootfs changes: a cached rootfs is re-slimmed (it is idempotent) and re-imported.
+RECIPE=2
+if [ -f "$ROOTFS/.complete" ] && [ "$(cat "$ROOTFS/.complete")" != "$RECIPE" ]; then
+  log "re-slimming $ROOTFS (recipe $RECIPE)"
+  slim_rootfs "$ROOTFS"
+  echo "$RECIPE" >"$ROOTFS/.complete"
+  buildah rmi "$BASE_IMAGE" >/dev/null 2>&1 || true
+fi
 if [ ! -f "$ROOTFS/.complete" ]; then
   log "debootstrap $SUITE (minbase) from $MIRROR into $ROOTFS"
   rm -rf "$ROOTFS.tmp"
@@ -99,7 +119,7 @@ if [ ! -f "$ROOTFS/.complete" ]; then
   debootstrap --variant=minbase "$SUITE" "$ROOTFS.tmp" "$MIRROR" >"$CACHE_DIR/debootstrap.log" 2>&1 \
     || { tail -n 20 "$CACHE_DIR/debootstrap.log" >&2; exit 1; }
   slim_rootfs "$ROOTFS.tmp"
-  touch "$ROOTFS.tmp/.complete"
+  echo "$RECIPE" >"$ROOTFS.tmp/.complete"
   rm -rf "$ROOTFS"
   mv "$ROOTFS.tmp" "$ROOTFS"
 else

@@ -17,6 +17,7 @@ Slow (builds the image): marked `image`; CI runs it as its own stage (see confte
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -139,6 +140,29 @@ def test_image_config(proxyv2_image):
     img = proxyv2_image
     assert img.entrypoint == ["/usr/local/bin/pilot-agent"] and img.user == "1337"
     print(f"image {img.name} size {img.size}")
+
+
+def test_image_is_lean(proxyv2_image):
+    """No installers, compilers, caches, apt lists or tests in the image; the agent is precompiled."""
+    with proxyv2_image.container("inspect") as c:
+        root = Path(c.root)
+        site = next(root.glob("opt/agent/lib/python3*/site-packages"))
+        unwanted = [*site.glob("pip*"), *site.glob("setuptools*"), *site.glob("wheel*"),
+                    *root.glob("opt/agent/bin/pip*"), *root.glob("opt/tools"), *root.glob("src"),
+                    *root.glob("usr/bin/*gcc*"), *root.glob("usr/bin/cc"), *root.glob("usr/bin/make"),
+                    *root.glob("var/lib/apt/lists/*_Packages*"), *root.glob("root/.cache"),
+                    *root.glob("var/cache/apt/archives/*.deb"), *site.glob("tests"), *site.glob("agent/tests")]
+        assert unwanted == [], unwanted
+        assert list((site / "agent").glob("__pycache__/cli.cpython-3*.pyc")), "agent not byte-compiled"
+        for tool in ("usr/sbin/iptables-legacy", "usr/sbin/iptables-nft", "usr/sbin/ip6tables-legacy",
+                     "usr/sbin/ip6tables-nft", "usr/bin/ip", "usr/bin/setpriv"):
+            assert (root / tool).exists() or (root / tool.replace("usr/bin", "bin")).exists(), tool
+        assert os.path.realpath(root / "usr/local/bin/envoy".lstrip("/")).endswith("envoy/_bin/envoy") \
+            or os.readlink(root / "usr/local/bin/envoy").endswith("envoy/_bin/envoy")
+        for d in ("etc/istio/proxy", "var/lib/istio/data"):
+            st = (root / d).stat()
+            assert (st.st_uid, st.st_gid) == (PROXY_UID, PROXY_UID), d
+        assert "istio-proxy:x:1337:1337:" in (root / "etc/passwd").read_text()
 
 
 def test_init_container_applied_rules_as_root(running):
