@@ -54,10 +54,12 @@ def test_drain_under_steady_load(pod, work):
     assert code == 0
     assert summary["counts"].get("failed", 0) == 0, summary
     assert summary["counts"]["ok"] > 50
-    # Requests kept succeeding into the drain window (drainDuration 2s after the signal at ~1s); then
-    # the inbound listener closed (new connections refused) before Envoy was stopped at ~3s.
+    # Requests kept succeeding into the drain window; the drained inbound listener closed after
+    # drainDuration (2 s after the signal at ~1 s on the load's clock), i.e. before Envoy itself was
+    # stopped at terminationDrainDuration (3 s after the signal). Without a graceful inbound drain
+    # the listener would only go away with Envoy (~4 s), risking requests cut mid-way.
     changes = [t for t, what in summary["timeline"] if what != "ok"]
-    assert not changes or changes[0] > 1.0 + 1.0
+    assert changes and 1.0 + 1.5 < changes[0] < 1.0 + 2.6, summary["timeline"]
     assert "termination drain duration elapsed" in agent.log()
     assert agent.envoy_pids() == []
 
