@@ -13,7 +13,8 @@ import ipaddress
 import pwd
 import socket
 import struct
-from dataclasses import dataclass
+
+from agent.iptables.config import Record
 
 RESOLV_CONF = "/etc/resolv.conf"
 
@@ -22,8 +23,7 @@ class HostError(Exception):
     """A host fact Istio cannot do without (exit 1): no usable address, unreadable resolv.conf."""
 
 
-@dataclass(frozen=True)
-class HostFacts:
+class HostFacts(Record):
     enable_ipv6: bool = False
     host_ip: str = "198.18.0.2"
     dns_v4: tuple[str, ...] = ()

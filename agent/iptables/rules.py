@@ -6,11 +6,10 @@ the conformance goldens check line by line.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from agent.iptables.config import IptablesConfig
+from agent.iptables.config import IptablesConfig, Record
 
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
 if TYPE_CHECKING:  # the facts are plain data; the adapter module that reads them is not needed here
     from agent.iptables.host import HostFacts
 
@@ -19,8 +18,7 @@ DNS_PORT, AGENT_DNS_PORT, OUTBOUND_MARK = "53", "15053", "1338"
 LOCAL6, PASSTHROUGH4, PASSTHROUGH6 = "::1/128", "127.0.0.6/32", "::6/128"
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(Record):
     """One rule: `-A <chain> <args>`, or `-I <chain> <position> <args>` when `position` is set."""
 
     table: str
@@ -44,8 +42,7 @@ class Rule:
         return " ".join(self.command)
 
 
-@dataclass(frozen=True)
-class RuleSet:
+class RuleSet(Record):
     v4: tuple[Rule, ...]
     v6: tuple[Rule, ...]  # empty when IPv6 is off
     ipv6: bool
