@@ -215,9 +215,12 @@ def _log_config(cfg: Any) -> None:
     from agent.sidecar import config as sidecar_config
     from agent.sidecar import logs
 
+    from agent import __version__
+
     log = logs.get()
-    for name, value in sorted(cfg.flag_values.items()):
-        log.debug(f'FLAG: --{name}="{value}"')
+    for name, value in sorted(cfg.flag_values.items()):  # as Istio's proxy command does, one per flag
+        log.info(f'FLAG: --{name}="{value}"')
+    log.info(f"Version {__version__}")
     for warning in cfg.warnings:
         log.warning(warning)
     if cfg.unknown_flags:
