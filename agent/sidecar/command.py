@@ -125,22 +125,26 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     return _start_and_serve(cfg, plan)
 
 
-def _prepare(cfg: Any, environ: Mapping[str, str]) -> dict[str, Any]:
-    """Everything that can fail cleanly, in order: pure checks, then ports, then the one write."""
-    from agent.sidecar import bootstrap, envoy, probes
+def _status_inputs(cfg: Any) -> tuple[dict, Any]:
+    """App probers and metrics targets, validated by Istio's rules (§6.4, §6.5)."""
+    from agent.sidecar import probes
+    from agent.sidecar.metrics import MetricsConfigError, scrape_targets
 
     try:
         probers = probes.parse_probers(cfg.app_probers)
-    except probes.ProbeConfigError as e:
+        # App metrics are merged for sidecars only, as in Istio.
+        targets = scrape_targets(cfg.prometheus_annotations_raw or None, cfg.status_port) \
+            if cfg.proxy_type == "sidecar" else None
+    except (probes.ProbeConfigError, MetricsConfigError) as e:
         raise StartupError(str(e)) from None
-    targets = None
-    if cfg.proxy_type == "sidecar":
-        from agent.sidecar.metrics import MetricsConfigError, scrape_targets
+    return probers, targets
 
-        try:
-            targets = scrape_targets(cfg.prometheus_annotations_raw or None, cfg.status_port)
-        except MetricsConfigError as e:
-            raise StartupError(str(e)) from None
+
+def _prepare(cfg: Any, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Everything that can fail cleanly, in order: pure checks, then ports, then the one write."""
+    from agent.sidecar import bootstrap, envoy
+
+    probers, targets = _status_inputs(cfg)
     _check_binary(cfg.binary_path)
     data = None if cfg.custom_config_file else bootstrap.build_bootstrap(cfg)
     path = bootstrap.bootstrap_path(cfg)
@@ -246,10 +250,8 @@ async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list, early_signals:
 
     from agent.sidecar import drain, envoy, logs, reaper
     from agent.sidecar.admin import AdminClient, ReadinessProbe
-    from agent.sidecar.metrics import AgentMetrics, MetricsMerger
-    from agent.sidecar.probes import AppProber
+    from agent.sidecar.metrics import AgentMetrics
     from agent.sidecar.run import Supervision, Supervisor
-    from agent.sidecar.status import StatusDeps, StatusServer
 
     process_start = time.time() - (time.monotonic() - _T0)
     metrics = AgentMetrics(envoy_pid=lambda: envoy_ref[0].pid if envoy_ref[0] and envoy_ref[0].popen.returncode is None else None)
@@ -271,13 +273,7 @@ async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list, early_signals:
     server = None
     try:
         if plan["status_sock"] is not None:
-            merger = MetricsMerger(metrics, session, log=logs.get(),
-                                   envoy_port=cfg.envoy_prometheus_port if cfg.merge_envoy_stats else None,
-                                   targets=plan["targets"])
-            prober = AppProber(plan["probers"], pod_ip=cfg.instance_ip, status_port=cfg.status_port,
-                               legacy_localhost=cfg.probe_legacy_localhost)
-            server = StatusServer(StatusDeps(readiness.check, prober, merger, sup.request_drain, sup.request_quit,
-                                             cfg.metrics_localhost_access_only), plan["status_sock"])
+            server = _status_server(cfg, plan, metrics, session, readiness, sup)
             await server.start()
             logs.get().info("status server listening", port=cfg.status_port)
         return await sup.run()
@@ -288,3 +284,20 @@ async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list, early_signals:
                     await step()
                 except Exception as e:  # keep cleaning up
                     logs.get().warning("cleanup step failed", error=repr(e))
+
+
+def _status_server(cfg: Any, plan: dict[str, Any], metrics: Any, session: Any, readiness: Any, sup: Any) -> Any:
+    """The status server gets the readiness probe, the prober, the metrics and two callbacks; no more."""
+    from agent.sidecar import logs
+    from agent.sidecar.metrics import MetricsMerger
+    from agent.sidecar.probes import AppProber
+    from agent.sidecar.status import StatusDeps, StatusServer
+
+    merger = MetricsMerger(metrics, session, log=logs.get(),
+                           envoy_port=cfg.envoy_prometheus_port if cfg.merge_envoy_stats else None,
+                           targets=plan["targets"])
+    prober = AppProber(plan["probers"], pod_ip=cfg.instance_ip, status_port=cfg.status_port,
+                       legacy_localhost=cfg.probe_legacy_localhost)
+    deps = StatusDeps(readiness.check, prober, merger, sup.request_drain, sup.request_quit,
+                      cfg.metrics_localhost_access_only)
+    return StatusServer(deps, plan["status_sock"])
