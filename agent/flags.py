@@ -12,9 +12,9 @@ pflag rules kept on purpose (Istio's injected command lines depend on them):
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping, Sequence
 
 TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 FALSE = {"0", "f", "F", "FALSE", "false", "False"}
@@ -32,8 +32,8 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"invalid boolean {text!r}")
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: Go's duration units, longer names first so that "ms" is not read as "m" followed by "s".
+_UNITS = (("ns", 1e-9), ("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
 
 
 def parse_duration(text: str) -> float:
@@ -43,15 +43,19 @@ def parse_duration(text: str) -> float:
     s = s.lstrip("+-")
     if s == "0":
         return 0.0
-    pos, total = 0, 0.0
-    while pos < len(s):
-        m = _DURATION_PART.match(s, pos)
-        if not m:
-            raise ValueError(f"invalid duration {text!r}")
-        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-        pos = m.end()
     if not s:
         raise ValueError(f"invalid duration {text!r}")
+    pos, total = 0, 0.0
+    while pos < len(s):  # <number><unit>, repeated; the number is decimal, e.g. 1, 1.5, .5, 1.
+        start = pos
+        while pos < len(s) and (s[pos].isdecimal() or s[pos] == "."):
+            pos += 1
+        unit = next(((name, scale) for name, scale in _UNITS if s.startswith(name, pos)), None)
+        number = s[start:pos]
+        if unit is None or number == "." or number.count(".") > 1 or not number:
+            raise ValueError(f"invalid duration {text!r}")
+        total += float(number) * unit[1]
+        pos += len(unit[0])
     return sign * total
 
 
@@ -88,15 +92,33 @@ PARSERS: dict[str, Callable[[str], Any]] = {
 }
 
 
-@dataclass(frozen=True)
 class Flag:
-    name: str
-    kind: str = "str"
-    default: Any = ""
-    short: str | None = None
-    env: tuple[str, ...] = ()
-    help: str = ""
-    dest: str = ""  # attribute name; defaults to the long name in snake_case
+    """One setting: long name, kind (str, bool, duration, uint16, int), default, short name, env
+    vars (later ones win), help, and `dest`, the attribute name (default: the long name in
+    snake_case). Immutable. (A plain class, not a dataclass: see agent.iptables.config.Record.)"""
+
+    __slots__ = ("name", "kind", "default", "short", "env", "help", "dest")
+
+    def __init__(self, name: str, kind: str = "str", default: Any = "", short: str | None = None,
+                 env: tuple[str, ...] = (), help: str = "", dest: str = "") -> None:
+        for key, value in (("name", name), ("kind", kind), ("default", default), ("short", short),
+                           ("env", tuple(env)), ("help", help), ("dest", dest)):
+            object.__setattr__(self, key, value)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"Flag is immutable (setting {key!r})")
+
+    def _key(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, key) for key in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return self._key() == other._key() if isinstance(other, Flag) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Flag({self.name!r}, kind={self.kind!r}, default={self.default!r})"
 
     @property
     def attr(self) -> str:
@@ -113,14 +135,16 @@ class Flag:
         return str(self.default) if self.default != "" else '""'
 
 
-@dataclass
 class Parsed:
-    values: dict[str, Any]
-    explicit: set[str] = field(default_factory=set)  # attrs set by a flag on the command line
-    from_env: set[str] = field(default_factory=set)  # attrs set by an environment variable
-    positional: list[str] = field(default_factory=list)
-    unknown: list[str] = field(default_factory=list)
-    help: bool = False
+    """What parse() found: every flag's value by attr, and where the non-defaults came from."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.explicit: set[str] = set()  # attrs set by a flag on the command line
+        self.from_env: set[str] = set()  # attrs set by an environment variable
+        self.positional: list[str] = []
+        self.unknown: list[str] = []
+        self.help = False
 
 
 def parse(
