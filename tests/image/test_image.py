@@ -2,8 +2,9 @@
 built by docker/build-local.sh, in network namespaces (tests/netns/harness.py).
 
 For each example (2020 injection, native sidecar) one pod is started the way kubelet would:
-1. `istio-init` as root through the image's ENTRYPOINT: `/usr/local/bin/pilot-agent istio-iptables
-   -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15020[,15021]`, then `--verify`;
+1. `istio-init` as root: `/usr/local/bin/pilot-agent istio-iptables -p 15001 -z 15006 -u 1337
+   -m REDIRECT -i '*' -x "" -b '*' -d 15090,15021,15020` through the image's ENTRYPOINT (native pod),
+   or the 2020 pod's `command: istio-iptables ... -d 15090,15020` from the image's PATH; then `--verify`;
 2. the app (uid 1000, :9080) and, in the remote namespace, a peer (:9091);
 3. `istio-proxy` as uid 1337 through the ENTRYPOINT with the example's args + `--standalone` and its
    env, read-only root, emptyDirs and the downward-API podinfo mounted, no capabilities.
@@ -82,17 +83,18 @@ def _start(example: str, image: Image, workdir: Path) -> tuple[RunningPod | None
     cleanup: list = []
     pod = Pod.create(prefix="img")
     cleanup.append(pod)
-    # 1. istio-init, in its own container: as root, through the ENTRYPOINT (2020's `command:
-    # istio-iptables` becomes today's `pilot-agent istio-iptables`, the same program).
+    # 1. istio-init, in its own container, as root. Kubernetes semantics: the 2020 pod's `command:
+    # [istio-iptables, ...]` replaces the ENTRYPOINT (the image's /usr/local/bin/istio-iptables);
+    # the native pod's `args: [istio-iptables, ...]` go to it (`/usr/local/bin/pilot-agent istio-iptables`).
     init_spec = spec.container("istio-init")
-    init_args = init_spec.argv([])  # 2020: the `command:`; native: the `args:` (same list)
-    assert init_args[0] == "istio-iptables", init_args
+    init_argv = init_spec.argv(image.entrypoint)
     init = image.container("istio-init")
     cleanup.append(init)
-    init_result = pod.ns.run(init.argv(init_args, user=init_spec.user, env=init_spec.env,
-                                       pod_hosts=f"{POD4}\t{FACTS.name}"), check=False)
-    verify_result = pod.ns.run(init.argv([*init_args, "--verify"], user=init_spec.user,
-                                         pod_hosts=f"{POD4}\t{FACTS.name}"), check=False)
+    hosts = f"{POD4}\t{FACTS.name}"
+    init_result = pod.ns.run(init.argv([], command=init_argv, user=init_spec.user, env=init_spec.env,
+                                       pod_hosts=hosts), check=False)
+    verify_result = pod.ns.run(init.argv(["--verify"], command=init_argv, user=init_spec.user,
+                                         env=init_spec.env, pod_hosts=hosts), check=False)
     init.remove()
     # 2. the app and the remote peer.
     pod.ns.spawn([PY, HTTPAPP, "--port", str(APP_PORT), "--tag", "app"], uid=APP_UID, wait_ready=True)
@@ -110,12 +112,12 @@ def _start(example: str, image: Image, workdir: Path) -> tuple[RunningPod | None
                       user=proxy_spec.user, read_only=proxy_spec.security.get("readOnlyRootFilesystem", False),
                       empty_dirs=proxy_spec.mount_paths("emptyDir"),
                       ro_volumes={p: str(podinfo) for p in proxy_spec.mount_paths("downwardAPI")},
-                      pod_hosts=f"{POD4}\t{FACTS.name}")
+                      pod_hosts=hosts)
     log = workdir / "istio-proxy.log"
     with log.open("w") as out:
         agent = subprocess.Popen(pod.ns.argv(argv), stdout=out, stderr=subprocess.STDOUT)
     pod.ns.procs.append(agent)
-    return RunningPod(example, spec, pod, image, init_args, init_result, verify_result, proxy, agent, log), cleanup
+    return RunningPod(example, spec, pod, image, init_argv, init_result, verify_result, proxy, agent, log), cleanup
 
 
 @pytest.fixture(scope="module", params=["productpage-injected.yaml", "productpage-native-sidecar.yaml"])
@@ -166,7 +168,8 @@ def test_image_is_lean(proxyv2_image):
 
 
 def test_init_container_applied_rules_as_root(running):
-    assert running.init_argv[:3] == ["istio-iptables", "-p", "15001"]
+    assert running.init_argv[:3] in (["istio-iptables", "-p", "15001"],  # 2020: command
+                                     ["/usr/local/bin/pilot-agent", "istio-iptables", "-p"])  # today: args
     assert running.init_result.returncode == 0, running.init_result.stderr[-3000:]
     assert running.verify_result.returncode == 0, running.verify_result.stdout + running.verify_result.stderr
     rules = running.pod.save()
