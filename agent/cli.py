@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
 
 from agent.exitcodes import Exit
 from agent.flags import Flag
+
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Sequence
 
 #: pilot-agent's persistent logging flags, accepted by every subcommand (the injector passes them).
 LOG_FLAGS = (
@@ -55,9 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if mode not in MODES:
         sys.stderr.write(f'Error: unknown command "{mode}" for "pilot-agent"\n')
         return Exit.USAGE
-    import importlib
-
-    module = importlib.import_module(MODES[mode][0])
+    module = __import__(MODES[mode][0], fromlist=["run"])  # importlib.import_module, without importing importlib
     return int(module.run(rest, dict(os.environ)))
 
 

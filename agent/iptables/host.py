@@ -11,8 +11,11 @@ from __future__ import annotations
 import grp
 import ipaddress
 import pwd
-import socket
 import struct
+
+# The C module under `socket`: the netlink dump needs nothing of socket.py's wrappers, and
+# socket.py imports enum and selectors (milliseconds of start-up in every pod's init container).
+import _socket
 
 from agent.iptables.config import Record
 
@@ -83,9 +86,10 @@ _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 
 def _netlink_addresses() -> list[str]:
     """One RTM_GETADDR dump of the current netns, as Go's net.InterfaceAddrs does."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, _socket.NETLINK_ROUTE)
+    try:
         sock.bind((0, 0))
-        body = struct.pack("BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)
+        body = struct.pack("BBBBI", _socket.AF_UNSPEC, 0, 0, 0, 0)
         sock.send(struct.pack("=IHHII", 16 + len(body), _RTM_GETADDR, _NLM_F_REQUEST_DUMP, 1, 0) + body)
         out: list[str] = []
         while True:
@@ -102,6 +106,8 @@ def _netlink_addresses() -> list[str]:
                 offset += (length + 3) & ~3
                 if length == 0:
                     return out
+    finally:
+        sock.close()
 
 
 def _parse_ifaddr(msg: bytes) -> list[str]:
@@ -115,12 +121,12 @@ def _parse_ifaddr(msg: bytes) -> list[str]:
         attrs[atype] = msg[pos + 4: pos + alen]
         pos += (alen + 3) & ~3
     # Go prefers IFA_LOCAL for IPv4 (point-to-point peers put the peer in IFA_ADDRESS).
-    raw = attrs.get(_IFA_LOCAL) if family == socket.AF_INET else None
+    raw = attrs.get(_IFA_LOCAL) if family == _socket.AF_INET else None
     raw = raw or attrs.get(_IFA_ADDRESS)
     if raw is None:
         return []
-    fam = socket.AF_INET if family == socket.AF_INET else socket.AF_INET6
-    return [socket.inet_ntop(fam, raw)]
+    fam = _socket.AF_INET if family == _socket.AF_INET else _socket.AF_INET6
+    return [_socket.inet_ntop(fam, raw)]
 
 
 def interface_addresses() -> list[str]:
