@@ -115,6 +115,12 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         return _fail(f"invalid configuration: {type(e).__name__}: {e}")
     from agent.sidecar import logs
 
+    # From the first side effect (the bootstrap file) on, SIGTERM/SIGINT are only recorded; the
+    # supervisor replays them once its loop runs, so a pod deleted during start-up still drains and
+    # cleans up instead of dying half-way (a signal before Envoy is spawned just undoes the writes).
+    early: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda n, _f: early.append(n))
     try:
         logs.parse_levels(cfg.log_output_level)  # validated now, configured once Envoy is on its way
         plan = _prepare(cfg, environ)
@@ -122,7 +128,19 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         return _fail(str(e))
     except Exception as e:  # e.g. a bootstrap the builder cannot render from odd settings
         return _fail(f"invalid configuration: {type(e).__name__}: {e}")
-    return _start_and_serve(cfg, plan)
+    if early:
+        _remove(plan["bootstrap"])
+        if plan["status_sock"] is not None:
+            plan["status_sock"].close()
+        try:
+            logs.configure(cfg.log_output_level, cfg.log_as_json, cfg.log_target)
+            logs.get().info("received signal before Envoy started: nothing to drain",
+                            signal=signal.Signals(early[0]).name)
+            logs.get().info("Agent has successfully terminated")
+        except OSError:
+            pass
+        return Exit.OK
+    return _start_and_serve(cfg, plan, early)
 
 
 def _status_inputs(cfg: Any) -> tuple[dict, Any]:
@@ -178,14 +196,9 @@ def _prepare(cfg: Any, environ: Mapping[str, str]) -> dict[str, Any]:
             "bootstrap": None if cfg.custom_config_file else path}
 
 
-def _start_and_serve(cfg: Any, plan: dict[str, Any]) -> int:
+def _start_and_serve(cfg: Any, plan: dict[str, Any], early: list[int]) -> int:
     from agent.sidecar import logs, reaper
 
-    # Until the supervisor's loop installs its handlers, a SIGTERM/SIGINT is only recorded (and
-    # replayed there), so a pod deleted during start-up still drains instead of dying mid-way.
-    early: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda n, _f: early.append(n))
     try:
         proc = reaper.spawn(plan["argv"])
     except OSError as e:
