@@ -27,10 +27,18 @@ def ns():
 
 
 @pytest.fixture
-def pod():
-    made = Pod.create(prefix="pf")
-    yield made
-    made.close()
+def pod_factory():
+    """pod_factory(ipv4=True, ipv6=False) -> Pod (pod + remote namespaces); all closed at teardown."""
+    made: list[Pod] = []
+
+    def make(**kw) -> Pod:
+        pod = Pod.create(prefix="pf", **kw)
+        made.append(pod)
+        return pod
+
+    yield make
+    for pod in reversed(made):
+        pod.close()
 
 
 @pytest.fixture
