@@ -13,8 +13,6 @@ Two kinds of problems, as the exit codes tell them apart:
 """
 from __future__ import annotations
 
-import ipaddress
-
 from agent.flags import Flag
 
 TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
@@ -97,6 +95,7 @@ ENV_ONLY: tuple[tuple[str, str, str], ...] = (
 )
 
 MAX_OWNER_GROUPS = 64
+DEFAULT_LOOPBACK_CIDR = "127.0.0.1/32"
 
 
 class Record:
@@ -243,6 +242,8 @@ def split_list(text: str) -> tuple[str, ...]:
 
 def parse_prefix(text: str) -> str:
     """Go's netip.ParsePrefix, returning the canonical text without masking host bits."""
+    import ipaddress  # here, not at the top: most pods pass no CIDR at all (start-up cost)
+
     addr_text, slash, bits_text = text.partition("/")
     if not slash:
         raise ValueError("no '/' in CIDR")
@@ -397,7 +398,7 @@ def _env_only(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[Problem]
     for var in ("ISTIO_OUTBOUND_OWNER_GROUPS", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"):
         if any(c.isspace() for c in environ.get(var, "")):
             problems.append(Problem(var, environ[var], "group names cannot contain white space", usage=False))
-    loopback = environ.get("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/32")
+    loopback = environ.get("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", DEFAULT_LOOPBACK_CIDR)
     if (why := loopback_problem(loopback)) is not None:
         problems.append(Problem("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", loopback, why, usage=False))
     values = {
@@ -411,12 +412,14 @@ def _env_only(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[Problem]
 
 
 def loopback_problem(text: str) -> str | None:
+    if text == DEFAULT_LOOPBACK_CIDR:
+        return None  # valid; not parsed, so that the common path needs no ipaddress import
     try:
         canonical = parse_prefix(text)
     except ValueError as e:
         return f"failed to parse CIDR: {e}"
     addr, bits = canonical.split("/")
-    if ":" in addr or not ipaddress.ip_address(addr) in ipaddress.ip_network("127.0.0.0/8"):
+    if ":" in addr or not addr.startswith("127."):  # canonical IPv4 text: in 127.0.0.0/8
         return "expected valid IPv4 loopback address in CIDR"
     if not 8 <= int(bits) <= 32:
         return "expected CIDR to have mask in range [8, 32]"

@@ -9,12 +9,11 @@ turns those raw facts into `HostFacts`, so tests can build any host without a na
 from __future__ import annotations
 
 import grp
-import ipaddress
 import pwd
 import struct
 
-# The C module under `socket`: the netlink dump needs nothing of socket.py's wrappers, and
-# socket.py imports enum and selectors (milliseconds of start-up in every pod's init container).
+# The C module under `socket`: the netlink dump and inet_pton/inet_ntop need nothing of socket.py's
+# wrappers, and socket.py imports enum and selectors (start-up time in every pod's init container).
 import _socket
 
 from agent.iptables.config import Record
@@ -35,32 +34,51 @@ class HostFacts(Record):
 
 # ---- pure ---------------------------------------------------------------------------------------
 
-def _usable(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if addr.is_loopback or addr.is_link_local:
-        return False
-    if addr.version == 6:
-        return not (addr.packed[0] == 0xFF and addr.packed[1] & 0x0F == 0x02)  # Go's IsLinkLocalMulticast
-    return addr not in ipaddress.ip_network("224.0.0.0/24")
+# detect_ip works on packed addresses (inet_pton) rather than the ipaddress module: it runs on
+# every start, and importing ipaddress (with functools and collections) costs more than the rest of
+# host facts. The checks are the prefixes Go's IsLoopback/IsLinkLocal*/IsLinkLocalMulticast test.
+# (HostIP is printed by inet_ntop: the same text as Go's except for deprecated IPv4-compatible
+# addresses, ::a.b.c.d, which no pod has.)
+_V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96
+_LOOPBACK6 = bytes(15) + b"\x01"  # ::1
+
+
+def _packed(text: str) -> bytes:
+    """4 bytes for IPv4 (IPv4-mapped IPv6 included, as Go's To4), else 16. ValueError if bad."""
+    try:
+        packed = _socket.inet_pton(_socket.AF_INET6 if ":" in text else _socket.AF_INET, text)
+    except OSError:
+        raise ValueError(f"invalid IP address {text!r}") from None
+    return packed[12:] if packed[:12] == _V4_MAPPED else packed
+
+
+def _usable(packed: bytes) -> bool:
+    """Not loopback, link-local unicast, or link-local multicast (Istio skips those)."""
+    if len(packed) == 4:  # 127/8, 169.254/16, 224.0.0/24
+        return packed[0] != 127 and packed[:2] != b"\xa9\xfe" and packed[:3] != b"\xe0\x00\x00"
+    link_local = packed[0] == 0xFE and packed[1] & 0xC0 == 0x80  # fe80::/10
+    link_local_multicast = packed[0] == 0xFF and packed[1] & 0x0F == 0x02  # ff02::/16 with any flags
+    return packed != _LOOPBACK6 and not link_local and not link_local_multicast
+
+
+def _text(packed: bytes) -> str:
+    return _socket.inet_ntop(_socket.AF_INET if len(packed) == 4 else _socket.AF_INET6, packed)
 
 
 def detect_ip(addresses: list[str], dual_stack: bool) -> tuple[bool, str]:
     """(EnableIPv6, HostIP) from the interface addresses, in dump order (§1.5 step 4)."""
-    usable = []
-    for text in addresses:
-        addr = ipaddress.ip_address(text)
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        if _usable(addr):
-            usable.append(addr)
+    usable = [packed for packed in map(_packed, addresses) if _usable(packed)]
     if not usable:
         raise HostError("no valid local IP address found")
     if not dual_stack:
-        return usable[0].version == 6, str(usable[0])
-    return any(a.version == 6 for a in usable), str(usable[0])
+        return len(usable[0]) == 16, _text(usable[0])
+    return any(len(p) == 16 for p in usable), _text(usable[0])
 
 
 def parse_resolv_conf(text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Nameservers split into IPv4 and IPv6, re-printed canonically like Go (`::127.0.0.53` -> `::7f00:35`)."""
+    import ipaddress  # only with DNS capture: Go's canonical IPv6 text, which inet_ntop does not match
+
     v4: list[str] = []
     v6: list[str] = []
     for line in text.splitlines():
@@ -142,8 +160,7 @@ def _proc_addresses() -> list[str]:
     try:
         with open("/proc/net/if_inet6") as f:
             for line in f:
-                hexaddr = line.split()[0]
-                out.append(str(ipaddress.IPv6Address(bytes.fromhex(hexaddr))))
+                out.append(_text(bytes.fromhex(line.split()[0])))
     except OSError:
         pass
     return out

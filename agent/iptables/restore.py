@@ -5,8 +5,6 @@ Pure: text in, text (or argument lists) out. Executing any of it is agent.iptabl
 """
 from __future__ import annotations
 
-import ipaddress
-
 from agent.iptables.rules import BUILTIN, Rule
 
 TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
@@ -154,6 +152,8 @@ def _number(text: str) -> str:
 
 
 def _address(text: str) -> str:
+    import ipaddress  # --verify only: imported when needed (start-up cost)
+
     try:
         return str(ipaddress.ip_network(text, strict=False))  # the kernel masks host bits
     except ValueError:

@@ -5,8 +5,6 @@ the conformance goldens check line by line.
 """
 from __future__ import annotations
 
-import ipaddress
-
 from agent.iptables.config import IptablesConfig, Record
 
 TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
@@ -81,6 +79,8 @@ def _family(cidr: str) -> int:
 
 
 def _is_loopback(cidr: str) -> bool:
+    import ipaddress  # only for -i CIDR lists (start-up cost)
+
     addr = ipaddress.ip_address(cidr.split("/")[0])
     if addr.version == 6 and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
