@@ -189,7 +189,7 @@ def parse(
             eq, inline = ("=", rest[1:]) if rest.startswith("=") else (("=", rest) if rest else ("", ""))
         if flag is None:
             if not allow_unknown:
-                raise UsageError(f"unknown flag: {arg.split('=')[0]}")
+                raise UsageError(f"unknown flag: {_shown(arg.split('=')[0])}")
             result.unknown.append(arg)
             # pflag's stripUnknownFlagValue: a following non-flag word is the unknown flag's value.
             if not eq and i < len(args) and not args[i].startswith("-"):
@@ -208,9 +208,15 @@ def parse(
         try:
             result.values[flag.attr] = flag.convert(text)
         except ValueError:
-            raise UsageError(f'invalid argument "{text}" for "--{flag.name}" flag') from None
+            raise UsageError(f'invalid argument "{_shown(text)}" for "--{flag.name}" flag') from None
         result.explicit.add(flag.attr)
     return result
+
+
+def _shown(text: str) -> str:
+    """A value as one line, whatever it holds: control characters and line breaks escaped
+    (pflag prints values with Go's %q, which does the same)."""
+    return text if text.isprintable() else text.encode("unicode_escape").decode()
 
 
 def usage(title: str, flags: Sequence[Flag]) -> str:

@@ -78,3 +78,12 @@ def test_usage_lists_env_and_default():
     text = flags.usage("t", TABLE)
     assert "-b, --istio-inbound-ports" in text and "[env ISTIO_INBOUND_PORTS]" in text
     assert "(default 5s)" in text and "REDIRECT_DNS, ISTIO_META_DNS_CAPTURE" in text
+
+
+@pytest.mark.parametrize("argv, shown", [(["--probe-timeout", "1\nx"], '"1\\nx"'), (["--no\rpe"], "--no\\rpe"),
+                                         (["-p", "1", "--iptables-probe-port=x\u2028"], '"x\\u2028"')])
+def test_bad_values_stay_on_one_line(argv, shown):
+    """A line break in a value must not split the one-line error (pflag quotes values with %q)."""
+    with pytest.raises(UsageError) as e:
+        flags.parse(TABLE, argv, {})
+    assert len(str(e.value).splitlines()) == 1 and shown in str(e.value)
