@@ -174,31 +174,60 @@ class EnvoyProcessCollector:
 
 
 class AgentMetrics:
-    """Istio's istio_agent_* names (§8) for what this agent does, plus Envoy process gauges."""
+    """Istio's istio_agent_* names (§8) for what this agent does, plus Envoy process gauges.
+
+    The prometheus_client registry is built on first use (the first scrape or restart), not at
+    start-up: importing prometheus_client costs tens of milliseconds that would otherwise delay the
+    status server, and so the pod's readiness. The start-up duration is kept until then.
+    """
 
     def __init__(self, envoy_pid: Callable[[], int | None] = lambda: None):
+        self.envoy_pid = envoy_pid
+        self._built = False
+        self._startup: float | None = None
+
+    def _build(self) -> None:
         import prometheus_client
 
         prometheus_client.disable_created_metrics()  # Istio exposes no *_created series
-        self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
-        reg = self.registry
-        self.startup_duration = prometheus_client.Gauge(
+        self.registry = reg = prometheus_client.CollectorRegistry(auto_describe=True)
+        self._startup_duration = prometheus_client.Gauge(
             "istio_agent_startup_duration_seconds", "Process start to first successful readiness", registry=reg)
-        self.scrapes = prometheus_client.Counter("istio_agent_scrapes", "Merged metrics requests", registry=reg)
-        self.scrape_failures = prometheus_client.Counter(
+        self._scrapes = prometheus_client.Counter("istio_agent_scrapes", "Merged metrics requests", registry=reg)
+        self._scrape_failures = prometheus_client.Counter(
             "istio_agent_scrape_failures", "Failed scrapes per source", ["type"], registry=reg)
-        self.envoy_restarts = prometheus_client.Counter(
+        self._envoy_restarts = prometheus_client.Counter(
             "istio_agent_envoy_restarts", "Envoy restarts after unexpected exits", registry=reg)
         for kind in ("agent", "envoy", "application"):
-            self.scrape_failures.labels(kind)
+            self._scrape_failures.labels(kind)
         prometheus_client.ProcessCollector(namespace="istio_agent", registry=reg)
-        reg.register(EnvoyProcessCollector(envoy_pid))
+        reg.register(EnvoyProcessCollector(self.envoy_pid))
+        self._built = True
+        if self._startup is not None:
+            self._startup_duration.set(self._startup)
+
+    def _metric(self, name: str) -> Any:
+        if not self._built:
+            self._build()
+        return getattr(self, name)
+
+    startup_duration = property(lambda self: self._metric("_startup_duration"))
+    scrapes = property(lambda self: self._metric("_scrapes"))
+    scrape_failures = property(lambda self: self._metric("_scrape_failures"))
+    envoy_restarts = property(lambda self: self._metric("_envoy_restarts"))
+
+    def set_startup_duration(self, seconds: float) -> None:
+        """Readiness' first success: recorded now, exposed from the registry whenever it exists."""
+        self._startup = seconds
+        if self._built:
+            self._startup_duration.set(seconds)
 
     def render(self) -> bytes:
         import prometheus_client
 
+        registry = self._metric("registry")
         try:
-            return prometheus_client.generate_latest(self.registry)
+            return prometheus_client.generate_latest(registry)
         except Exception:  # one broken collector must not take the endpoint down
             self.scrape_failures.labels("agent").inc()
             return b""
