@@ -9,7 +9,9 @@ when IPv6 is on) it reads the live rules once (the binary detection's own `-save
 * ours live and identical to what these flags create (§5.3: chains present, ISTIO_* rule counts
   equal, every expected rule passes `-C`; the `-C` checks go in ONE restore document): **nothing
   to do**, exit 0. `--force-apply` re-applies anyway (as a reconcile, instead of Istio's
-  "Chain already exists" failure).
+  "Chain already exists" failure). When one family is in place and the other has nothing of ours
+  (a run killed between IPv4 and IPv6, re-run by kubelet with the same flags), the missing family
+  is applied as fresh.
 * ours live but different (**drift**): without `--reconcile`, exit 1 with one line naming the
   first difference and saying to use --reconcile; nothing is touched. With `--reconcile`:
   guardrails (§5.4: DROP tcp/udp in filter INPUT/FORWARD/OUTPUT) go in, then one restore per
@@ -250,7 +252,13 @@ class Applier:
             return Exit.OK
         reason = self.first_drift()
         if reason is None and not self.cfg.force_apply:
-            log.info("iptables rules already in place; nothing to do")
+            missing = [f for f in self.families if not ours_live(f.live)]
+            if missing:  # a run killed between families (IPv4 in, IPv6 not): finish it
+                log.info("iptables rules of these flags are in place for %s only; completing",
+                         ", ".join(f.label for f in self.families if f not in missing))
+                self.apply_fresh(missing)
+            else:
+                log.info("iptables rules already in place; nothing to do")
             return Exit.OK
         if reason is not None and not self.cfg.reconcile and not self.cfg.force_apply:
             raise Drift(f"iptables rules from different settings are in place ({reason}); "
@@ -259,9 +267,11 @@ class Applier:
         return Exit.OK
 
     def first_drift(self) -> str | None:
+        """The first difference from these flags' rules, in the families where rules of ours are
+        live (a family with none is not drift: an earlier run was killed before reaching it)."""
         for fam in self.families:
             if not ours_live(fam.live):
-                return f"no {fam.label} rules of ours are in place"
+                continue
             reason = drift_reason(restore.expected_state(fam.rules), fam.live)
             if reason is None:
                 text, where = check_document(fam.rules)
@@ -274,8 +284,8 @@ class Applier:
         return None
 
     # -- changing things
-    def apply_fresh(self) -> None:
-        docs = [(fam, restore.render(fam.rules)) for fam in self.families if fam.rules]
+    def apply_fresh(self, families: list[Family] | None = None) -> None:
+        docs = [(fam, restore.render(fam.rules)) for fam in families or self.families if fam.rules]
         self.transaction([(fam, doc, list(document_blocks(doc))) for fam, doc in docs])
         log.info("iptables rules applied (%s)", ", ".join(f.label for f, _ in docs))
 
