@@ -4,6 +4,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.iptables import host
 from agent.iptables.host import HostError, detect_ip, parse_resolv_conf
@@ -76,3 +78,38 @@ def test_name_lookups():
 def test_owner_id():
     assert host.owner_id("uid", "root") == 0 and host.owner_id("gid", "root") == 0
     assert host.owner_id("uid", "no-such-user-xyz") is None
+
+
+def _reference_usable(text: str) -> tuple[bool, str]:
+    """The ipaddress-based filter detect_ip used before it worked on packed addresses."""
+    addr = ipaddress.ip_address(text)
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.is_loopback or addr.is_link_local:
+        return False, str(addr)
+    if addr.version == 6:
+        return not (addr.packed[0] == 0xFF and addr.packed[1] & 0x0F == 0x02), str(addr)
+    return addr not in ipaddress.ip_network("224.0.0.0/24"), str(addr)
+
+
+EDGES = ["127.255.0.1", "128.0.0.1", "169.254.255.255", "169.255.0.1", "224.0.0.255", "224.0.1.0", "0.0.0.0",
+         "::1", "::2", "fe80::1", "febf:ffff::1", "fec0::1", "ff02::1", "ff12::1", "ff05::1", "::ffff:169.254.0.1",
+         "::ffff:224.0.0.1", "::ffff:198.18.0.1", "2001:db8::1", "2001:db8:0:0:1:0:0:1", "::"]
+
+
+@pytest.mark.parametrize("text", EDGES)
+def test_packed_filter_matches_ipaddress(text):
+    usable, shown = _reference_usable(text)
+    packed = host._packed(text)
+    assert host._usable(packed) == usable
+    assert host._text(packed) == shown
+
+
+@given(st.ip_addresses())
+def test_packed_filter_matches_ipaddress_everywhere(addr):
+    text = str(addr)
+    usable, shown = _reference_usable(text)
+    packed = host._packed(text)
+    assert host._usable(packed) == usable
+    if not (addr.version == 6 and packed[:12] == bytes(12)):  # ::a.b.c.d prints as glibc does
+        assert host._text(packed) == shown
