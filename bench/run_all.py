@@ -30,16 +30,16 @@ PY = "/opt/agent/bin/python" if os.path.exists("/opt/agent/bin/python") else sys
 FULL = {
     "start": ["-n", "7"], "idle": ["--window", "60"], "latency": ["--requests", "2000", "--rounds", "3"],
     "prometheus": ["-n", "15"], "prometheus_default": ["-n", "15", "--matcher", "istio-default"],
-    "drain": ["--rounds", "3"], "iptables_n": 15,
+    "drain": ["--rounds", "3"], "drain_short": ["--rounds", "0", "--termination", "3"], "iptables_n": 15,
 }
 QUICK = {
     "start": ["-n", "3"], "idle": ["--window", "10"], "latency": ["--requests", "400", "--rounds", "1"],
     "prometheus": ["-n", "5"], "prometheus_default": ["-n", "5", "--matcher", "istio-default"],
-    "drain": ["--rounds", "1"], "iptables_n": 5,
+    "drain": ["--rounds", "1"], "drain_short": ["--rounds", "0", "--termination", "3"], "iptables_n": 5,
 }
 SCRIPTS = {"start": "sidecar_start.py", "idle": "sidecar_idle.py", "latency": "sidecar_latency.py",
            "prometheus": "sidecar_prometheus.py", "prometheus_default": "sidecar_prometheus.py",
-           "drain": "sidecar_drain.py"}
+           "drain": "sidecar_drain.py", "drain_short": "sidecar_drain.py"}
 
 
 def run_script(name: str, args: list[str]) -> dict:
@@ -128,15 +128,19 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str, str]]:
         add(f"  agent memory growth while scraping ({label})", f"{p['growth_bytes'] / 2**20:.2f} MiB",
             f"{p['ours_body_bytes'] / 2**20:.2f} MiB body", f"{p['growth_over_body']:.2f}x", "<= 2x body",
             p["growth_over_body"] <= 2)
-    dr = r["drain"]
-    if "error" in dr:
-        err("drain", dr)
-    else:
+    for key in ("drain", "drain_short"):
+        dr = r[key]
+        if "error" in dr:
+            err(key, dr)
+            continue
         c = dr["drain"]["counts"]
-        add(f"drain: accepted requests failed ({dr['requests']} @ {dr['rate']:.0f}/s, SIGTERM)", str(dr["failed"]),
+        when = "load ends inside the drain window" if key == "drain" else "Envoy stopped under load"
+        add(f"drain: accepted requests failed ({dr['requests']} @ {dr['rate']:.0f}/s, SIGTERM, "
+            f"terminationDrainDuration {dr['termination_drain_s']} s: {when})", str(dr["failed"]),
             f"ok {c.get('ok', 0)}, refused {c.get('refused', 0)}", "", "0", dr["failed"] == 0)
-        add("exit-on-zero: last connection closed -> agent exit", f"{dr['exit_on_zero_s'] * 1000:.0f} ms",
-            "1000 ms poll interval", f"{dr['exit_on_zero_s']:.2f}x", "<= 1.5 s", dr["exit_on_zero_s"] <= 1.5)
+        if dr["exit_on_zero_s"] is not None:
+            add("exit-on-zero: last connection closed -> agent exit", f"{dr['exit_on_zero_s'] * 1000:.0f} ms",
+                "1000 ms poll interval", f"{dr['exit_on_zero_s']:.2f}x", "<= 1.5 s", dr["exit_on_zero_s"] <= 1.5)
     return out
 
 
@@ -158,7 +162,9 @@ def main() -> int:
     wanted = set(args.only or ["start", "iptables", "idle", "latency", "prometheus", "drain"])
     if "prometheus" in wanted:
         wanted.add("prometheus_default")
-    for name in ("start", "iptables", "idle", "latency", "prometheus", "prometheus_default", "drain"):
+    if "drain" in wanted:
+        wanted.add("drain_short")
+    for name in ("start", "iptables", "idle", "latency", "prometheus", "prometheus_default", "drain", "drain_short"):
         if name not in wanted:
             results[name] = {"error": "not run (--only)"}
             continue
