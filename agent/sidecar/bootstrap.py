@@ -200,10 +200,13 @@ def _zipkin_tracer() -> dict[str, Any]:
 # Standalone: static capture listeners, no control plane.
 
 
-def _passthrough_listener(name: str, wildcard: str, port: int, cluster: str) -> dict[str, Any]:
+def _passthrough_listener(name: str, wildcard: str, port: int, cluster: str, direction: str) -> dict[str, Any]:
+    # traffic_direction, as on Istio's own listeners: the drain on SIGTERM
+    # (admin /drain_listeners?inboundonly&graceful) only drains listeners marked INBOUND.
     return {
         "name": name,
         "address": socket_address(wildcard, port),
+        "traffic_direction": direction,
         "listener_filters": [{"name": "envoy.filters.listener.original_dst",
                               "typed_config": {"@type": ORIGINAL_DST}}],
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
@@ -232,8 +235,8 @@ def build_standalone(cfg: SidecarConfig, version: str = __version__) -> dict[str
     stats = stats_config(cfg)
     stats.pop("stats_matcher")
     listeners = [
-        _passthrough_listener("virtualOutbound", wildcard, 15001, "PassthroughCluster"),
-        _passthrough_listener("virtualInbound", wildcard, 15006, "InboundPassthroughCluster"),
+        _passthrough_listener("virtualOutbound", wildcard, 15001, "PassthroughCluster", "OUTBOUND"),
+        _passthrough_listener("virtualInbound", wildcard, 15006, "InboundPassthroughCluster", "INBOUND"),
         *local_listeners(cfg),
     ]
     clusters = [
