@@ -17,6 +17,7 @@ CORE = [
     "sidecar/identity.py",
     "sidecar/bootstrap_parts.py",
     "sidecar/drain.py",
+    "sidecar/envoy.py",
 ]
 FORBIDDEN = {"subprocess", "socket", "aiohttp", "psutil", "asyncio", "structlog", "prometheus_client"}
 #: Orchestrators and adapters never import the edge (agent.cli) except for the shared flag table.
