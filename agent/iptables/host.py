@@ -8,8 +8,6 @@ turns those raw facts into `HostFacts`, so tests can build any host without a na
 """
 from __future__ import annotations
 
-import grp
-import pwd
 import struct
 
 # The C module under `socket`: the netlink dump and inet_pton/inet_ntop need nothing of socket.py's
@@ -182,6 +180,8 @@ def gather(*, dual_stack: bool, need_dns: bool) -> HostFacts:
 
 
 def user_id(name: str) -> int | None:
+    import pwd  # only for a user name (Istio's injector passes -u 1337)
+
     try:
         return pwd.getpwnam(name).pw_uid
     except (KeyError, UnicodeEncodeError, ValueError):
@@ -189,6 +189,8 @@ def user_id(name: str) -> int | None:
 
 
 def group_id(name: str) -> int | None:
+    import grp  # only for a group name
+
     try:
         return grp.getgrnam(name).gr_gid
     except (KeyError, UnicodeEncodeError, ValueError):
