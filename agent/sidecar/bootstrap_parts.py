@@ -70,8 +70,8 @@ def _valid(ip: str) -> bool:
 
 
 def seconds(value: float) -> str:
-    """protobuf Duration JSON: '1s', '0.250s'."""
-    return f"{value:.3f}".rstrip("0").rstrip(".") + "s"
+    """protobuf Duration JSON, to the nanosecond: '1s', '0.25s', '0.0015s'."""
+    return f"{value:.9f}".rstrip("0").rstrip(".") + "s"
 
 
 def socket_address(address: str, port: int) -> dict[str, Any]:
@@ -196,15 +196,12 @@ def local_listeners(cfg: SidecarConfig) -> list[dict[str, Any]]:
 
 
 def overload_manager(cfg: SidecarConfig) -> dict[str, Any]:
-    limit = (cfg.proxy_config.get("connectionSettings") or {}).get("globalDownstreamConnectionLimit") \
-        or cfg.meta_env.get("GLOBAL_DOWNSTREAM_MAX_CONNECTIONS") \
-        or cfg.runtime_values.get("overload.global_downstream_max_connections") or 2147483647
     return {"resource_monitors": [{
         "name": "envoy.resource_monitors.global_downstream_max_connections",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3"
                      ".DownstreamConnectionsConfig",
-            "max_active_downstream_connections": int(limit)}}]}
+            "max_active_downstream_connections": cfg.global_downstream_max_connections}}]}
 
 
 def bootstrap_extensions() -> list[dict[str, Any]]:

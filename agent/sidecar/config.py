@@ -33,13 +33,18 @@ from agent.sidecar.config_model import (  # noqa: F401  (re-exported)
     SidecarConfig,
 )
 from agent.sidecar.config_parse import (  # noqa: F401  (re-exported)
+    MAX_DURATION,
     ConfigError,
     check_host_port,
     merge_proxy_config,
+    object_field,
     parse_app_probers,
     parse_prometheus_annotations,
     parse_structured,
     proxy_config_layer,
+    scalar_text,
+    shown,
+    string_map,
     to_duration,
     to_int,
 )
@@ -157,7 +162,22 @@ def load(
             for var in f.env:
                 if var in environ and f.attr not in parsed.from_env:
                     raise ConfigError(f"invalid value for {var} ({f.kind}): {environ[var]!r}")
+    _check_flag_ranges(parsed, environ)
     return _resolve(parsed, environ, read_file, path_exists, find_wheel_envoy, host_ips)
+
+
+def _check_flag_ranges(parsed: flags.Parsed, environ: Mapping[str, str]) -> None:
+    """What Go's flag parsing refuses and ours lets through: durations beyond time.Duration (or
+    infinite: `--drainDuration 1e400s`), ints beyond int64."""
+    for f in PROXY_FLAGS:
+        value = parsed.values[f.attr]
+        if f.attr not in parsed.explicit | parsed.from_env:
+            continue
+        source = f"--{f.name}" if f.attr in parsed.explicit else next(v for v in reversed(f.env) if v in environ)
+        if f.kind == "duration" and not -MAX_DURATION <= value <= MAX_DURATION:
+            raise ConfigError(f"invalid {source}: duration out of range ({value:.6g}s; the limit is 2562047h47m16s)")
+        if f.kind == "int" and not -2**63 <= value < 2**63:
+            raise ConfigError(f"invalid {source}: {shown(value)} is out of range (int64)")
 
 
 def effective_config_summary(cfg: SidecarConfig) -> dict[str, Any]:
@@ -194,7 +214,7 @@ def _proxy_config(parsed: flags.Parsed, environ: Mapping[str, str], read_file: R
         mesh = proxy_config_layer(f"--meshConfig file {parsed.values['meshConfig']}", mesh_text)
         default_config = mesh.get("defaultConfig") or {}
         if not isinstance(default_config, dict):
-            raise ConfigError(f"invalid --meshConfig defaultConfig: {default_config!r}")
+            raise ConfigError(f"invalid --meshConfig defaultConfig: expected an object, got {shown(default_config)}")
         pc = merge_proxy_config(pc, default_config)
     pc = merge_proxy_config(pc, proxy_config_layer("PROXY_CONFIG", environ.get("PROXY_CONFIG", "")))
     annotation = annotations.get("proxy.istio.io/config", "")
@@ -213,32 +233,6 @@ def _proxy_config(parsed: flags.Parsed, environ: Mapping[str, str], read_file: R
     return pc, mesh, warnings
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 def _validate(cfg: SidecarConfig) -> None:
     """§3.1 step 8, collecting every problem into one line."""
     problems = []
@@ -246,10 +240,15 @@ def _validate(cfg: SidecarConfig) -> None:
         problems.append("configPath must be set")
     if not cfg.binary_path:
         problems.append("binaryPath must be set")
+    for name, path in (("configPath", cfg.config_path), ("binaryPath", cfg.binary_path),
+                       ("customConfigFile", cfg.custom_config_file)):
+        if "\x00" in path:
+            problems.append(f"invalid {name}: {shown(path)} (a NUL character)")
     if cfg.drain_duration < 0.001 or cfg.drain_duration != int(cfg.drain_duration):
         problems.append(f"invalid drainDuration: {flags.format_duration(cfg.drain_duration)!r} (whole seconds, >= 1s)")
+    # discoveryAddress is always checked (an explicit `--discoveryAddress=` too); zipkinAddress "" = no tracing.
     for name, value in (("discoveryAddress", cfg.discovery_address), ("zipkinAddress", cfg.zipkin_address)):
-        if value and (problem := check_host_port(name, value)):
+        if (value or name == "discoveryAddress") and (problem := check_host_port(name, value)):
             problems.append(problem)
     if not 0 < cfg.admin_port < 65536:
         problems.append(f"invalid proxyAdminPort: {cfg.admin_port}")
@@ -269,8 +268,10 @@ def _validate(cfg: SidecarConfig) -> None:
         problems.append(f"invalid connectTimeout: {flags.format_duration(cfg.connect_timeout)!r} (> 0)")
     if cfg.dns_refresh_rate <= 0.001:
         problems.append(f"invalid dnsRefreshRate: {flags.format_duration(cfg.dns_refresh_rate)!r} (> 1ms)")
-    if cfg.concurrency < 0:
-        problems.append(f"invalid concurrency: {cfg.concurrency} (>= 0)")
+    if not 0 <= cfg.concurrency < 2**32:
+        problems.append(f"invalid concurrency: {shown(cfg.concurrency, 24)} (0..{2**32 - 1})")
+    if cfg.file_flush_interval_ms < 0:
+        problems.append(f"invalid fileFlushInterval: {cfg.file_flush_interval_ms}ms (>= 0)")
     problems += _log_level_problems(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
@@ -295,28 +296,31 @@ def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFi
              find_wheel_envoy: Callable[[], "str | None"], host_ips: Sequence[str]) -> SidecarConfig:
     proxy_type = parsed.positional[0] if parsed.positional else "sidecar"
     if proxy_type not in PROXY_TYPES:
-        raise ConfigError(f"invalid proxy Type: {proxy_type}")
+        raise ConfigError(f"invalid proxy Type: {proxy_type if proxy_type.isprintable() else shown(proxy_type)}")
     labels, annotations = env_settings.pod_files(read_file)
     pc, mesh, warnings = _proxy_config(parsed, environ, read_file, annotations)
     # proxyMetadata entries act as env vars the injector would have set; the real environment wins.
-    env = {**{str(k): str(x) for k, x in (pc.get("proxyMetadata") or {}).items()}, **environ}
+    env = {**string_map("ProxyConfig.proxyMetadata", pc.get("proxyMetadata")), **environ}
     if parsed.values["templateFile"] or pc.get("proxyBootstrapTemplatePath"):
         if not pc.get("customConfigFile"):
             warnings.append("bootstrap templates are not supported; the built-in bootstrap is used")
     if parsed.unknown:
         warnings.append(f"unknown flags ignored: {' '.join(parsed.unknown)}")
+    meta = env_settings.meta_env(pc, env, warnings)
+    stats = _stats(pc, annotations)
     cfg = SidecarConfig(
         proxy_type=proxy_type,
         labels=labels,
         annotations=annotations,
-        meta_env=env_settings.meta_env(pc, env, warnings),
+        meta_env=meta,
         bootstrap_override=env_settings.bootstrap_override(env, read_file, warnings),
         **_identity(parsed, env, pc, mesh, host_ips),
         **_envoy(parsed, env, pc, path_exists, find_wheel_envoy),
         **_control_plane(parsed, env, pc, path_exists),
         **_lifecycle(parsed, env, pc),
         **_status(parsed, env, pc),
-        **_stats(pc, annotations),
+        **stats,
+        global_downstream_max_connections=env_settings.downstream_connection_limit(pc, meta, stats["runtime_values"]),
         proxy_config=pc,
         flag_values=dict(parsed.values),
         unknown_flags=tuple(parsed.unknown),
@@ -343,8 +347,9 @@ def _identity(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str, Any
         "service_account": env.get("SERVICE_ACCOUNT", ""),
         "host_ip": env.get("HOST_IP", ""),
         "domain": v["domain"] or f"{namespace}.svc.cluster.local",
-        "trust_domain": v["trust_domain"] if explicit_td else str(mesh.get("trustDomain") or v["trust_domain"]),
-        "service_cluster": str(pc.get("serviceCluster") or v["serviceCluster"]),
+        "trust_domain": v["trust_domain"] if explicit_td else
+        (scalar_text("--meshConfig trustDomain", mesh.get("trustDomain")) or v["trust_domain"]),
+        "service_cluster": scalar_text("ProxyConfig.serviceCluster", pc.get("serviceCluster")) or v["serviceCluster"],
     }
 
 
@@ -354,9 +359,9 @@ def _envoy(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str, Any], 
     flush = pc.get("fileFlushInterval")
     return {
         "standalone": v["standalone"],
-        "config_path": str(pc.get("configPath") or ""),
+        "config_path": scalar_text("ProxyConfig.configPath", pc.get("configPath")),
         "binary_path": env_settings.binary_path(pc, path_exists, find_wheel_envoy),
-        "custom_config_file": str(pc.get("customConfigFile") or ""),
+        "custom_config_file": scalar_text("ProxyConfig.customConfigFile", pc.get("customConfigFile")),
         "mesh_config_path": v["meshConfig"],
         "bootstrap_override_path": env.get("ISTIO_BOOTSTRAP_OVERRIDE", ""),
         "outlier_log_path": v["outlierLogPath"],
@@ -381,18 +386,17 @@ def _envoy(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str, Any], 
 def _control_plane(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str, Any],
                    path_exists: PathExists) -> dict[str, Any]:
     v = parsed.values
-    discovery = str(pc.get("discoveryAddress") or "")
-    tracing = pc.get("tracing") or {}
-    zipkin = (tracing.get("zipkin") or {}).get("address", "") if isinstance(tracing, dict) else ""
+    discovery = scalar_text("ProxyConfig.discoveryAddress", pc.get("discoveryAddress"))
+    zipkin = object_field("ProxyConfig.tracing", object_field("ProxyConfig", pc, "tracing"), "zipkin")
     return {
         "discovery_address": discovery,
-        "control_plane_auth_policy": str(pc.get("controlPlaneAuthPolicy") or ""),
+        "control_plane_auth_policy": scalar_text("ProxyConfig.controlPlaneAuthPolicy", pc.get("controlPlaneAuthPolicy")),
         "xds_root_cert": env_settings.xds_root_cert(env, path_exists),
         "istiod_san": env_settings.istiod_san(env, discovery),
         "xds_type": "DELTA_GRPC" if env_settings.env_bool(env, "ISTIO_DELTA_XDS", False) else "GRPC",
         "connect_timeout": v["connectTimeout"],
         "dns_refresh_rate": v["dnsRefreshRate"],
-        "zipkin_address": str(zipkin or ""),
+        "zipkin_address": scalar_text("ProxyConfig.tracing.zipkin.address", zipkin.get("address")),
     }
 
 
@@ -431,16 +435,20 @@ def _stats(pc: Mapping[str, Any], annotations: Mapping[str, str]) -> dict[str, A
         "inclusion_prefixes": env_settings.stats_patterns(pc, annotations, "Prefixes"),
         "inclusion_suffixes": env_settings.stats_patterns(pc, annotations, "Suffixes"),
         "inclusion_regexps": env_settings.stats_patterns(pc, annotations, "Regexps"),
-        "runtime_values": {str(k): str(x) for k, x in (pc.get("runtimeValues") or {}).items()},
+        "runtime_values": string_map("ProxyConfig.runtimeValues", pc.get("runtimeValues")),
     }
 
 
 def _apply_late_annotations(cfg: SidecarConfig, annotations: Mapping[str, str]) -> SidecarConfig:
     """§3.1 step 9: applied after validation, as Istio does; status port 0 disables the status server."""
     changes: dict[str, Any] = {}
-    if annotations.get("sidecar.istio.io/discoveryAddress"):
-        changes["discovery_address"] = annotations["sidecar.istio.io/discoveryAddress"]
+    if address := annotations.get("sidecar.istio.io/discoveryAddress"):
+        if problem := check_host_port("annotation sidecar.istio.io/discoveryAddress", address):
+            raise ConfigError(problem)
+        changes["discovery_address"] = address
     if annotations.get("status.sidecar.istio.io/port", "") != "":
-        changes["status_port"] = to_int("annotation status.sidecar.istio.io/port",
-                                         annotations["status.sidecar.istio.io/port"])
+        port = to_int("annotation status.sidecar.istio.io/port", annotations["status.sidecar.istio.io/port"])
+        if not 0 <= port < 65536:
+            raise ConfigError(f"invalid annotation status.sidecar.istio.io/port: {port} (0 disables, else 1..65535)")
+        changes["status_port"] = port
     return dataclasses.replace(cfg, **changes) if changes else cfg

@@ -11,10 +11,17 @@ from typing import Any, Callable, Mapping, Sequence
 from agent import flags
 from agent.sidecar.config_model import DEFAULT_BINARY
 from agent.sidecar.config_parse import (
+    MAX_DURATION,
     ConfigError,
     is_ip,
+    json_data_problem,
+    object_field,
     parse_downward_api,
     parse_structured,
+    scalar_text,
+    shown,
+    string_list,
+    string_map,
     to_bool,
     to_duration,
     to_int,
@@ -40,35 +47,43 @@ def instance_ips(instance_ip: str, host_ips: Sequence[str]) -> tuple[str, ...]:
 def meta_env(pc: Mapping[str, Any], env: Mapping[str, str], warnings: list[str]) -> dict[str, Any]:
     """§4.4 steps 1-2: proxyMetadata ISTIO_META_* then process env ISTIO_META_* / ISTIO_METAJSON_*."""
     meta: dict[str, Any] = {}
-    for source in (pc.get("proxyMetadata") or {}, env):
+    for source in (string_map("ProxyConfig.proxyMetadata", pc.get("proxyMetadata")), env):
         for key, value in sorted(source.items()):
             if key.startswith("ISTIO_META_"):
                 meta[key[len("ISTIO_META_"):]] = str(value)
             elif key.startswith("ISTIO_METAJSON_") and source is env:
-                try:
-                    obj = json.loads(value)
-                    if not isinstance(obj, dict):
-                        raise ValueError("not an object")
-                    name = key[len("ISTIO_METAJSON_"):]
-                    meta[name] = obj
-                    if name == "LABELS":
-                        meta["STATIC_LABELS"] = obj
-                except ValueError:
+                obj = _json_object(value)
+                if obj is None:  # Istio logs and ignores it too
                     warnings.append(f"ignored {key}: not a JSON object")
+                    continue
+                name = key[len("ISTIO_METAJSON_"):]
+                meta[name] = obj
+                if name == "LABELS":
+                    meta["STATIC_LABELS"] = obj
     return meta
+
+
+def _json_object(text: str) -> dict | None:
+    """A JSON object as Go's encoding/json reads it (no NaN/Infinity, no out-of-range numbers), or None."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) and json_data_problem(obj) is None else None
 
 
 def stats_patterns(pc: Mapping[str, Any], annotations: Mapping[str, str], kind: str) -> tuple[str, ...]:
     """Annotation wins over ProxyConfig.proxyStatsMatcher (no merging), §5.3."""
+    matcher = object_field("ProxyConfig", pc, "proxyStatsMatcher")
+    from_pc = string_list(f"ProxyConfig.proxyStatsMatcher.inclusion{kind}", matcher.get(f"inclusion{kind}"))
     note = annotations.get(f"sidecar.istio.io/statsInclusion{kind}")
     if note is not None:
         return tuple(p.strip() for p in note.split(",") if p.strip())
-    matcher = pc.get("proxyStatsMatcher") or {}
-    return tuple(matcher.get(f"inclusion{kind}") or ())
+    return tuple(p for p in from_pc if p)
 
 
 def extra_stat_tags(pc: Mapping[str, Any], annotations: Mapping[str, str]) -> tuple[str, ...]:
-    tags = list(pc.get("extraStatTags") or [])
+    tags = [t for t in string_list("ProxyConfig.extraStatTags", pc.get("extraStatTags")) if t]
     tags += [t.strip() for t in annotations.get("sidecar.istio.io/extraStatTags", "").split(",") if t.strip()]
     return tuple(dict.fromkeys(tags))
 
@@ -137,14 +152,37 @@ def termination_drain(pc: Mapping[str, Any], env: Mapping[str, str]) -> float:
     legacy = env.get("TERMINATION_DRAIN_DURATION_SECONDS", "")
     if legacy != "":
         seconds = to_int("TERMINATION_DRAIN_DURATION_SECONDS", legacy)
-        if seconds < 0:
-            raise ConfigError(f"invalid TERMINATION_DRAIN_DURATION_SECONDS: {legacy!r}")
+        if not 0 <= seconds <= MAX_DURATION:
+            raise ConfigError(f"invalid TERMINATION_DRAIN_DURATION_SECONDS: {shown(legacy)}")
         return float(seconds)
     return to_duration("ProxyConfig.terminationDrainDuration", pc.get("terminationDrainDuration", "5s"))
 
 
 def binary_path(pc: Mapping[str, Any], path_exists: PathExists, find_wheel_envoy: Callable[[], "str | None"]) -> str:
-    path = str(pc.get("binaryPath") or "")
+    path = scalar_text("ProxyConfig.binaryPath", pc.get("binaryPath"))
     if path == DEFAULT_BINARY and not path_exists(path):
         return find_wheel_envoy() or path
     return path
+
+
+#: Envoy's DownstreamConnectionsConfig.max_active_downstream_connections: int64, > 0.
+MAX_DOWNSTREAM_CONNECTIONS = 2**63 - 1
+
+
+def downstream_connection_limit(pc: Mapping[str, Any], meta: Mapping[str, Any], runtime: Mapping[str, str]) -> int:
+    """The global downstream connection limit: the first set (non-empty, non-zero) of
+    ProxyConfig.connectionSettings, ISTIO_META_GLOBAL_DOWNSTREAM_MAX_CONNECTIONS, runtimeValues."""
+    sources = (
+        ("ProxyConfig.connectionSettings.globalDownstreamConnectionLimit",
+         object_field("ProxyConfig", pc, "connectionSettings").get("globalDownstreamConnectionLimit")),
+        ("ISTIO_META_GLOBAL_DOWNSTREAM_MAX_CONNECTIONS", meta.get("GLOBAL_DOWNSTREAM_MAX_CONNECTIONS")),
+        ("ProxyConfig.runtimeValues.overload.global_downstream_max_connections",
+         runtime.get("overload.global_downstream_max_connections")),
+    )
+    for setting, value in sources:
+        if value:
+            limit = to_int(setting, value)
+            if not 0 < limit <= MAX_DOWNSTREAM_CONNECTIONS:
+                raise ConfigError(f"invalid {setting}: {shown(value)} (1..{MAX_DOWNSTREAM_CONNECTIONS})")
+            return limit
+    return 2147483647

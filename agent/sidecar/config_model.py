@@ -81,6 +81,7 @@ class SidecarConfig:
     skip_deprecated_logs: bool = True
     enable_core_dump: bool = False
     file_flush_interval_ms: int = 1000
+    global_downstream_max_connections: int = 2147483647  # the overload manager's connection limit
     # Lifecycle
     termination_drain_duration: float = 5.0
     exit_on_zero_active_connections: bool = False
