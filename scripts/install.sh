@@ -18,7 +18,8 @@ fi
 [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip >/dev/null
 if [ "${AGENT_EDITABLE:-0}" = 1 ]; then
-  # compat: a plain .pth path entry; the default finder costs every start-up ~5 ms of imports
+  # compat: a plain .pth path entry; the default finder costs every start-up ~5 ms of imports.
+  # (setuptools warns that compat is transitional; drop the option if it goes away.)
   "$VENV/bin/pip" install -q -e '.[test,envoy]' --config-settings editable_mode=compat
 else
   "$VENV/bin/pip" install -q '.[test,envoy]'
