@@ -161,7 +161,7 @@ def load(
         if f.name in _STRICT_ENV_FLAGS:
             for var in f.env:
                 if var in environ and f.attr not in parsed.from_env:
-                    raise ConfigError(f"invalid value for {var} ({f.kind}): {environ[var]!r}")
+                    raise ConfigError(f"invalid value for {var} ({f.kind}): {shown(environ[var])}")
     _check_flag_ranges(parsed, environ)
     return _resolve(parsed, environ, read_file, path_exists, find_wheel_envoy, host_ips)
 
@@ -255,7 +255,7 @@ def _validate(cfg: SidecarConfig) -> None:
     if not 0 < cfg.status_port < 65536:
         problems.append(f"invalid statusPort: {cfg.status_port}")
     if cfg.control_plane_auth_policy not in ("NONE", "MUTUAL_TLS"):
-        problems.append(f"invalid controlPlaneAuthPolicy: {cfg.control_plane_auth_policy!r} (NONE or MUTUAL_TLS)")
+        problems.append(f"invalid controlPlaneAuthPolicy: {shown(cfg.control_plane_auth_policy)} (NONE or MUTUAL_TLS)")
     if cfg.restart_budget < 0:
         problems.append(f"invalid --envoy-restart-budget: {cfg.restart_budget} (>= 0)")
     if cfg.restart_window <= 0 or cfg.restart_backoff < 0:
@@ -287,7 +287,7 @@ def _log_level_problems(cfg: SidecarConfig) -> list[str]:
         for part in filter(None, (p.strip() for p in text.split(","))):
             level = part.rpartition(":")[2]
             if level not in ENVOY_LOG_LEVELS or part.startswith(":"):
-                problems.append(f"invalid {flag}: {text!r} (level {level!r}; one of {', '.join(ENVOY_LOG_LEVELS)})")
+                problems.append(f"invalid {flag}: {shown(text)} (level {shown(level, 40)}; one of {', '.join(ENVOY_LOG_LEVELS)})")
                 break
     return problems
 

@@ -135,7 +135,7 @@ def env_port(env: Mapping[str, str], name: str, default: int) -> int:
         return default
     port = to_int(name, env[name])
     if not 0 < port < 65536:
-        raise ConfigError(f"invalid port for {name}: {env[name]!r}")
+        raise ConfigError(f"invalid port for {name}: {shown(env[name])}")
     return port
 
 

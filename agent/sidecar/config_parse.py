@@ -281,7 +281,7 @@ def check_host_port(setting: str, value: str) -> str | None:
     host, sep, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5) or not 1 <= int(port) <= 65535:
-        return f"invalid {setting}: {value!r} (want host:port)"
+        return f"invalid {setting}: {shown(value)} (want host:port)"
     try:
         ipaddress.ip_address(host)
         return None
@@ -289,7 +289,7 @@ def check_host_port(setting: str, value: str) -> str | None:
         pass
     labels = host.rstrip(".").split(".")
     if not all(lb and len(lb) <= 63 and lb.isascii() and lb.replace("-", "").isalnum() for lb in labels):
-        return f"invalid {setting}: {value!r} (bad host)"
+        return f"invalid {setting}: {shown(value)} (bad host)"
     return None
 
 

@@ -46,6 +46,15 @@ OPTIONS_PC = json.dumps({
     "extraStatTags": ["request_host"], "runtimeValues": {"re2.max_program_size.error_level": "", "x.y": "true"},
     "proxyStatsMatcher": {"inclusionPrefixes": ["upstream_rq"], "inclusionRegexps": [".*{pod_ip}.*"]},
     "tracingServiceName": "CANONICAL_NAME_AND_NAMESPACE"})
+EDGE_PC = """
+proxyStatsMatcher: {inclusionPrefixes: ["", upstream_rq], inclusionSuffixes: [""], inclusionRegexps: null}
+extraStatTags: ["", request_host]
+runtimeValues: {x.on: yes, x.n: 3, re2.max_program_size.error_level: ""}
+proxyMetadata: {ISTIO_META_FLAG: on}
+connectionSettings: {globalDownstreamConnectionLimit: 1000}
+tracing: null
+proxyAdminPort: 15000.0
+"""
 LABELS = 'app="productpage"\nversion="v1"\npod-template-hash="abc"\nistio-locality="r1.z1.s1"\n'
 
 #: name -> (argv, env, files). Each becomes golden/bootstrap_<name>.json.
@@ -64,6 +73,12 @@ CASES = {
                  "./etc/istio/pod/annotations": 'sidecar.istio.io/extraStatTags="a,request_host"\n'}),
     "ipv6": (["--controlPlaneAuthPolicy", "NONE"], {**POD_ENV, "INSTANCE_IP": "fd00::7"}, {}),
     "standalone": (["--standalone"], POD_ENV, {}),
+    # Odd but valid values load() accepts: Envoy must accept the bootstrap too (sub-millisecond
+    # durations kept to the nanosecond, empty matcher patterns and tags dropped, YAML scalars as text,
+    # an explicit connection limit).
+    "edge_values": (["--controlPlaneAuthPolicy", "NONE", "--discoveryAddress", "[::1]:15010",
+                     "--dnsRefreshRate", "1500us", "--connectTimeout", "1ns"],
+                    {**POD_ENV, "PROXY_CONFIG": EDGE_PC, "ISTIO_METAJSON_BAD": '{"a": NaN}'}, {}),
 }
 
 
@@ -146,6 +161,22 @@ def test_2020_timeouts_apply_to_the_agents_clusters():
     assert "transport_socket" not in clusters["xds-grpc"]
     assert clusters["agent"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == \
         {"socket_address": {"address": "127.0.0.1", "port_value": 15020}}
+
+
+def test_edge_values_reach_the_bootstrap_as_envoy_wants_them():
+    data = bootstrap.build_bootstrap(make_config("edge_values"))
+    clusters = {c["name"]: c for c in data["static_resources"]["clusters"]}
+    assert clusters["xds-grpc"]["connect_timeout"] == "0.000000001s"
+    assert clusters["xds-grpc"]["cluster_type"]["typed_config"]["dns_refresh_rate"] == "0.0015s"
+    monitor = data["overload_manager"]["resource_monitors"][0]["typed_config"]
+    assert monitor["max_active_downstream_connections"] == 1000
+    patterns = data["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]
+    assert {"prefix": ""} not in patterns and {"suffix": ""} not in patterns and {"prefix": "upstream_rq"} in patterns
+    assert [t for t in data["stats_config"]["stats_tags"] if t["tag_name"] in ("", "request_host")] == \
+        [{"tag_name": "request_host", "regex": "(request_host=\\.=(.*?);\\.;)"}]
+    static = data["layered_runtime"]["layers"][0]["static_layer"]
+    assert (static["x.on"], static["x.n"]) == (True, "3") and "re2.max_program_size.error_level" not in static
+    assert data["node"]["metadata"]["FLAG"] == "true" and "BAD" not in data["node"]["metadata"]
 
 
 def test_override_is_merged_like_config_yaml():

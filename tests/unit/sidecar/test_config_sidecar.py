@@ -215,6 +215,133 @@ def test_bad_input_is_one_clear_line(argv, env, files, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def _pc(value):
+    return {"PROXY_CONFIG": json.dumps(value) if not isinstance(value, str) else value}
+
+
+#: Inputs that used to escape as a traceback (docs/readme/prove-it-bugs.md) or reach Envoy / the
+#: bootstrap builder unchecked: each is now one ConfigError line naming the setting and the value.
+@pytest.mark.parametrize("argv, env, files, message", [
+    # ProxyConfig fields read as objects / lists / strings
+    ([], _pc({"proxyMetadata": True}), {}, "invalid ProxyConfig.proxyMetadata: expected an object, got True"),
+    ([], _pc({"proxyMetadata": [1]}), {}, "invalid ProxyConfig.proxyMetadata: expected an object, got [1]"),
+    ([], _pc({"proxyMetadata": 5}), {}, "invalid ProxyConfig.proxyMetadata: expected an object, got 5"),
+    ([], _pc({"proxyMetadata": {"A": [1]}}), {}, "invalid ProxyConfig.proxyMetadata.A: expected a string, got [1]"),
+    ([], _pc({"runtimeValues": [1]}), {}, "invalid ProxyConfig.runtimeValues: expected an object, got [1]"),
+    ([], _pc({"runtimeValues": {"a": {"b": 1}}}), {}, "invalid ProxyConfig.runtimeValues.a: expected a string"),
+    ([], _pc({"extraStatTags": 5}), {}, "invalid ProxyConfig.extraStatTags: expected a list of strings, got 5"),
+    ([], _pc({"extraStatTags": [[1]]}), {}, "invalid ProxyConfig.extraStatTags: expected a list of strings"),
+    ([], _pc({"extraStatTags": [{}]}), {}, "invalid ProxyConfig.extraStatTags: expected a list of strings"),
+    ([], _pc({"tracing": {"zipkin": "x"}}), {}, "invalid ProxyConfig.tracing.zipkin: expected an object, got 'x'"),
+    ([], _pc({"tracing": 5}), {}, "invalid ProxyConfig.tracing: expected an object, got 5"),
+    ([], _pc({"tracing": {"zipkin": {"address": [1]}}}), {}, "invalid ProxyConfig.tracing.zipkin.address"),
+    ([], _pc({"proxyStatsMatcher": 5}), {}, "invalid ProxyConfig.proxyStatsMatcher: expected an object, got 5"),
+    ([], _pc({"proxyStatsMatcher": {"inclusionPrefixes": [None]}}), {},
+     "invalid ProxyConfig.proxyStatsMatcher.inclusionPrefixes: expected a list of strings, got [None]"),
+    ([], _pc({"proxyStatsMatcher": {"inclusionRegexps": "x"}}), {},
+     "invalid ProxyConfig.proxyStatsMatcher.inclusionRegexps: expected a list of strings"),
+    ([], _pc({"configPath": {"a": 1}}), {}, "invalid ProxyConfig.configPath: expected a string, got {'a': 1}"),
+    ([], _pc({"discoveryAddress": ["a:1"]}), {}, "invalid ProxyConfig.discoveryAddress: expected a string"),
+    ([], _pc({"configPath": "/a\x00b"}), {}, "invalid configPath: '/a\\x00b' (a NUL character)"),
+    ([], _pc({"connectionSettings": 3}), {}, "invalid ProxyConfig.connectionSettings: expected an object, got 3"),
+    ([], _pc({"connectionSettings": {"globalDownstreamConnectionLimit": "x"}}), {},
+     "invalid integer for ProxyConfig.connectionSettings.globalDownstreamConnectionLimit: 'x'"),
+    ([], {"ISTIO_META_GLOBAL_DOWNSTREAM_MAX_CONNECTIONS": "-5"}, {},
+     "invalid ISTIO_META_GLOBAL_DOWNSTREAM_MAX_CONNECTIONS: '-5' (1.."),
+    ([], _pc({"runtimeValues": {"overload.global_downstream_max_connections": "0"}}), {},
+     "invalid ProxyConfig.runtimeValues.overload.global_downstream_max_connections: '0'"),
+    ([], {}, {"./etc/istio/config/mesh": "defaultConfig:\n  proxyMetadata: [1]\n"},
+     "invalid ProxyConfig.proxyMetadata: expected an object"),
+    ([], {}, {"./etc/istio/config/mesh": "trustDomain: [1]\n"}, "invalid --meshConfig trustDomain: expected a string"),
+    ([], {}, {"./etc/istio/config/mesh": "defaultConfig: 5\n"}, "invalid --meshConfig defaultConfig: expected an object"),
+    # numbers: non-finite, out of range, not whole
+    ([], _pc('{"drainDuration": 1e400}'), {}, "invalid PROXY_CONFIG: inf at 'drainDuration' is not a finite number"),
+    ([], _pc('{"drainDuration": NaN}'), {}, "invalid PROXY_CONFIG: nan at 'drainDuration' is not a finite number"),
+    ([], _pc('{"drainDuration": -Infinity}'), {}, "invalid PROXY_CONFIG: -inf at 'drainDuration'"),
+    ([], _pc('{"statNameLength": Infinity}'), {}, "invalid PROXY_CONFIG: inf at 'statNameLength'"),
+    ([], _pc("drainDuration: .inf"), {}, "invalid PROXY_CONFIG: inf at 'drainDuration' is not a finite number"),
+    ([], _pc({"drainDuration": "99999999999999h"}), {}, "invalid duration for drainDuration: '99999999999999h' (out of range)"),
+    ([], _pc({"drainDuration": 10**30}), {}, "invalid duration for drainDuration: 1000000000000000000000000000000"),
+    ([], _pc({"proxyAdminPort": 1.5}), {}, "invalid integer for proxyAdminPort: 1.5"),
+    ([], _pc({"proxyAdminPort": True}), {}, "invalid integer for proxyAdminPort: True"),
+    ([], _pc({"statusPort": "１２３"}), {}, "invalid integer for statusPort: '１２３'"),
+    ([], _pc({"concurrency": 99999999999}), {}, "invalid concurrency: 99999999999 (0..4294967295)"),
+    ([], _pc({"fileFlushInterval": "-1s"}), {}, "invalid fileFlushInterval: -1000ms (>= 0)"),
+    ([], {"TERMINATION_DRAIN_DURATION_SECONDS": "1" * 40}, {}, "invalid TERMINATION_DRAIN_DURATION_SECONDS: '111"),
+    (["--drainDuration", "9" * 400 + "s"], {}, {}, "invalid --drainDuration: duration out of range (infs"),
+    (["--connectTimeout", "99999999999h"], {}, {}, "invalid --connectTimeout: duration out of range (3.6e+14s"),
+    ([], {"ENVOY_RESTART_WINDOW": "99999999999h"}, {}, "invalid ENVOY_RESTART_WINDOW: duration out of range"),
+    (["--concurrency", str(2**64)], {}, {}, "invalid --concurrency: 18446744073709551616 is out of range (int64)"),
+    # YAML that is not JSON data, and JSON/YAML that does not parse at all
+    ([], _pc("meshId: 2020-01-01"), {}, "invalid PROXY_CONFIG: date value datetime.date(2020, 1, 1) at 'meshId'"),
+    ([], _pc("meshId: 2020-13-01"), {}, "invalid PROXY_CONFIG (neither JSON nor YAML: month must be in 1..12)"),
+    ([], _pc("1: x"), {}, "invalid PROXY_CONFIG: key 1 is not a string"),
+    ([], _pc("a: &a [*a]"), {}, "invalid PROXY_CONFIG: more than 100000 values (recursive or exploding YAML aliases?)"),
+    ([], _pc("[" * 100000), {}, "invalid PROXY_CONFIG (neither JSON nor YAML: maximum recursion depth"),
+    ([], _pc('{"meshId": "\\ud800"}'), {}, "invalid PROXY_CONFIG: text '\\ud800' at 'meshId' is not valid Unicode"),
+    ([], {}, {"./etc/istio/pod/annotations": 'proxy.istio.io/config="drainDuration: .nan"\n'},
+     "invalid annotation proxy.istio.io/config: nan at 'drainDuration'"),
+    ([], {"ISTIO_BOOTSTRAP_OVERRIDE": "/o"}, {"/o": "a: .nan\n"}, "invalid ISTIO_BOOTSTRAP_OVERRIDE file /o: nan at 'a'"),
+    ([], {"ISTIO_BOOTSTRAP_OVERRIDE": "/o"}, {"/o": "2020-01-01: x\n"},
+     "invalid ISTIO_BOOTSTRAP_OVERRIDE file /o: key datetime.date(2020, 1, 1) is not a string"),
+    # addresses: empty but explicit, late annotations, non-ASCII digits
+    (["--discoveryAddress="], {}, {}, "invalid discoveryAddress: '' (want host:port)"),
+    ([], _pc({"discoveryAddress": ""}), {}, "invalid discoveryAddress: '' (want host:port)"),
+    (["--discoveryAddress", "h:\u00b2"], {}, {}, "invalid discoveryAddress: 'h:\u00b2' (want host:port)"),
+    (["--discoveryAddress", "h:" + "1" * 5000], {}, {}, "invalid discoveryAddress"),
+    ([], {}, {"./etc/istio/pod/annotations": 'sidecar.istio.io/discoveryAddress="nope"\n'},
+     "invalid annotation sidecar.istio.io/discoveryAddress: 'nope' (want host:port)"),
+    ([], {}, {"./etc/istio/pod/annotations": 'status.sidecar.istio.io/port="70000"\n'},
+     "invalid annotation status.sidecar.istio.io/port: 70000"),
+    # ISTIO_KUBE_APP_PROBERS / ISTIO_PROMETHEUS_ANNOTATIONS shapes, checked before anything starts
+    ([], {"ISTIO_KUBE_APP_PROBERS": '{"/app-health/a/livez": {"httpGet": []}}'}, {},
+     "invalid ISTIO_KUBE_APP_PROBERS: '/app-health/a/livez' httpGet: expected an object, got []"),
+    ([], {"ISTIO_KUBE_APP_PROBERS": '{"/app-health/a/livez": {"tcpSocket": 80}}'}, {},
+     "invalid ISTIO_KUBE_APP_PROBERS: '/app-health/a/livez' tcpSocket: expected an object, got 80"),
+    ([], {"ISTIO_KUBE_APP_PROBERS": '{"/app-health/a/livez": {"grpc": "x"}}'}, {},
+     "invalid ISTIO_KUBE_APP_PROBERS: '/app-health/a/livez' grpc: expected an object, got 'x'"),
+    ([], {"ISTIO_KUBE_APP_PROBERS": '{"/app-health/a/livez": {"tcpSocket": {"port": 80}, "timeoutSeconds": "x"}}'},
+     {}, "invalid ISTIO_KUBE_APP_PROBERS: '/app-health/a/livez' timeoutSeconds: expected a number >= 0, got 'x'"),
+    ([], {"ISTIO_KUBE_APP_PROBERS": '{"/app-health/a/livez": {"tcpSocket": {"port": 80}, "timeoutSeconds": NaN}}'},
+     {}, "invalid ISTIO_KUBE_APP_PROBERS: nan at '/app-health/a/livez.timeoutSeconds' is not a finite number"),
+    ([], {"ISTIO_KUBE_APP_PROBERS": '{"/app-health/a/livez": 5}'}, {}, "(expected an object of probes)"),
+    ([], {"ISTIO_KUBE_APP_PROBERS": "[" * 100000}, {}, "invalid ISTIO_KUBE_APP_PROBERS (not JSON: maximum recursion"),
+    ([], {"ISTIO_PROMETHEUS_ANNOTATIONS": '{"targets": [null]}'}, {},
+     "invalid ISTIO_PROMETHEUS_ANNOTATIONS: targets: expected a list of objects, got [None]"),
+    ([], {"ISTIO_PROMETHEUS_ANNOTATIONS": '{"targets": 1}'}, {},
+     "invalid ISTIO_PROMETHEUS_ANNOTATIONS: targets: expected a list of objects, got 1"),
+    ([], {"ISTIO_PROMETHEUS_ANNOTATIONS": '{"targets": "[1]"}'}, {},
+     "invalid ISTIO_PROMETHEUS_ANNOTATIONS: targets: expected a list of objects, got [1]"),
+    ([], {"ISTIO_PROMETHEUS_ANNOTATIONS": '{"targets": "[x"}'}, {}, "invalid ISTIO_PROMETHEUS_ANNOTATIONS targets (not JSON"),
+    ([], {"ISTIO_PROMETHEUS_ANNOTATIONS": '{"port": Infinity}'}, {}, "invalid ISTIO_PROMETHEUS_ANNOTATIONS: inf at 'port'"),
+])
+def test_bad_values_are_one_clear_line(argv, env, files, message):
+    with pytest.raises(ConfigError) as e:
+        run(["--controlPlaneAuthPolicy", "NONE", *argv], env, {ROOT: "", **files})
+    assert message in str(e.value) and "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+@pytest.mark.parametrize("env, attr, expected", [
+    # null means unset, scalars are text, empty patterns and tags are dropped (Envoy refuses empty matchers)
+    (_pc({"proxyMetadata": None, "tracing": None, "proxyStatsMatcher": None, "extraStatTags": None}),
+     "extra_stat_tags", ()),
+    (_pc("proxyMetadata:\n  ISTIO_META_ON: yes\n  ISTIO_META_N: 3\n"), "meta_env", {"ON": "true", "N": "3"}),
+    (_pc({"proxyStatsMatcher": {"inclusionPrefixes": ["", "a"]}, "extraStatTags": ["", "t"]}),
+     "inclusion_prefixes", ("a",)),
+    (_pc({"extraStatTags": ["", "t"]}), "extra_stat_tags", ("t",)),
+    (_pc({"proxyAdminPort": 16000.0}), "admin_port", 16000),
+    (_pc({"connectionSettings": {"globalDownstreamConnectionLimit": 1000}}), "global_downstream_max_connections", 1000),
+    ({"ISTIO_META_GLOBAL_DOWNSTREAM_MAX_CONNECTIONS": "7"}, "global_downstream_max_connections", 7),
+    ({}, "global_downstream_max_connections", 2147483647),
+    ({"ISTIO_PROMETHEUS_ANNOTATIONS": '{"targets": "[{\\"port\\": \\"9000\\"}]"}'}, "prometheus_annotations",
+     {"targets": [{"port": "9000"}]}),
+    ({"ISTIO_METAJSON_X": '{"a": NaN}'}, "meta_env", {}),  # Go's JSON refuses NaN: ignored with a warning, as Istio does
+])
+def test_odd_but_valid_values(env, attr, expected):
+    cfg = run(["--controlPlaneAuthPolicy", "NONE"], env, {ROOT: ""})
+    assert getattr(cfg, attr) == expected
+
+
 def test_mutual_tls_needs_the_root_certificate():
     with pytest.raises(ConfigError, match="MUTUAL_TLS needs the control plane root certificate"):
         run([], {})
