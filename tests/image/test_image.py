@@ -68,10 +68,12 @@ class RunningPod:
         return http(self.pod.remote, f"http://{POD4}:{port}{path}", **kw)
 
     def envoy_stat(self, name: str) -> int:
-        """A counter from Envoy's admin (localhost:15000 inside the pod, asked as uid 1337)."""
+        """A counter from Envoy's admin (localhost:15000 inside the pod, asked as uid 1337);
+        0 when Envoy has not created it yet."""
         reply = http(self.pod.ns, f"http://127.0.0.1:15000/stats?filter=^{re.escape(name)}$", uid=PROXY_UID)
-        match = re.search(rf"^{re.escape(name)}: (\d+)$", reply.get("body", ""), re.M)
-        return int(match.group(1)) if match else -1
+        assert reply.get("status") == 200, reply
+        match = re.search(rf"^{re.escape(name)}: (\d+)$", reply["body"], re.M)
+        return int(match.group(1)) if match else 0
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]
