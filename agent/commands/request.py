@@ -16,7 +16,8 @@ from agent.exitcodes import Exit
 from agent.flags import Flag
 
 ALLOWED_PORTS = (15000, 15004, 15020, 15021)
-#: No proxy from http_proxy/HTTP_PROXY: these requests are for localhost only.
+#: No proxy from http_proxy/HTTP_PROXY: these requests are for localhost only. 127.0.0.1, not
+#: "localhost": a container without a kubelet-written /etc/hosts cannot resolve the name.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 FLAGS = (
@@ -26,7 +27,7 @@ FLAGS = (
 
 
 def build_url(port: int, path: str) -> str:
-    return f"http://localhost:{port}/{path.lstrip('/')}"
+    return f"http://127.0.0.1:{port}/{path.lstrip('/')}"
 
 
 def send(method: str, url: str, body: str | None, timeout: float = 60.0) -> tuple[int, bytes]:

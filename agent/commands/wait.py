@@ -19,7 +19,7 @@ from agent.flags import Flag
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 FLAGS = (
-    Flag("url", default="http://localhost:15021/healthz/ready", help="URL to poll until it returns HTTP 200"),
+    Flag("url", default="http://127.0.0.1:15021/healthz/ready", help="URL to poll until it returns HTTP 200"),
     Flag("timeoutSeconds", kind="int", default=60, help="overall deadline in seconds"),
     Flag("periodMillis", kind="int", default=500, help="sleep before each attempt, in milliseconds"),
     Flag("requestTimeoutMillis", kind="int", default=500, help="per-request timeout, in milliseconds"),
