@@ -58,8 +58,8 @@ def test_wait_last_error_is_http_status(server):
 
 
 def test_request_url_and_port_allow_list(capsys):
-    assert request.build_url(15000, "/config_dump") == "http://localhost:15000/config_dump"
-    assert request.build_url(15020, "drain") == "http://localhost:15020/drain"
+    assert request.build_url(15000, "/config_dump") == "http://127.0.0.1:15000/config_dump"
+    assert request.build_url(15020, "drain") == "http://127.0.0.1:15020/drain"
     assert request.run(["--debug-port", "8080", "GET", "stats"], {}) == 255
     assert "debug port 8080 is not in allowed list" in capsys.readouterr().err
     assert request.run(["GET"], {}) == 255
