@@ -52,7 +52,7 @@ def parse_duration(text: str) -> float:
             pos += 1
         unit = next(((name, scale) for name, scale in _UNITS if s.startswith(name, pos)), None)
         number = s[start:pos]
-        if unit is None or number == "." or number.count(".") > 1 or not number:
+        if unit is None or not number or number == "." or number.count(".") > 1:
             raise ValueError(f"invalid duration {text!r}")
         total += float(number) * unit[1]
         pos += len(unit[0])
