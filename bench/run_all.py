@@ -69,7 +69,10 @@ def run_iptables(n: int) -> dict:
             for fn in (pair if i % 2 == 0 else pair[::-1]):
                 (ours if fn is mod.run_ours else floor).append(fn()[0])
         calls = mod.count_with_shims()
+        with mod.Pod.create(prefix="bp") as pod:  # context: a bare interpreter through the same wrapper
+            bare = [mod.run_python(pod)[0] for _ in range(n)]
         return {"figure": "iptables", "ours_ms": statistics.median(ours) * 1000,
+                "python_S_ms": statistics.median(bare) * 1000,
                 "floor_ms": statistics.median(floor) * 1000, "ratio": statistics.median(ours) / statistics.median(floor),
                 "processes": len(calls), "process_list": calls, "runs": n}
     except BaseException as e:  # noqa: BLE001 - one failing benchmark must not hide the others
@@ -102,6 +105,9 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str, str]]:
         add("istio-iptables apply (init rule set)", f"{i['ours_ms']:.1f} ms", f"{i['floor_ms']:.1f} ms iptables-restore",
             f"{i['ratio']:.2f}x", "<= 4x", i["ratio"] <= 4)
         add("istio-iptables processes spawned", str(i["processes"]), "1 (iptables-restore)", "", "<= 4", i["processes"] <= 4)
+        if "python_S_ms" in i:
+            add("  context: bare `python -S -c pass`, same wrapper", f"{i['python_S_ms']:.1f} ms", f"{i['floor_ms']:.1f} ms iptables-restore",
+                f"{i['python_S_ms'] / i['floor_ms']:.2f}x", "", None)
     d = r["idle"]
     if "error" in d:
         err("agent idle", d)
