@@ -2,7 +2,9 @@
 serving garbage, too big or hanging. One agent serves the module (start-up is the expensive part).
 
 What kubelet and Prometheus see is asserted, and that the agent itself is unaffected: its own
-readiness stays 200 and answers quickly while an app probe or scrape hangs.
+readiness stays 200 while an app probe or scrape hangs. No timing assertions (TEAM.md): where
+"bounded" matters, the client's own timeout is shorter than the hang it would otherwise wait for,
+so waiting on the app shows up as no answer (status 0), not as a slow number.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ PROBERS = {
     "/app-health/down/livez": {"httpGet": {"path": "/ok", "port": 8099}, "timeoutSeconds": 1},
     "/app-health/tcpdown/livez": {"tcpSocket": {"port": 8098}, "timeoutSeconds": 1},
     "/app-health/slow/readyz": {"httpGet": {"path": "/hang", "port": 8090}, "timeoutSeconds": 1},
+    "/app-health/slower/readyz": {"httpGet": {"path": "/hang", "port": 8090}, "timeoutSeconds": 4},
     "/app-health/failing/readyz": {"httpGet": {"path": "/bad-status", "port": 8090}, "timeoutSeconds": 1},
     "/app-health/fine/livez": {"httpGet": {"path": "/ok", "port": 8090}, "timeoutSeconds": 1},
 }
@@ -79,19 +82,21 @@ def _fetch(ns, url: str, headers: dict, timeout: float = 15) -> tuple[int, bytes
 ])
 def test_probe_target_down_slow_or_failing(env, path, want):
     ns, agent = env
-    code, _, took = _timed(ns, f"http://127.0.0.1:15020{path}", timeout=10)
+    # The app hangs 60 s; an answer within curl's 10 s means the probe's timeoutSeconds (1 s) held.
+    code, _, _ = _timed(ns, f"http://127.0.0.1:15020{path}", timeout=10)
     assert code == want
-    assert took < 3.0  # bounded by the probe's timeoutSeconds (1 s), not by the app
 
 
 def test_a_hanging_probe_does_not_block_the_agent(env):
+    """While a probe waits 4 s on the app, the agent's own readiness answers within curl's 2 s."""
     ns, agent = env
-    hanging = threading.Thread(target=curl, args=(ns, "http://127.0.0.1:15020/app-health/slow/readyz"), kwargs={"timeout": 10})
+    hanging = threading.Thread(target=curl, args=(ns, "http://127.0.0.1:15020/app-health/slower/readyz"),
+                               kwargs={"timeout": 15})
     hanging.start()
-    time.sleep(0.2)
-    code, _, took = _timed(ns, "http://127.0.0.1:15020/healthz/ready")
+    time.sleep(0.3)
+    code, _, _ = _timed(ns, "http://127.0.0.1:15020/healthz/ready", timeout=2)
     hanging.join()
-    assert code == 200 and took < 0.5
+    assert code == 200
 
 
 def test_metrics_merge_survives_every_broken_app_target(env):
@@ -102,18 +107,18 @@ def test_metrics_merge_survives_every_broken_app_target(env):
 
     def probe_while_scraping():
         time.sleep(0.5)
-        ready_during.append(_timed(ns, "http://127.0.0.1:15020/healthz/ready"))
+        ready_during.append(_timed(ns, "http://127.0.0.1:15020/healthz/ready", timeout=1.5))
     side = threading.Thread(target=probe_while_scraping)
     side.start()
-    code, body, took = _fetch(ns, "http://127.0.0.1:15020/stats/prometheus", {"X-Prometheus-Scrape-Timeout-Seconds": "2"})
+    # /hang holds 60 s: an answer within curl's 15 s means the scrape timeout (3 s) cut it.
+    code, body, _ = _fetch(ns, "http://127.0.0.1:15020/stats/prometheus", {"X-Prometheus-Scrape-Timeout-Seconds": "3"})
     side.join()
     assert code == 200
-    assert took < 4.0, took  # the hanging target is cut at the scrape timeout
     assert b"istio_agent_scrapes_total" in body and b"envoy_server_live" in body
     assert b"app_junk_total" in body  # garbage is passed through as Istio does (on its own line)...
     after_junk = body.split(b"app_junk_total 1 2 3 ???", 1)[1]
     assert after_junk.startswith(b"\n")  # ...and never glued to the next source's first line
-    assert ready_during and ready_during[0][0] == 200 and ready_during[0][2] < 0.5
+    assert ready_during and ready_during[0][0] == 200  # answered within 1.5 s while the scrape waited 3 s
     _, again, _ = _fetch(ns, "http://127.0.0.1:15020/stats/prometheus", {"X-Prometheus-Scrape-Timeout-Seconds": "2"})
     failures = [line for line in again.decode(errors="replace").splitlines() if line.startswith('istio_agent_scrape_failures_total{type="application"}')]
     assert failures and float(failures[0].split()[-1]) >= 4  # down, 503, over the cap, hanging
