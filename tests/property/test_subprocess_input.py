@@ -86,22 +86,24 @@ def _netns_pids(ns: Netns) -> list[int]:
 @SLOW
 @given(extra=mutated_argv(sct.sc.PROXY_FLAGS, max_flags=2), env=sct.ENV)
 def test_sidecar_bad_input_starts_nothing_writes_nothing(ns, extra, env):
-    argv = [*sct.BASE, *extra]
-    assume(_argv_ok(argv, env))
-    try:
-        verdict = sct.check(argv, env, {})
-    except AssertionError:
-        verdict = "bug"  # reported by test_sidecar_input; here we only prove the rejections
-    assume(verdict == "rejected")
-    TRIED["subprocess: proxy sidecar in a netns"] += 1
     with tempfile.TemporaryDirectory(prefix="pi-") as tmp:
+        # --configPath goes *before* the generated flags (a generated flag missing its value must not
+        # swallow it), and the run's cwd is the temp dir, so a relative configPath stays in there too.
         config_path = Path(tmp) / "proxy"
-        cp = ns.run([PILOT_AGENT, "proxy", *argv, "--configPath", str(config_path)], check=False,
-                    env={**ENV_BASE, **env}, timeout=30)
-        leftovers = os.listdir(config_path) if config_path.exists() else []
+        argv = [*sct.BASE, "--configPath", str(config_path), *extra]
+        assume(_argv_ok(argv, env))
+        try:
+            verdict = sct.check(argv, env, {})
+        except AssertionError:
+            verdict = "bug"  # reported by test_sidecar_input; here we only prove the rejections
+        assume(verdict == "rejected")
+        TRIED["subprocess: proxy sidecar in a netns"] += 1
+        cp = subprocess.run(ns.argv([PILOT_AGENT, "proxy", *argv]), capture_output=True, text=True,
+                            env={**ENV_BASE, **env}, timeout=30, cwd=tmp)
+        leftovers = [str(p.relative_to(tmp)) for p in Path(tmp).rglob("*")]
     assert cp.returncode == Exit.USAGE, (argv, env, cp.stderr[-2000:])
     _one_line_or_error_lines(cp.stderr)
     assert len(cp.stderr.splitlines()) == 1, cp.stderr
     assert "Envoy started" not in cp.stdout
-    assert leftovers == [], f"half-written bootstrap: {leftovers}"
+    assert leftovers == [], f"files written by a rejected run (half-written bootstrap?): {leftovers}"
     assert _netns_pids(ns) == [], "a process (Envoy?) outlived the rejected agent"
