@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 
 from agent.exitcodes import Exit
 from tests.netns.harness import PILOT_AGENT, Netns
@@ -22,7 +22,10 @@ from tests.property import test_iptables_input as ipt
 from tests.property import test_sidecar_input as sct
 from tests.property.strategies import TRIED, mutated_argv
 
+#: No shrinking: each example is a process start (up to the 15 s timeout when something is wrong),
+#: so a failure is reported as found instead of being minimised for many minutes.
 SLOW = settings(max_examples=25, deadline=None, database=None,
+                phases=[Phase.explicit, Phase.reuse, Phase.generate],
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                        HealthCheck.function_scoped_fixture])
 ENV_BASE = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
@@ -71,7 +74,7 @@ def test_istio_iptables_bad_input_changes_nothing(ns, argv, env):
     assume(code == Exit.USAGE)  # rejected in-process: now prove it through the real binary
     TRIED["subprocess: istio-iptables in a netns"] += 1
     before = kernel_state(ns)
-    cp = ns.run([PILOT_AGENT, "istio-iptables", *argv], check=False, env={**ENV_BASE, **env}, timeout=30)
+    cp = ns.run([PILOT_AGENT, "istio-iptables", *argv], check=False, env={**ENV_BASE, **env}, timeout=15)
     assert cp.returncode == Exit.USAGE, (argv, env, cp.stderr)
     _one_line_or_error_lines(cp.stderr)
     assert cp.stdout == "", "a rejected command printed a transcript"
@@ -99,7 +102,7 @@ def test_sidecar_bad_input_starts_nothing_writes_nothing(ns, extra, env):
         assume(verdict == "rejected")
         TRIED["subprocess: proxy sidecar in a netns"] += 1
         cp = subprocess.run(ns.argv([PILOT_AGENT, "proxy", *argv]), capture_output=True, text=True,
-                            env={**ENV_BASE, **env}, timeout=30, cwd=tmp)
+                            env={**ENV_BASE, **env}, timeout=15, cwd=tmp)
         leftovers = [str(p.relative_to(tmp)) for p in Path(tmp).rglob("*")]
     assert cp.returncode == Exit.USAGE, (argv, env, cp.stderr[-2000:])
     _one_line_or_error_lines(cp.stderr)
