@@ -115,3 +115,23 @@ def _live(ns) -> list[int]:
     from tests.faults.conftest import live_pids
 
     return live_pids(ns)
+
+
+def test_port_taken_while_envoy_restarts_envoy_cannot_bind_agent_gives_up(ns, work):
+    """Envoy crashes; during the restart backoff another process takes the admin port. The new
+    Envoy cannot bind it (a failure only Envoy itself can report): the agent retries within its
+    budget, then exits 1; readiness is 503 meanwhile; nothing is left."""
+    agent = Agent.start(ns, work, "--concurrency", "1", env={
+        **FAST_EXIT, "ENVOY_RESTART_BUDGET": "2", "ENVOY_RESTART_BACKOFF": "1s"})
+    agent.wait_ready()
+    os.kill(_envoy(agent), signal.SIGKILL)
+    wait_until(lambda: "Envoy exited unexpectedly" in agent.log(), 10, 0.02, "crash noticed")
+    squatter = ns.spawn(["python3", "-c", "import socket,time; s=socket.socket(); "
+                         "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1',15000)); "
+                         "s.listen(); print('ready',flush=True); time.sleep(300)"], wait_ready=True)
+    assert agent.ready() == 503
+    assert agent.wait_exit(30) == 1
+    log = agent.log()
+    assert "Envoy restart budget exhausted" in log and "Traceback" not in log
+    assert log.count("Envoy exited unexpectedly") >= 2  # the crash, then the restart that could not bind
+    assert_nothing_left(agent, keep={squatter.pid})
