@@ -30,16 +30,18 @@ PY = "/opt/agent/bin/python" if os.path.exists("/opt/agent/bin/python") else sys
 FULL = {
     "start": ["-n", "7"], "idle": ["--window", "60"], "latency": ["--requests", "2000", "--rounds", "3"],
     "prometheus": ["-n", "15"], "prometheus_default": ["-n", "15", "--matcher", "istio-default"],
-    "drain": ["--rounds", "3"], "drain_short": ["--rounds", "0", "--termination", "3"], "iptables_n": 15,
+    "drain": ["--rounds", "3"], "drain_short": ["--rounds", "0", "--termination", "3"],
+    "drain_closed": ["--rounds", "0", "--termination", "3", "--drain-duration", "2s"], "iptables_n": 15,
 }
 QUICK = {
     "start": ["-n", "3"], "idle": ["--window", "10"], "latency": ["--requests", "400", "--rounds", "1"],
     "prometheus": ["-n", "5"], "prometheus_default": ["-n", "5", "--matcher", "istio-default"],
-    "drain": ["--rounds", "1"], "drain_short": ["--rounds", "0", "--termination", "3"], "iptables_n": 5,
+    "drain": ["--rounds", "1"], "drain_short": ["--rounds", "0", "--termination", "3"],
+    "drain_closed": ["--rounds", "0", "--termination", "3", "--drain-duration", "2s"], "iptables_n": 5,
 }
 SCRIPTS = {"start": "sidecar_start.py", "idle": "sidecar_idle.py", "latency": "sidecar_latency.py",
            "prometheus": "sidecar_prometheus.py", "prometheus_default": "sidecar_prometheus.py",
-           "drain": "sidecar_drain.py", "drain_short": "sidecar_drain.py"}
+           "drain": "sidecar_drain.py", "drain_short": "sidecar_drain.py", "drain_closed": "sidecar_drain.py"}
 
 
 def run_script(name: str, args: list[str]) -> dict:
@@ -134,13 +136,14 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str, str]]:
         add(f"  agent memory growth while scraping ({label})", f"{p['growth_bytes'] / 2**20:.2f} MiB",
             f"{p['ours_body_bytes'] / 2**20:.2f} MiB body", f"{p['growth_over_body']:.2f}x", "<= 2x body",
             p["growth_over_body"] <= 2)
-    for key in ("drain", "drain_short"):
+    for key in ("drain", "drain_short", "drain_closed"):
         dr = r[key]
         if "error" in dr:
             err(key, dr)
             continue
         c = dr["drain"]["counts"]
-        when = "load ends inside the drain window" if key == "drain" else "Envoy stopped under load"
+        when = {"drain": "load ends inside the drain window", "drain_short": "Envoy stopped under load",
+                "drain_closed": "listener closed (drainDuration 2s) before Envoy is stopped"}[key]
         add(f"drain: accepted requests failed ({dr['requests']} @ {dr['rate']:.0f}/s, SIGTERM, "
             f"terminationDrainDuration {dr['termination_drain_s']} s: {when})", str(dr["failed"]),
             f"ok {c.get('ok', 0)}, refused {c.get('refused', 0)}", "", "0", dr["failed"] == 0)
@@ -169,8 +172,9 @@ def main() -> int:
     if "prometheus" in wanted:
         wanted.add("prometheus_default")
     if "drain" in wanted:
-        wanted.add("drain_short")
-    for name in ("start", "iptables", "idle", "latency", "prometheus", "prometheus_default", "drain", "drain_short"):
+        wanted |= {"drain_short", "drain_closed"}
+    for name in ("start", "iptables", "idle", "latency", "prometheus", "prometheus_default", "drain", "drain_short",
+                 "drain_closed"):
         if name not in wanted:
             results[name] = {"error": "not run (--only)"}
             continue

@@ -54,8 +54,9 @@ def exit_watch(agent: Agent) -> dict:
     return box
 
 
-def drain_round(pod: Pod, work: Path, n: int, rate: float, termination: int) -> dict:
-    agent = Agent.start(pod.ns, work, "--concurrency", "1", uid=PROXY_UID,
+def drain_round(pod: Pod, work: Path, n: int, rate: float, termination: int, drain_duration: str | None) -> dict:
+    extra = ["--drainDuration", drain_duration] if drain_duration else []
+    agent = Agent.start(pod.ns, work, "--concurrency", "1", *extra, uid=PROXY_UID,
                         env={"INSTANCE_IP": POD4, "TERMINATION_DRAIN_DURATION_SECONDS": str(termination)})
     agent.wait_ready()
     box = exit_watch(agent)
@@ -104,6 +105,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="exit-on-zero rounds (0: skip)")
     ap.add_argument("--termination", type=int, default=5,
                     help="TERMINATION_DRAIN_DURATION_SECONDS for the drain run (default 5, Istio's)")
+    ap.add_argument("--drain-duration", help="--drainDuration (Envoy's --drain-time-s) for the drain run (default 45s)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="pib-drain-"))
     work.chmod(0o755)  # Envoy and the agent run as uid 1337
@@ -113,13 +115,13 @@ def main() -> int:
         if init.returncode != 0:
             raise SystemExit(f"istio-iptables failed: {init.stderr}")
         pod.spawn([PY, APP, "--http", "8080", "--hold", "7070"], uid=APP_UID, wait_ready=True)
-        drain = drain_round(pod, work / "drain", args.requests, args.rate, args.termination)
+        drain = drain_round(pod, work / "drain", args.requests, args.rate, args.termination, args.drain_duration)
         eoz = [exit_on_zero_round(pod, work / f"eoz{i}") for i in range(args.rounds)]
     finally:
         pod.close()
         shutil.rmtree(work, ignore_errors=True)
     emit({"figure": "drain", "requests": args.requests, "rate": args.rate, "drain": drain,
-          "termination_drain_s": args.termination,
+          "termination_drain_s": args.termination, "drain_duration": args.drain_duration or "45s",
           "failed": drain["counts"].get("failed", 0) + drain["counts"].get("refused_after_connect", 0),
           "exit_on_zero_s": median(eoz) if eoz else None, "exit_on_zero_all": eoz})
     return 0
