@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import time
 
 import pytest
 

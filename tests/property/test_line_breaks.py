@@ -13,7 +13,6 @@ import pytest
 from agent.exitcodes import Exit
 from agent.iptables import command
 from agent.iptables import config as ipcfg
-from agent.sidecar import config as sc
 from tests.property.strategies import TRIED
 from tests.property.test_iptables_input import fake_gather
 

@@ -8,7 +8,6 @@ process behind in the namespace (no Envoy) and nothing in --configPath (no half-
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 from pathlib import Path
