@@ -136,6 +136,9 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str, str]]:
         add(f"  agent memory growth while scraping ({label})", f"{p['growth_bytes'] / 2**20:.2f} MiB",
             f"{p['ours_body_bytes'] / 2**20:.2f} MiB body", f"{p['growth_over_body']:.2f}x", "<= 2x body",
             p["growth_over_body"] <= 2)
+        if "first_scrape_bytes" in p:
+            add(f"  one-time: RSS added by the first scrape ({label})", f"{p['first_scrape_bytes'] / 2**20:.2f} MiB",
+                "", "", "(report)", None)
     for key in ("drain", "drain_short", "drain_closed"):
         dr = r[key]
         if "error" in dr:
