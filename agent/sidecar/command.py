@@ -14,6 +14,7 @@ running and no bootstrap left behind):
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import socket
@@ -100,6 +101,17 @@ def _remove(path: str | None) -> None:
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    # Start-up is mostly imports: many objects are allocated, hardly any cycle is garbage. Without the
+    # cyclic collector running on every few hundred allocations the path to ready is ~5 % shorter;
+    # it is back on as soon as the status server serves (_serve), and in any case on return.
+    gc.disable()
+    try:
+        return _run(argv, environ)
+    finally:
+        gc.enable()
+
+
+def _run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     from agent import flags
     from agent.sidecar import config as sidecar_config
 
@@ -204,8 +216,8 @@ def _start_and_serve(cfg: Any, plan: dict[str, Any], early: list[int]) -> int:
     except OSError as e:
         _remove(plan["bootstrap"])
         return _fail(f"--binaryPath: cannot start Envoy {cfg.binary_path!r}: {e.strerror or e}")
-    try:
-        logs.configure(cfg.log_output_level, cfg.log_as_json, cfg.log_target)
+    try:  # structlog itself is adopted once the pod is ready (_adopt_structlog_soon)
+        logs.configure(cfg.log_output_level, cfg.log_as_json, cfg.log_target, defer_structlog=True)
     except OSError as e:  # an unwritable --log_target file
         _kill_leftover(proc)
         _remove(plan["bootstrap"])
@@ -291,8 +303,14 @@ async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list, early_signals:
     metrics = AgentMetrics(envoy_pid=lambda: envoy_ref[0].pid if envoy_ref[0] and envoy_ref[0].popen.returncode is None else None)
     session = aiohttp.ClientSession(auto_decompress=True)
     admin = AdminClient(cfg.admin_port, session)
+    adopt_structlog = _adopt_structlog_soon()
+
+    def first_ready(seconds: float) -> None:
+        metrics.set_startup_duration(seconds)
+        adopt_structlog(0.05)  # after the 200 has gone out
+
     readiness = ReadinessProbe(admin, standalone=cfg.standalone, process_start=process_start,
-                               on_first_ready=metrics.set_startup_duration)
+                               on_first_ready=first_ready)
 
     def spawn() -> reaper.EnvoyProcess:
         envoy_ref[0] = reaper.spawn(plan["argv"])
@@ -300,7 +318,7 @@ async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list, early_signals:
 
     sup = Supervisor(Supervision(
         envoy=envoy_ref[0], spawn=spawn, admin=admin, readiness=readiness,
-        on_restart=metrics.envoy_restarts.inc,
+        on_restart=lambda: metrics.envoy_restarts.inc(),  # not metrics.envoy_restarts.inc: that builds the registry now
         budget=envoy.RestartBudget(cfg.restart_budget, cfg.restart_window, base_delay=cfg.restart_backoff),
         drain_policy=drain.DrainPolicy.from_config(cfg), inbound_only=cfg.proxy_type == "sidecar",
         excluded_ports=(cfg.envoy_status_port, cfg.envoy_prometheus_port), early_signals=early_signals))
@@ -310,6 +328,11 @@ async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list, early_signals:
             server = _status_server(cfg, plan, metrics, session, readiness, sup)
             await server.start()
             logs.get().info("status server listening", port=cfg.status_port)
+        # The collector was off for the start-up (run). What start-up built lives as long as the agent:
+        # frozen, it is not scanned again (else the first collection walks all of it, ~20 ms here).
+        gc.freeze()
+        gc.enable()
+        adopt_structlog(STRUCTLOG_AT_THE_LATEST)
         return await sup.run()
     finally:
         for step in ((server.stop if server else None), session.close):
@@ -318,6 +341,33 @@ async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list, early_signals:
                     await step()
                 except Exception as e:  # keep cleaning up
                     logs.get().warning("cleanup step failed", error=repr(e))
+
+
+#: Seconds after the status server started by which structlog is adopted even if Envoy is not ready.
+STRUCTLOG_AT_THE_LATEST = 2.0
+
+
+def _adopt_structlog_soon():
+    """`adopt(delay)`: hand logging over to structlog `delay` seconds from now (the earliest call wins).
+
+    Importing structlog takes tens of milliseconds that would otherwise sit between Envoy's spawn and
+    the status server's first answer; the early writer in agent.sidecar.logs prints the same lines.
+    """
+    import asyncio
+
+    from agent.sidecar import logs
+
+    loop = asyncio.get_running_loop()
+    pending: list = []
+
+    def adopt(delay: float) -> None:
+        if pending and pending[0].when() <= loop.time() + delay:
+            return
+        if pending:
+            pending.pop().cancel()
+        pending.append(loop.call_later(delay, logs.adopt_structlog))
+
+    return adopt
 
 
 def _status_server(cfg: Any, plan: dict[str, Any], metrics: Any, session: Any, readiness: Any, sup: Any) -> Any:

@@ -6,6 +6,12 @@ JSON (`--log_as_json`): {"time": ..., "level": ..., "scope": ..., "msg": ..., <f
 
 Levels per scope come from `--log_output_level` (`default:info,probes:debug`; a bare `debug` sets the
 default scope). Scopes not listed follow `default`. `none` silences a scope.
+
+At start-up the sidecar writes its first lines (Envoy started, the flags, the effective config)
+before structlog is imported: configure(defer_structlog=True) runs the very same processors
+(`_stamp`, then render_text/render_json) and writes like structlog's PrintLogger, and the edge calls
+adopt_structlog() once the pod is ready, so structlog's ~60 ms of imports stay off the path to
+`/healthz/ready`. The lines are identical either way (tests/unit/sidecar/test_logs.py).
 """
 from __future__ import annotations
 
@@ -14,8 +20,9 @@ import sys
 import time
 from typing import Any, Mapping, TextIO
 
-# structlog (and the asyncio it pulls in) is imported in configure()/get(): the edge validates the
-# level spec with parse_levels() before spawning Envoy and configures logging after it.
+# structlog (and the asyncio it pulls in) is imported by adopt_structlog() only: the edge validates the
+# level spec with parse_levels() before spawning Envoy, configures logging after it with
+# defer_structlog=True, and hands over to structlog once the status server has served (see configure()).
 
 LEVELS = {"debug": 10, "info": 20, "warn": 30, "error": 40, "fatal": 50, "none": 100}
 #: structlog method names -> Istio level names.
@@ -70,47 +77,127 @@ def render_json(_logger: Any, _method: str, event: dict) -> str:
     return json.dumps(out, default=str)
 
 
+def _stamp(levels: Mapping[str, int], method: str, event: dict) -> bool:
+    """Adds time and Istio's level name; False when the scope's level filters the event out."""
+    level = _METHOD_LEVEL.get(method, "info")
+    if LEVELS[level] < levels.get(event.get("scope", "default"), levels.get("default", LEVELS["info"])):
+        return False
+    event["time"] = _timestamp()
+    event["level"] = level
+    return True
+
+
 def _make_filter(levels: Mapping[str, int]):
     import structlog
 
-    default = levels.get("default", LEVELS["info"])
-
     def stamp_and_filter(_logger: Any, method: str, event: dict) -> dict:
-        level = _METHOD_LEVEL.get(method, "info")
-        if LEVELS[level] < levels.get(event.get("scope", "default"), default):
+        if not _stamp(levels, method, event):
             raise structlog.DropEvent
-        event["time"] = _timestamp()
-        event["level"] = level
         return event
 
     return stamp_and_filter
 
 
-def configure(output_level: str = "default:info", as_json: bool = False, target: str = "stdout",
-              stream: TextIO | None = None) -> None:
-    """Configure structlog once for the process. Raises LogConfigError on a bad level spec."""
-    import structlog
+class _Settings:
+    """What configure() was given: where lines go and how they look, for structlog or the early writer."""
 
+    def __init__(self, levels: Mapping[str, int], renderer: Any, stream: TextIO):
+        self.levels, self.renderer, self.stream = levels, renderer, stream
+
+    def write(self, method: str, event: dict) -> None:
+        """The same processors structlog runs (stamp and filter, render), then PrintLogger's write."""
+        if _stamp(self.levels, method, event):
+            self.stream.write(self.renderer(None, method, event) + "\n")
+            self.stream.flush()
+
+
+#: Set while configured with defer_structlog=True and adopt_structlog() has not run yet.
+_early: _Settings | None = None
+_settings: _Settings | None = None
+
+
+def configure(output_level: str = "default:info", as_json: bool = False, target: str = "stdout",
+              stream: TextIO | None = None, *, defer_structlog: bool = False) -> None:
+    """Configure logging once for the process. Raises LogConfigError on a bad level spec.
+
+    With `defer_structlog`, lines are written by this module's own writer (same processors, same
+    output) until adopt_structlog() is called: the sidecar edge uses it so that importing structlog
+    (tens of milliseconds) does not delay the status server at start-up.
+    """
+    global _early, _settings
     levels = parse_levels(output_level)
     if stream is None:
         first = (target or "stdout").split(",")[0].strip()
         stream = sys.stderr if first == "stderr" else sys.stdout if first in ("stdout", "") else open(first, "a", buffering=1)
+    _settings = _Settings(levels, render_json if as_json else render_text, stream)
+    _early = None
+    if defer_structlog:
+        _early = _settings
+    else:
+        adopt_structlog()
+
+
+def adopt_structlog() -> None:
+    """Hand the configured output over to structlog (idempotent; from now on every line goes through it)."""
+    global _early
+    import structlog
+
+    _early = None
+    if _settings is None:
+        return
     structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, _make_filter(levels),
-                    render_json if as_json else render_text],
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        processors=[structlog.contextvars.merge_contextvars, _make_filter(_settings.levels), _settings.renderer],
+        logger_factory=structlog.PrintLoggerFactory(_settings.stream),
         cache_logger_on_first_use=False,
     )
 
 
-class _Lazy:
-    """A module-level logger usable before configure(): resolves structlog on first use."""
+def reset() -> None:
+    """Forget the configuration (tests): unconfigured loggers use structlog's defaults."""
+    global _early, _settings
+    _early = _settings = None
 
-    def __init__(self, scope: str):
+
+#: Logger method -> the method name structlog's filtering logger hands to the processors.
+_METHODS = {"debug": "debug", "info": "info", "warning": "warning", "warn": "warning", "error": "error",
+            "exception": "error", "critical": "critical", "fatal": "critical"}
+
+
+class _Lazy:
+    """The agent's logger. Resolves at each call: the early writer before adopt_structlog(), structlog after."""
+
+    def __init__(self, scope: str, context: Mapping[str, Any] | None = None):
         self.scope = scope
+        self.context = dict(context or {})
+
+    def bind(self, **kw: Any) -> "_Lazy":
+        return _Lazy(self.scope, {**self.context, **kw})
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(get(self.scope), name)
+        early = _early
+        if early is None:
+            log = _structlog_logger(self.scope)
+            return getattr(log.bind(**self.context) if self.context else log, name)
+        method = _METHODS.get(name)
+        if method is None:
+            raise AttributeError(name)
+
+        def emit(event: str, *args: Any, **kw: Any) -> None:
+            if name == "exception":
+                kw.setdefault("exc_info", True)
+            if args:  # structlog's %-interpolation of positional arguments
+                event = event % (args[0] if len(args) == 1 and isinstance(args[0], Mapping) and args[0] else args)
+            scope = {"scope": self.scope} if self.scope != "default" else {}
+            early.write(method, {**scope, **self.context, **kw, "event": event})
+
+        return emit
+
+
+def _structlog_logger(scope: str) -> Any:
+    import structlog
+
+    log = structlog.get_logger()
+    return log.bind(scope=scope) if scope != "default" else log
 
 
 def lazy(scope: str = "default") -> Any:
@@ -118,7 +205,5 @@ def lazy(scope: str = "default") -> Any:
 
 
 def get(scope: str = "default") -> Any:
-    import structlog
-
-    log = structlog.get_logger()
-    return log.bind(scope=scope) if scope != "default" else log
+    """A logger for `scope`; cheap to create at import time (nothing is resolved until it logs)."""
+    return _Lazy(scope)

@@ -2,8 +2,11 @@
 import pytest
 import structlog
 
+from agent.sidecar import logs
+
 
 @pytest.fixture(autouse=True)
 def _fresh_structlog():
     yield
     structlog.reset_defaults()
+    logs.reset()
