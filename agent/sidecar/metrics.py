@@ -312,16 +312,22 @@ class MetricsMerger:
                 size += len(chunk)
                 if size > BODY_CAP:
                     raise ValueError("body over 10 MiB")
+                if not strip:  # passed on as it came (no copy); only its last byte is remembered
+                    yield chunk
+                    tail = chunk[-1:]
+                    continue
                 data = tail + chunk
-                keep = 16 if strip else 1  # hold back enough to see "# EOF" / the final newline
-                data, tail = data[:-keep], data[-keep:]
+                data, tail = data[:-16], data[-16:]  # hold back enough to see a final "# EOF"
                 if data:
                     yield data
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
             self._failed(source.kind, source.url, e)
-        last = strip_eof(tail) if strip else tail
-        if last or size:
-            yield last if last.endswith(b"\n") or not last else last + b"\n"
+        if strip:
+            last = strip_eof(tail)
+            if last or size:
+                yield last if last.endswith(b"\n") or not last else last + b"\n"
+        elif size and tail != b"\n":
+            yield b"\n"
 
     async def open(self, query: str, headers: Mapping[str, str]) -> Scrape:
         """Start every upstream request; returns once all headers are in (or failed)."""
@@ -339,7 +345,9 @@ class MetricsMerger:
         jobs = []
         if self.envoy_port:
             url = f"http://127.0.0.1:{self.envoy_port}/stats/prometheus" + (f"?{query}" if query else "")
-            jobs.append(self._connect("envoy", url, {**fwd, "Accept": negotiate_accept(headers.get("Accept"), False)}, timeout))
+            # identity: on loopback, Envoy gzipping megabytes for the agent to inflate them again is pure cost
+            envoy_headers = {**fwd, "Accept": negotiate_accept(headers.get("Accept"), False), "Accept-Encoding": "identity"}
+            jobs.append(self._connect("envoy", url, envoy_headers, timeout))
         app_accept = negotiate_accept(headers.get("Accept"), True)
         for t in self.targets:
             jobs.append(self._connect("application", f"http://127.0.0.1:{t.port}{t.path}", {**fwd, "Accept": app_accept}, timeout))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from typing import TYPE_CHECKING
 
@@ -68,6 +68,25 @@ def _local_post(handler: Callable[[web.Request], Awaitable[web.StreamResponse]])
     return guarded
 
 
+#: Merged metrics are written in blocks of at least this size; a smaller answer is one response.
+BLOCK = 64 * 1024
+
+
+async def _blocks(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[bytes]:
+    """`chunks` joined into blocks of at least `size` bytes (the last may be shorter): one socket
+    write per block instead of one per upstream chunk."""
+    pending: list[bytes] = []
+    have = 0
+    async for chunk in chunks:
+        pending.append(chunk)
+        have += len(chunk)
+        if have >= size:
+            yield pending[0] if len(pending) == 1 else b"".join(pending)
+            pending, have = [], 0
+    if have:
+        yield b"".join(pending)
+
+
 def make_app(deps: StatusDeps) -> "web.Application":
     from aiohttp import web
 
@@ -83,13 +102,20 @@ def make_app(deps: StatusDeps) -> "web.Application":
         if deps.metrics_localhost_only and not is_loopback(_peer(request)):
             return web.Response(status=403, text="Only requests from localhost are allowed")
         scrape = await deps.metrics.open(request.query_string, request.headers)
-        resp = web.StreamResponse(status=200)
-        resp.headers["Content-Type"] = scrape.content_type
-        resp.enable_compression()  # gzip/deflate when the scraper accepts it, as Istio's wrapper does
-        try:  # streamed: Envoy's stats can be megabytes; the agent holds about one chunk of them
+        try:  # streamed: Envoy's stats can be megabytes; the agent holds about one block of them
+            blocks = _blocks(scrape.chunks(), BLOCK)
+            first, second = await anext(blocks, b""), await anext(blocks, None)
+            if second is None:  # small (Istio's default stats): one response, one write
+                resp = web.Response(status=200, body=first, headers={"Content-Type": scrape.content_type})
+                resp.enable_compression()  # gzip/deflate when the scraper accepts it, as Istio's wrapper does
+                return resp
+            resp = web.StreamResponse(status=200, headers={"Content-Type": scrape.content_type})
+            resp.enable_compression()
             await resp.prepare(request)
-            async for chunk in scrape.chunks():
-                await resp.write(chunk)
+            await resp.write(first)
+            await resp.write(second)
+            async for block in blocks:
+                await resp.write(block)
             await resp.write_eof()
         finally:
             scrape.close()

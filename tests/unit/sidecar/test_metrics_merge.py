@@ -91,6 +91,7 @@ async def _merge(app_up: bool):
     async def envoy_stats(request):
         seen.setdefault("envoy_accept", request.headers.get("Accept"))
         seen.setdefault("envoy_query", request.query_string)
+        seen.setdefault("envoy_encoding", request.headers.get("Accept-Encoding"))
         return web.Response(text="envoy_x 1\n", content_type="text/plain")
 
     async def app_metrics(request):
@@ -114,6 +115,7 @@ def test_merge_with_app():
     agent_at, envoy_at, app_at = body.index("istio_agent_scrapes_total"), body.index("envoy_x 1"), body.index("app_y 2")
     assert agent_at < envoy_at < app_at and body.endswith("# EOF\n") and body.count("# EOF") == 1
     assert seen["envoy_query"] == "usedonly" and seen["envoy_accept"] == "text/plain;version=0.0.4;q=0.1"
+    assert seen["envoy_encoding"] == "identity"  # no gzip on loopback only to inflate it again
     assert seen["app_accept"].startswith("application/openmetrics-text;version=1.0.0")
     assert 'istio_agent_scrape_failures_total{type="application"} 0.0' in registry
 

@@ -21,9 +21,15 @@ class StubScrape:
         pass
 
 
+class BigScrape(StubScrape):
+    async def chunks(self):
+        for i in range(10000):  # ~120 KB in small pieces: more than one block, so streamed
+            yield b"big_%d 1\n" % i
+
+
 class StubMetrics:
     async def open(self, query, headers):
-        return StubScrape(query)
+        return BigScrape(query) if query == "big" else StubScrape(query)
 
 
 @pytest.mark.parametrize("peer, want", [
@@ -64,6 +70,10 @@ async def _exercise():
             out["ready_v6"] = await status("GET", "/healthz/ready", "[::1]")
             out["metrics"] = await status("GET", "/stats/prometheus?usedonly")
             out["metrics_alias"] = await status("GET", "/metrics")
+            async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
+                out["small_framing"] = (r.headers.get("Content-Length"), r.headers.get("Transfer-Encoding"))
+            async with s.get(f"http://127.0.0.1:{port}/metrics?big") as r:
+                out["big"] = (r.headers.get("Transfer-Encoding"), await r.text())
             async with s.get(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"}) as r:
                 out["gzip"] = (r.headers.get("Content-Encoding"), await r.text())
             out["quit_get"] = await status("GET", "/quitquitquit")
@@ -82,6 +92,8 @@ def test_status_endpoints():
     assert out["ready503"][0] == 503 and out["ready200"][0] == 200 and out["ready_v6"][0] == 200
     assert out["metrics"] == (200, "m 1 usedonly\n") and out["metrics_alias"][0] == 200
     assert out["gzip"] == ("gzip", "m 1 \n")
+    assert out["small_framing"][0] is not None and out["small_framing"][1] is None  # small: written at once
+    assert out["big"] == ("chunked", "".join(f"big_{i} 1\n" for i in range(10000)))  # a big one streamed
     assert out["quit_get"][0] == 405 and out["drain_put"][0] == 405
     assert out["quit"] == (200, "OK") and out["drain"] == (200, "OK")
     assert state["quit"] == 1 and state["drain"] == 1
