@@ -6,7 +6,9 @@ running and no bootstrap left behind):
 1. startup:  load the config, configure logs, validate probes/metrics targets, check the Envoy binary,
              bind the status port and check Envoy's ports, write the bootstrap, spawn Envoy.
              Envoy is spawned *before* aiohttp/prometheus_client are imported: Envoy's own start-up
-             then overlaps the agent's imports (start-up time is what a pod waits for).
+             then overlaps the agent's imports (start-up time is what a pod waits for). structlog
+             is adopted only once the pod is ready (the first lines go through the same processors
+             without it, see agent.sidecar.logs); prometheus_client/psutil at the first scrape.
 2. serve:    build the adapters (admin client, readiness, metrics, status server) and hand them to
              the supervisor (agent.sidecar.run), which runs until an exit path is taken.
 3. cleanup:  in reverse order, each step surviving the previous one's failure: status server, HTTP
