@@ -302,14 +302,17 @@ async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list, early_signals:
     from agent.sidecar.run import Supervision, Supervisor
 
     process_start = time.time() - (time.monotonic() - _T0)
-    metrics = AgentMetrics(envoy_pid=lambda: envoy_ref[0].pid if envoy_ref[0] and envoy_ref[0].popen.returncode is None else None)
+    # The first scrape loads prometheus_client and psutil; it also finishes the logging hand-over, so
+    # that a scrape right after the first ready does not overlap structlog's import.
+    metrics = AgentMetrics(envoy_pid=lambda: envoy_ref[0].pid if envoy_ref[0] and envoy_ref[0].popen.returncode is None else None,
+                           on_first_use=logs.adopt_structlog)
     session = aiohttp.ClientSession(auto_decompress=True)
     admin = AdminClient(cfg.admin_port, session)
     adopt_structlog = _adopt_structlog_soon()
 
     def first_ready(seconds: float) -> None:
         metrics.set_startup_duration(seconds)
-        adopt_structlog(0.05)  # after the 200 has gone out
+        adopt_structlog(0.05)  # once the 200 has gone out and its connection is closed
 
     readiness = ReadinessProbe(admin, standalone=cfg.standalone, process_start=process_start,
                                on_first_ready=first_ready)

@@ -111,9 +111,8 @@ class _Settings:
             self.stream.flush()
 
 
-#: Set while configured with defer_structlog=True and adopt_structlog() has not run yet.
+#: The configuration not yet handed to structlog: set by configure(), taken by adopt_structlog().
 _early: _Settings | None = None
-_settings: _Settings | None = None
 
 
 def configure(output_level: str = "default:info", as_json: bool = False, target: str = "stdout",
@@ -124,38 +123,38 @@ def configure(output_level: str = "default:info", as_json: bool = False, target:
     output) until adopt_structlog() is called: the sidecar edge uses it so that importing structlog
     (tens of milliseconds) does not delay the status server at start-up.
     """
-    global _early, _settings
+    global _early
     levels = parse_levels(output_level)
     if stream is None:
         first = (target or "stdout").split(",")[0].strip()
         stream = sys.stderr if first == "stderr" else sys.stdout if first in ("stdout", "") else open(first, "a", buffering=1)
-    _settings = _Settings(levels, render_json if as_json else render_text, stream)
-    _early = None
-    if defer_structlog:
-        _early = _settings
-    else:
+    _early = _Settings(levels, render_json if as_json else render_text, stream)
+    if not defer_structlog:
         adopt_structlog()
 
 
 def adopt_structlog() -> None:
-    """Hand the configured output over to structlog (idempotent; from now on every line goes through it)."""
+    """Hand the deferred output over to structlog; from then on every line goes through it.
+
+    A no-op unless configure(defer_structlog=True) ran and nothing adopted structlog since.
+    """
     global _early
+    if _early is None:
+        return
     import structlog
 
-    _early = None
-    if _settings is None:
-        return
+    settings, _early = _early, None
     structlog.configure(
-        processors=[structlog.contextvars.merge_contextvars, _make_filter(_settings.levels), _settings.renderer],
-        logger_factory=structlog.PrintLoggerFactory(_settings.stream),
+        processors=[structlog.contextvars.merge_contextvars, _make_filter(settings.levels), settings.renderer],
+        logger_factory=structlog.PrintLoggerFactory(settings.stream),
         cache_logger_on_first_use=False,
     )
 
 
 def reset() -> None:
-    """Forget the configuration (tests): unconfigured loggers use structlog's defaults."""
-    global _early, _settings
-    _early = _settings = None
+    """Forget a deferred configuration (tests): unconfigured loggers use structlog's defaults."""
+    global _early
+    _early = None
 
 
 #: Logger method -> the method name structlog's filtering logger hands to the processors.

@@ -181,12 +181,16 @@ class AgentMetrics:
     status server, and so the pod's readiness. The start-up duration is kept until then.
     """
 
-    def __init__(self, envoy_pid: Callable[[], int | None] = lambda: None):
+    def __init__(self, envoy_pid: Callable[[], int | None] = lambda: None,
+                 on_first_use: Callable[[], None] | None = None):
         self.envoy_pid = envoy_pid
+        self.on_first_use = on_first_use  # other deferred start-up work, done before the registry's
         self._built = False
         self._startup: float | None = None
 
     def _build(self) -> None:
+        if self.on_first_use is not None:
+            self.on_first_use()
         import prometheus_client
 
         prometheus_client.disable_created_metrics()  # Istio exposes no *_created series

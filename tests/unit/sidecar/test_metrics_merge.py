@@ -146,3 +146,13 @@ async def _merge_big():
 def test_merge_reads_a_streamed_body_to_the_end():
     body = run(_merge_big())
     assert body.count("\nenvoy_metric_") == 200 * 50 and body.endswith("envoy_metric_199_49 1\n")
+
+
+def test_first_use_hook_runs_once_before_the_registry_is_built():
+    calls = []
+    m = AgentMetrics(on_first_use=lambda: calls.append("hook"))
+    m.set_startup_duration(0.25)
+    assert calls == []  # nothing built at start-up
+    m.scrapes.inc()
+    m.envoy_restarts.inc()
+    assert calls == ["hook"] and "istio_agent_startup_duration_seconds 0.25" in m.render().decode()
