@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+if TYPE_CHECKING:  # imported lazily at run time (start-up cost)
+    import aiohttp
 
 
 TEXT = "text/plain; version=0.0.4; charset=utf-8"

@@ -19,7 +19,10 @@ import re
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:  # imported lazily at run time (start-up cost)
+    import aiohttp
 
 from agent.sidecar import logs
 

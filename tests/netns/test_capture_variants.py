@@ -3,7 +3,6 @@ TPROXY (with its policy routing), IPv6 (v6-only and dual-stack), -b lists, -i/-x
 -o/-q ports and DNS capture."""
 from __future__ import annotations
 
-import pytest
 
 from tests.netns.harness import APP_UID, POD4, POD6, PROXY_UID, REMOTE4, REMOTE6, Pod
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from tests.netns.harness import APP_UID, PROXY_UID, Pod
+from tests.netns.harness import APP_UID, PROXY_UID
 
 
 def test_pod_wiring_listeners_and_cleanup(pod_factory):

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.netns.harness import PILOT_AGENT, PY, REPO, Netns
+from tests.netns.harness import PILOT_AGENT, REPO, Netns
 
 HERE = Path(__file__).resolve().parent
 APP = str(HERE / "app_server.py")

@@ -5,12 +5,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.netns.harness import PILOT_AGENT
 from tests.sidecar._agent import BASE_ENV, Agent, curl, wait_until
 
 

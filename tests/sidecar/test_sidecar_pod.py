@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns.harness import APP_UID, PILOT_AGENT, POD4, PROXY_UID, PY, REMOTE4, Pod
-from tests.sidecar._agent import APP, BASE_ENV, Agent, curl, stat, wait_until
+from tests.sidecar._agent import APP, BASE_ENV, Agent, curl, stat
 
 INIT_FLAGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
               "-b", "*", "-d", "15090,15021,15020"]

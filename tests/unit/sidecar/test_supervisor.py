@@ -4,7 +4,6 @@ import asyncio
 import signal
 import time
 
-import pytest
 
 from agent.exitcodes import Exit
 from agent.sidecar import drain, envoy, reaper
