@@ -1,4 +1,4 @@
-"""Reports how many generated inputs each property tried (the figure docs/readme/prove-it.md quotes)."""
+"""Reports how many generated inputs each property tried (the figure README.md quotes)."""
 from __future__ import annotations
 
 from tests.property.strategies import TRIED

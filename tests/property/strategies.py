@@ -12,7 +12,7 @@ from collections import Counter
 
 from hypothesis import strategies as st
 
-#: How many generated inputs each property tried (reported by conftest.py and docs/readme/prove-it.md).
+#: How many generated inputs each property tried (reported by conftest.py and README.md).
 TRIED: Counter = Counter()
 
 # --- scalars -------------------------------------------------------------------------------------

@@ -172,7 +172,7 @@ def test_readme_tables_are_generated_from_the_flag_table():
 
     from agent import flags
 
-    doc = (Path(__file__).parents[3] / "docs" / "readme" / "iptables-core.md").read_text()
+    doc = (Path(__file__).parents[3] / "README.md").read_text()
     assert flags.markdown_table(command.all_flags()) in doc
     assert command.env_only_table() in doc
 

@@ -219,7 +219,7 @@ def _pc(value):
     return {"PROXY_CONFIG": json.dumps(value) if not isinstance(value, str) else value}
 
 
-#: Inputs that used to escape as a traceback (docs/readme/prove-it-bugs.md) or reach Envoy / the
+#: Inputs that used to escape as a traceback (found by tests/property) or reach Envoy / the
 #: bootstrap builder unchecked: each is now one ConfigError line naming the setting and the value.
 @pytest.mark.parametrize("argv, env, files, message", [
     # ProxyConfig fields read as objects / lists / strings
@@ -389,10 +389,10 @@ def test_host_ips_follow_instance_ip():
 
 
 def test_readme_flag_table_is_current():
-    """docs/readme/sidecar-config.md embeds flags.markdown_table(PROXY_FLAGS); regenerate it when flags change."""
+    """README.md embeds flags.markdown_table(PROXY_FLAGS); regenerate it when flags change."""
     from pathlib import Path
 
-    doc = (Path(__file__).resolve().parents[3] / "docs" / "readme" / "sidecar-config.md").read_text()
+    doc = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     assert flags.markdown_table(config.PROXY_FLAGS) in doc
 
 
