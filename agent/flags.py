@@ -95,7 +95,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
 class Flag:
     """One setting: long name, kind (str, bool, duration, uint16, int), default, short name, env
     vars (later ones win), help, and `dest`, the attribute name (default: the long name in
-    snake_case). Immutable. (A plain class, not a dataclass: see agent.iptables.config.Record.)"""
+    snake_case). Immutable. (A plain class, not a dataclass: see agent.record.Record.)"""
 
     __slots__ = ("name", "kind", "default", "short", "env", "help", "dest")
 

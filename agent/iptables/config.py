@@ -14,6 +14,7 @@ Two kinds of problems, as the exit codes tell them apart:
 from __future__ import annotations
 
 from agent.flags import Flag
+from agent.record import Record
 
 TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
 if TYPE_CHECKING:
@@ -96,59 +97,6 @@ ENV_ONLY: tuple[tuple[str, str, str], ...] = (
 
 MAX_OWNER_GROUPS = 64
 DEFAULT_LOOPBACK_CIDR = "127.0.0.1/32"
-
-
-class Record:
-    """A small immutable value, declared like a frozen dataclass: the annotated class attributes
-    are the fields, in order, and their values the defaults. Instances compare and hash by value
-    and refuse assignment.
-
-    Not @dataclass: it imports inspect and ast and generates code for each class, a few
-    milliseconds of start-up in every pod's init container for what these few lines do.
-    """
-
-    _fields: tuple[str, ...] = ()
-
-    def __init_subclass__(cls) -> None:
-        super().__init_subclass__()
-        own = cls.__dict__.get("__annotations__", {})
-        cls._fields = (*cls._fields, *(name for name in own if name not in cls._fields))
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        name = type(self).__name__
-        if len(args) > len(self._fields):
-            raise TypeError(f"{name}() takes at most {len(self._fields)} positional arguments")
-        values = dict(zip(self._fields, args))
-        for key, value in kwargs.items():
-            if key not in self._fields or key in values:
-                raise TypeError(f"{name}() got an unexpected or repeated argument {key!r}")
-            values[key] = value
-        for key in self._fields:
-            if key not in values:
-                if not hasattr(type(self), key):
-                    raise TypeError(f"{name}() missing argument {key!r}")
-                values[key] = getattr(type(self), key)
-        self.__dict__.update(values)
-
-    def __setattr__(self, key: str, value: Any) -> None:
-        raise AttributeError(f"cannot assign to field {key!r}: {type(self).__name__} is immutable")
-
-    def __delattr__(self, key: str) -> None:
-        raise AttributeError(f"cannot delete field {key!r}: {type(self).__name__} is immutable")
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(self.__dict__[key] for key in self._fields)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={self.__dict__[k]!r}' for k in self._fields)})"
 
 
 class IptablesConfig(Record):

@@ -14,7 +14,7 @@ import struct
 # wrappers, and socket.py imports enum and selectors (start-up time in every pod's init container).
 import _socket
 
-from agent.iptables.config import Record
+from agent.record import Record
 
 RESOLV_CONF = "/etc/resolv.conf"
 

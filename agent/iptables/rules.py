@@ -5,7 +5,8 @@ the conformance goldens check line by line.
 """
 from __future__ import annotations
 
-from agent.iptables.config import IptablesConfig, Record
+from agent.iptables.config import IptablesConfig
+from agent.record import Record
 
 TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
 if TYPE_CHECKING:  # the facts are plain data; the adapter module that reads them is not needed here

@@ -17,11 +17,10 @@ never touches os.environ. Bad input raises ConfigError whose message names the s
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Callable, Mapping, Sequence
 
-from agent import flags
+from agent import flags, record
 from agent.cli import LOG_FLAGS
 from agent.flags import Flag
 from agent.sidecar import config_env as env_settings
@@ -185,15 +184,14 @@ def effective_config_summary(cfg: SidecarConfig) -> dict[str, Any]:
     skip = {"proxy_config", "flag_values", "app_probers", "app_probers_raw", "bootstrap_override",
             "labels", "annotations", "meta_env", "runtime_values", "prometheus_annotations_raw"}
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(cfg):
-        if f.name in skip:
+    for name, value in record.asdict(cfg).items():
+        if name in skip:
             continue
-        value = getattr(cfg, f.name)
-        if f.name.endswith(("duration", "timeout", "rate", "window", "backoff")) and isinstance(value, float):
+        if name.endswith(("duration", "timeout", "rate", "window", "backoff")) and isinstance(value, float):
             value = flags.format_duration(value)
         elif isinstance(value, tuple):
             value = list(value)
-        out[f.name] = value
+        out[name] = value
     out["app_probes"] = sorted(cfg.app_probers)
     out["proxy_config"] = cfg.proxy_config
     return out
@@ -451,4 +449,4 @@ def _apply_late_annotations(cfg: SidecarConfig, annotations: Mapping[str, str]) 
         if not 0 <= port < 65536:
             raise ConfigError(f"invalid annotation status.sidecar.istio.io/port: {port} (0 disables, else 1..65535)")
         changes["status_port"] = port
-    return dataclasses.replace(cfg, **changes) if changes else cfg
+    return record.replace(cfg, **changes) if changes else cfg

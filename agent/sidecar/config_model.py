@@ -1,8 +1,11 @@
-"""The resolved sidecar configuration (a frozen dataclass) and Istio's ProxyConfig defaults (spec §3.2)."""
+"""The resolved sidecar configuration (an immutable Record) and Istio's ProxyConfig defaults (spec §3.2)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from agent.record import Default, Record
+
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_BINARY = "/usr/local/bin/envoy"
 
@@ -30,8 +33,7 @@ connectionSettings
 """.split())
 
 
-@dataclass(frozen=True)
-class SidecarConfig:
+class SidecarConfig(Record):
     """Everything the sidecar needs, resolved once. Treat the dict fields as read-only."""
 
     proxy_type: str = "sidecar"
@@ -46,9 +48,9 @@ class SidecarConfig:
     domain: str = ""
     trust_domain: str = "cluster.local"
     service_cluster: str = "istio-proxy"
-    labels: dict = field(default_factory=dict)
-    annotations: dict = field(default_factory=dict)
-    meta_env: dict = field(default_factory=dict)  # ISTIO_META_* (prefix stripped) and ISTIO_METAJSON_* merged
+    labels: dict = Default(dict)
+    annotations: dict = Default(dict)
+    meta_env: dict = Default(dict)  # ISTIO_META_* (prefix stripped) and ISTIO_METAJSON_* merged
     # Paths
     config_path: str = "./etc/istio/proxy"
     binary_path: str = DEFAULT_BINARY
@@ -91,7 +93,7 @@ class SidecarConfig:
     restart_backoff: float = 1.0
     # Status server
     app_probers_raw: str = ""
-    app_probers: dict = field(default_factory=dict)
+    app_probers: dict = Default(dict)
     prometheus_annotations_raw: str = ""
     prometheus_annotations: dict | None = None
     merge_envoy_stats: bool = True
@@ -104,14 +106,14 @@ class SidecarConfig:
     inclusion_prefixes: tuple[str, ...] = ()
     inclusion_suffixes: tuple[str, ...] = ()
     inclusion_regexps: tuple[str, ...] = ()
-    runtime_values: dict = field(default_factory=dict)
+    runtime_values: dict = Default(dict)
     # Logs
     log_output_level: str = "default:info"
     log_as_json: bool = False
     log_target: str = "stdout"
     # Provenance
-    proxy_config: dict = field(default_factory=dict)  # the effective ProxyConfig, camelCase JSON
-    flag_values: dict = field(default_factory=dict)  # every flag's resolved value, for the FLAG: log lines
+    proxy_config: dict = Default(dict)  # the effective ProxyConfig, camelCase JSON
+    flag_values: dict = Default(dict)  # every flag's resolved value, for the FLAG: log lines
     unknown_flags: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 

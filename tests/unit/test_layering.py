@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[2] / "agent"
 CORE = [
     "flags.py",
     "exitcodes.py",
+    "record.py",
     "iptables/config.py",
     "iptables/rules.py",
     "iptables/restore.py",
