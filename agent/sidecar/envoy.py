@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import signal
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Sequence
 
 #: Admin /stats filters Istio's readiness prober uses.
 CONFIG_STATS = r"^(cluster_manager\.cds|listener_manager\.lds)\.(update_success|update_rejected)$"
@@ -174,15 +175,19 @@ def describe_exit(exit_code: int) -> dict[str, Any]:
     return fields
 
 
-@dataclass
 class RestartBudget:
     """At most `limit` restarts within `window` seconds. limit 0 = Istio's behaviour (never restart)."""
 
-    limit: int = 3
-    window: float = 600.0
-    base_delay: float = 0.5
-    max_delay: float = 10.0
-    history: list[float] = field(default_factory=list)
+    def __init__(self, limit: int = 3, window: float = 600.0, base_delay: float = 0.5, max_delay: float = 10.0) -> None:
+        self.limit = limit
+        self.window = window
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.history: list[float] = []  # times of the restarts within the window
+
+    def __repr__(self) -> str:
+        return (f"RestartBudget(limit={self.limit}, window={self.window}, base_delay={self.base_delay}, "
+                f"max_delay={self.max_delay}, history={self.history})")
 
     def allow(self, now: float) -> bool:
         self.history = [t for t in self.history if now - t < self.window]

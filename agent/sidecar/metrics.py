@@ -12,10 +12,14 @@ imported when the registry and merger are built, after Envoy is on its way.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Mapping
 
-if TYPE_CHECKING:  # imported lazily at run time (start-up cost)
+from agent.record import Record
+
+TYPE_CHECKING = False  # typing and aiohttp are not imported here at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Sequence
+
     import aiohttp
 
 
@@ -31,8 +35,7 @@ class MetricsConfigError(ValueError):
     """Bad ISTIO_PROMETHEUS_ANNOTATIONS; the message names the setting."""
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(Record):
     port: int
     path: str = "/metrics"
 

@@ -18,10 +18,14 @@ from __future__ import annotations
 import re
 import socket
 import struct
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
 
-if TYPE_CHECKING:  # imported lazily at run time (start-up cost)
+from agent.record import Default, Record
+
+TYPE_CHECKING = False  # typing and aiohttp are not imported here at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
+
     import aiohttp
 
 from agent.sidecar import logs
@@ -37,8 +41,7 @@ class ProbeConfigError(ValueError):
     """A malformed ISTIO_KUBE_APP_PROBERS entry; the message names the setting."""
 
 
-@dataclass(frozen=True)
-class Prober:
+class Prober(Record):
     kind: str  # "http", "tcp" or "grpc"
     port: int
     path: str = "/"
@@ -47,11 +50,10 @@ class Prober:
     service: str = ""  # gRPC health service name
 
 
-@dataclass(frozen=True)
-class ProbeResult:
+class ProbeResult(Record):
     status: int
     body: bytes = b""
-    headers: dict = field(default_factory=dict)
+    headers: dict = Default(dict)
 
 
 def _port(key: str, spec: Mapping[str, Any]) -> int:

@@ -18,8 +18,9 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
-from typing import Callable, Sequence
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Callable, Sequence
 
 PR_SET_PDEATHSIG = 1
 
@@ -42,12 +43,15 @@ def _child_setup(parent_pid: int) -> Callable[[], None]:
     return setup
 
 
-@dataclass
 class EnvoyProcess:
     """One running Envoy. Its exit status is collected by `reap()`, never by Popen.wait()."""
 
-    popen: subprocess.Popen
-    started: float  # time.monotonic()
+    def __init__(self, popen: subprocess.Popen, started: float) -> None:
+        self.popen = popen
+        self.started = started  # time.monotonic()
+
+    def __repr__(self) -> str:
+        return f"EnvoyProcess(pid={self.pid}, started={self.started})"
 
     @property
     def pid(self) -> int:

@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
+from agent.record import Record
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # aiohttp is imported when the server is built; bind() runs before Envoy starts
+if TYPE_CHECKING:
+    from typing import AsyncIterator, Awaitable, Callable
 
-if TYPE_CHECKING:  # aiohttp is imported when the server is built; bind() runs before Envoy starts
     from aiohttp import web
 
     from agent.sidecar.metrics import MetricsMerger
     from agent.sidecar.probes import AppProber
 
-Callback = Callable[[], Awaitable[None]]
+    Callback = Callable[[], Awaitable[None]]
 
 
-@dataclass
-class StatusDeps:
+class StatusDeps(Record):
     readiness: Callable[[], Awaitable["str | None"]]
     prober: "AppProber"
     metrics: "MetricsMerger"
