@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any
 
 from agent import __version__
 from agent.sidecar import identity
@@ -38,6 +37,10 @@ from agent.sidecar.bootstrap_parts import (
     stats_config,
 )
 from agent.sidecar.config import SidecarConfig
+
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 BOOTSTRAP_FILE = "envoy-rev.json"
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"

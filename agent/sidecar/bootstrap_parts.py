@@ -6,9 +6,12 @@ Pure functions returning plain dicts in Envoy's v3 JSON shape. Field names were 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 from agent.sidecar.config import SidecarConfig
+
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"

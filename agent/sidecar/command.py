@@ -22,9 +22,13 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Mapping, Sequence
 
 from agent.exitcodes import Exit
+
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any, Mapping, Sequence
+
 
 def _process_age() -> float:
     """Seconds since this process started (kernel start time), not since this module was imported."""

@@ -18,7 +18,6 @@ never touches os.environ. Bad input raises ConfigError whose message names the s
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Mapping, Sequence
 
 from agent import flags, record
 from agent.cli import LOG_FLAGS
@@ -47,6 +46,10 @@ from agent.sidecar.config_parse import (  # noqa: F401  (re-exported)
     to_duration,
     to_int,
 )
+
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping, Sequence
 
 PROXY_TYPES = ("sidecar", "router", "waypoint")
 

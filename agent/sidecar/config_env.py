@@ -6,7 +6,9 @@ and raises ConfigError naming the setting on bad input.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import (
+    Callable,  # the aliases below are run-time values (re-exported)
+)
 
 from agent import flags
 from agent.sidecar.config_model import DEFAULT_BINARY
@@ -26,6 +28,10 @@ from agent.sidecar.config_parse import (
     to_duration,
     to_int,
 )
+
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any, Mapping, Sequence
 
 ReadFile = Callable[[str], "str | None"]
 PathExists = Callable[[str], bool]

@@ -4,9 +4,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
 
 from agent import flags
+
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ConfigError(ValueError, flags.UsageError):

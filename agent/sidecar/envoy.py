@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import signal
+
 TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Any, Iterable, Sequence

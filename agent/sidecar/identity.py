@@ -4,10 +4,12 @@ Pure functions of a SidecarConfig; no environment, no I/O.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from agent import __version__
 from agent.sidecar.config import SidecarConfig
+
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any
 
 _APP_LABELS = ("app", "app.kubernetes.io/name", "service.istio.io/canonical-name")
 _CANONICAL_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")

@@ -18,7 +18,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Mapping, TextIO
+from collections.abc import Mapping
+
+TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 # structlog (and the asyncio it pulls in) is imported by adopt_structlog() only: the edge validates the
 # level spec with parse_levels() before spawning Envoy, configures logging after it with

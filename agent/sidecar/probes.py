@@ -21,6 +21,7 @@ import struct
 from collections.abc import Mapping
 
 from agent.record import Default, Record
+from agent.sidecar import logs
 
 TYPE_CHECKING = False  # typing and aiohttp are not imported here at run time (start-up cost)
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
     import aiohttp
 
-from agent.sidecar import logs
 
 log = logs.lazy("probes")
 

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import time
+
 TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Callable, Sequence

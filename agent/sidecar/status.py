@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+
 from agent.record import Record
 
 TYPE_CHECKING = False  # aiohttp is imported when the server is built; bind() runs before Envoy starts
