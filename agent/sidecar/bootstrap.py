@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 from agent import __version__
 from agent.sidecar import identity
@@ -271,16 +270,25 @@ def write_bootstrap(cfg: SidecarConfig, data: dict[str, Any]) -> str:
 
     On any error the temp file is removed and no partial envoy-rev.json exists. The directory is
     created 0700, as Istio does.
+
+    The temp file is `.envoy-rev.<pid>.tmp`, created exclusively and never through a symlink (what
+    tempfile.mkstemp would give, without importing tempfile, shutil and random before Envoy's spawn);
+    a leftover of a crashed agent with the same pid (PID 1 in every container run) is removed first.
+    No fsync: the file is rewritten at every start and read at once by the Envoy we spawn (Istio
+    does not sync it either); the rename alone keeps readers from a partial file.
     """
     text = render(data)
     os.makedirs(cfg.config_path, mode=0o700, exist_ok=True)
     path = os.path.join(cfg.config_path, BOOTSTRAP_FILE)
-    fd, tmp = tempfile.mkstemp(prefix=".envoy-rev.", suffix=".tmp", dir=cfg.config_path)
+    tmp = os.path.join(cfg.config_path, f".envoy-rev.{os.getpid()}.tmp")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
