@@ -265,14 +265,14 @@ def _log_config(cfg: Any) -> None:
 
 def _kill_leftover(proc: Any) -> None:
     """Whatever happened, no Envoy outlives the agent's return."""
-    if proc is None or proc.popen.returncode is not None:
+    if proc is None or proc.returncode is not None:
         return
     try:
         os.kill(proc.pid, signal.SIGKILL)
         os.waitpid(proc.pid, 0)
     except (ProcessLookupError, ChildProcessError):
         pass
-    proc.popen.returncode = -9
+    proc.returncode = -9
 
 
 def _import_aiohttp() -> None:
@@ -308,7 +308,7 @@ async def _serve(cfg: Any, plan: dict[str, Any], envoy_ref: list, early_signals:
     process_start = time.time() - (time.monotonic() - _T0)
     # The first scrape loads prometheus_client and psutil; it also finishes the logging hand-over, so
     # that a scrape right after the first ready does not overlap structlog's import.
-    metrics = AgentMetrics(envoy_pid=lambda: envoy_ref[0].pid if envoy_ref[0] and envoy_ref[0].popen.returncode is None else None,
+    metrics = AgentMetrics(envoy_pid=lambda: envoy_ref[0].pid if envoy_ref[0] and envoy_ref[0].returncode is None else None,
                            on_first_use=logs.adopt_structlog)
     session = aiohttp.ClientSession(auto_decompress=True)
     admin = AdminClient(cfg.admin_port, session)

@@ -16,12 +16,11 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import subprocess
 import time
 
 TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
 if TYPE_CHECKING:
-    from typing import Callable, Sequence
+    from typing import Sequence
 
 PR_SET_PDEATHSIG = 1
 
@@ -31,32 +30,16 @@ except OSError:  # pragma: no cover - no libc (not Linux)
     _libc = None
 
 
-def _child_setup(parent_pid: int) -> Callable[[], None]:
-    """preexec_fn for Envoy: die with the agent. Runs in the child between fork and exec."""
-
-    def setup() -> None:
-        if _libc is not None:
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        # The agent may have died between fork and prctl: then nobody would send the signal.
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-    return setup
-
-
 class EnvoyProcess:
-    """One running Envoy. Its exit status is collected by `reap()`, never by Popen.wait()."""
+    """One running Envoy. Its exit status is collected by `reap()` and recorded with `forget()`."""
 
-    def __init__(self, popen: subprocess.Popen, started: float) -> None:
-        self.popen = popen
+    def __init__(self, pid: int, started: float) -> None:
+        self.pid = pid
         self.started = started  # time.monotonic()
+        self.returncode: int | None = None  # set once reaped (negative: killed by that signal)
 
     def __repr__(self) -> str:
-        return f"EnvoyProcess(pid={self.pid}, started={self.started})"
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+        return f"EnvoyProcess(pid={self.pid}, started={self.started}, returncode={self.returncode})"
 
     def signal(self, signum: int) -> None:
         try:
@@ -65,15 +48,62 @@ class EnvoyProcess:
             pass
 
     def forget(self, exit_code: int) -> None:
-        """Tell Popen the child is gone (we reaped it), so it does not warn or wait later."""
-        self.popen.returncode = exit_code
+        """Record that the child is gone (we reaped it)."""
+        self.returncode = exit_code
 
 
 def spawn(argv: Sequence[str], env: dict[str, str] | None = None) -> EnvoyProcess:
-    """Start Envoy. Raises OSError (e.g. FileNotFoundError) if it cannot be executed."""
-    popen = subprocess.Popen(list(argv), env=env, start_new_session=True,
-                             preexec_fn=_child_setup(os.getpid()), close_fds=True)
-    return EnvoyProcess(popen, time.monotonic())
+    """Start Envoy. Raises OSError (e.g. FileNotFoundError) if it cannot be executed.
+
+    fork + exec by hand rather than subprocess.Popen(preexec_fn=...): the child must call prctl
+    between fork and exec, which os.posix_spawn cannot, and subprocess (with threading, selectors)
+    is a few milliseconds of imports on the path to Envoy's spawn. What Popen did for us is done
+    here: a new session, inherited stdio only (every other descriptor is closed), SIGPIPE and
+    SIGXFSZ back to default (Python ignores them), PATH lookup when argv[0] has no '/', and an exec
+    failure raised in the parent as OSError, reported through a close-on-exec pipe.
+    """
+    argv = list(argv)
+    parent = os.getpid()
+    err_r, err_w = os.pipe()  # both close-on-exec: EOF on err_r means the exec succeeded
+    pid = os.fork()
+    if pid == 0:  # the child: no return from here, whatever happens
+        code = 0
+        try:
+            os.close(err_r)
+            os.setsid()
+            if _libc is not None:
+                _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the agent died before prctl: nobody would send the signal
+                os._exit(1)
+            for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(signum, signal.SIG_DFL)
+            os.closerange(3, err_w)
+            os.closerange(err_w + 1, os.sysconf("SC_OPEN_MAX"))
+            if env is None:
+                os.execvp(argv[0], argv)
+            else:
+                os.execvpe(argv[0], argv, env)
+        except OSError as e:
+            code = e.errno or 1
+        except BaseException:
+            code = 1
+        finally:
+            try:
+                os.write(err_w, str(code).encode())
+            finally:
+                os._exit(127)
+    os.close(err_w)
+    try:
+        report = b""
+        while chunk := os.read(err_r, 64):
+            report += chunk
+    finally:
+        os.close(err_r)
+    if report:
+        os.waitpid(pid, 0)
+        errno = int(report)
+        raise OSError(errno, os.strerror(errno), argv[0])
+    return EnvoyProcess(pid, time.monotonic())
 
 
 def reap(envoy_pid: int | None, all_children: bool) -> tuple[int | None, list[tuple[int, int]]]:

@@ -67,3 +67,38 @@ def test_child_dies_with_its_parent():
     parent.kill()
     parent.wait()
     assert _wait_gone(child)
+
+
+
+def _wait_code(proc, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, _ = reaper.reap(proc.pid, all_children=False)
+        if code is not None:
+            return code
+        time.sleep(0.02)
+    return None
+
+
+def test_exec_failure_is_raised_in_the_parent():
+    import pytest
+
+    with pytest.raises(FileNotFoundError):
+        reaper.spawn(["/nonexistent/envoy", "-c", "x"])
+    with pytest.raises(FileNotFoundError):
+        reaper.spawn(["no-such-envoy-on-the-path"])
+
+
+def test_child_gets_stdio_only_and_default_sigpipe(tmp_path):
+    """As Popen(close_fds=True, restore_signals=True): other descriptors closed, SIGPIPE not ignored."""
+    extra = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(extra, True)  # even an inheritable descriptor is closed
+    out = tmp_path / "child"
+    try:
+        proc = reaper.spawn(["sh", "-c", f"ls /proc/self/fd > {out}.fd; cat /proc/self/status > {out}.status"])
+        assert _wait_code(proc) == 0
+    finally:
+        os.close(extra)
+    assert str(extra) not in (tmp_path / "child.fd").read_text().split()
+    ignored = int((tmp_path / "child.status").read_text().split("SigIgn:")[1].split()[0], 16)
+    assert not ignored & (1 << (13 - 1))  # SIGPIPE (Python ignores it; Envoy gets the default)
