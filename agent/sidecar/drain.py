@@ -12,8 +12,9 @@ Envoy exiting by itself and a second signal are handled by the controller: they 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
+
+from agent.record import Record
 
 #: `active_connections` value meaning "the stat is absent from Envoy's answer" (empty body).
 NO_STAT = -1
@@ -27,15 +28,13 @@ class Action(str, Enum):
     STOP = "stop"  # stop Envoy and exit
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(Record):
     action: Action
     seconds: float = 0.0
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class DrainPolicy:
+class DrainPolicy(Record):
     termination_drain: float = 5.0
     exit_on_zero: bool = False
     minimum_drain: float = 5.0

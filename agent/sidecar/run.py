@@ -23,12 +23,15 @@ import enum
 import os
 import signal
 import time
-from dataclasses import dataclass, field
-from typing import Callable
 
 from agent.exitcodes import Exit
+from agent.record import Default, Record
 from agent.sidecar import drain, envoy, logs, reaper
 from agent.sidecar.admin import AdminClient, AdminError, ReadinessProbe
+
+TYPE_CHECKING = False  # annotations only; typing is not imported here at run time
+if TYPE_CHECKING:
+    from typing import Callable
 
 log = logs.get()
 
@@ -40,8 +43,7 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
-@dataclass
-class Supervision:
+class Supervision(Record):
     """What the supervisor is given (built by the edge, agent.sidecar.command)."""
 
     envoy: reaper.EnvoyProcess
@@ -53,9 +55,9 @@ class Supervision:
     drain_policy: drain.DrainPolicy
     inbound_only: bool = True  # sidecars drain inbound listeners only
     excluded_ports: tuple[int, ...] = (15021, 15090)
-    reap_all: bool = field(default_factory=lambda: os.getpid() == 1)
+    reap_all: bool = Default(lambda: os.getpid() == 1)
     stop_grace: float = 2.0
-    early_signals: list[int] = field(default_factory=list)  # recorded by the edge before the loop ran
+    early_signals: list[int] = Default(list)  # recorded by the edge before the loop ran
     clock: Callable[[], float] = time.monotonic
 
 
