@@ -127,12 +127,16 @@ class Flag:
     def convert(self, text: str) -> Any:
         return PARSERS[self.kind](text)
 
-    def default_text(self) -> str:
+    def text(self, value: Any) -> str:
+        """A value as the command line spells it (Go style: `45s`, `true`)."""
         if self.kind == "duration":
-            return format_duration(self.default)
+            return format_duration(value)
         if self.kind == "bool":
-            return "true" if self.default else "false"
-        return str(self.default) if self.default != "" else '""'
+            return "true" if value else "false"
+        return str(value)
+
+    def default_text(self) -> str:
+        return self.text(self.default) if self.default != "" else '""'
 
 
 class Parsed:

@@ -152,6 +152,16 @@ def interface_addresses() -> list[str]:
         return _proc_addresses()
 
 
+def usable_addresses() -> list[str]:
+    """The namespace's addresses without loopback and link-local ones, IPv4-mapped unwrapped, no
+    duplicates: the pod's own IPs (also the sidecar's interface addresses, pilot-agent spec §4.1)."""
+    out: list[str] = []
+    for packed in map(_packed, interface_addresses()):
+        if _usable(packed) and _text(packed) not in out:
+            out.append(_text(packed))
+    return out
+
+
 def _proc_addresses() -> list[str]:
     """Fallback without netlink: IPv6 from /proc/net/if_inet6 only (IPv4 needs netlink or ioctl)."""
     out = []

@@ -57,20 +57,10 @@ def _fail(message: str) -> int:
 
 
 def _host_ips() -> list[str]:
-    """Non-loopback interface addresses (spec §4.1), read from the kernel without extra imports."""
-    ips: list[str] = []
-    host: str | bytes = socket.gethostname()
-    if host.isascii():  # as bytes: a str host name is encoded with the idna codec, an import of its own
-        host = host.encode()
-    try:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for info in socket.getaddrinfo(host, None, family, socket.SOCK_STREAM):
-                ip = info[4][0]
-                if not ip.startswith("127.") and ip != "::1" and ip not in ips:
-                    ips.append(ip)
-    except OSError:
-        pass
-    return ips
+    """Interface addresses of the pod's network namespace (spec §4.1): one rtnetlink dump, no process."""
+    from agent.iptables.host import usable_addresses
+
+    return usable_addresses()
 
 
 def _listener_addresses(data: Mapping[str, Any]) -> list[tuple[str, int, str]]:

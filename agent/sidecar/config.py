@@ -330,7 +330,7 @@ def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFi
         **stats,
         global_downstream_max_connections=env_settings.downstream_connection_limit(pc, meta, stats["runtime_values"]),
         proxy_config=pc,
-        flag_values=dict(parsed.values),
+        flag_values={f.name: f.text(parsed.values[f.attr]) for f in PROXY_FLAGS},
         unknown_flags=tuple(parsed.unknown),
         warnings=tuple(warnings),
     )

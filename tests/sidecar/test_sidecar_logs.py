@@ -35,6 +35,10 @@ def test_text_lines_by_default(netns_factory, work):
     assert any("\tinfo\tEnvoy started pid=" in line for line in ours)
     assert any("\tinfo\tEffective config config={" in line for line in ours)
     assert any(line.endswith('\tinfo\tFLAG: --statusPort="15020"') for line in ours)  # one per flag, as Istio
+    # Each under its command-line name and spelled as the command line would (Go durations, bools).
+    assert any(line.endswith('\tinfo\tFLAG: --drainDuration="45s"') for line in ours)
+    assert any(line.endswith('\tinfo\tFLAG: --envoy-restart-window="10m0s"') for line in ours)
+    assert any(line.endswith('\tinfo\tFLAG: --log_as_json="false"') for line in ours)
     assert any("\tinfo\tVersion 0.1.0" in line for line in ours)
 
 
