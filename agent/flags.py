@@ -223,6 +223,25 @@ def _shown(text: str) -> str:
     return text if text.isprintable() else text.encode("unicode_escape").decode()
 
 
+def parse_command(usage_line: str, table: Sequence[Flag], argv: Sequence[str],
+                  environ: Mapping[str, str]) -> "Parsed | int":
+    """parse() for a small subcommand: the Parsed flags, or the exit code once `--help` (0) or a bad
+    command line (`Error: ...` on stderr, 255, pilot-agent's os.Exit(-1)) has been handled."""
+    import sys
+
+    from agent.exitcodes import Exit
+
+    try:
+        parsed = parse(table, argv, environ)
+    except UsageError as e:
+        sys.stderr.write(f"Error: {e}\n")
+        return Exit.USAGE
+    if parsed.help:
+        sys.stdout.write(usage(usage_line, table))
+        return Exit.OK
+    return parsed
+
+
 def usage(title: str, flags: Sequence[Flag]) -> str:
     """The --help text: one line per flag with its short form, env vars and default."""
     lines = [title, "", "Flags:"]

@@ -41,14 +41,9 @@ def send(method: str, url: str, body: str | None, timeout: float = 60.0) -> tupl
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    try:
-        parsed = flags.parse(FLAGS, argv, environ)
-    except flags.UsageError as e:
-        sys.stderr.write(f"Error: {e}\n")
-        return Exit.USAGE
-    if parsed.help:
-        sys.stdout.write(flags.usage("pilot-agent request <method> <path> [<body>] [flags]", FLAGS))
-        return Exit.OK
+    parsed = flags.parse_command("pilot-agent request <method> <path> [<body>] [flags]", FLAGS, argv, environ)
+    if isinstance(parsed, int):
+        return parsed
     args = parsed.positional
     if not 2 <= len(args) <= 3:
         sys.stderr.write(f"Error: accepts between 2 and 3 arg(s), received {len(args)}\n")

@@ -36,14 +36,9 @@ def render(short: bool, output: str) -> str:
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    try:
-        parsed = flags.parse(FLAGS, argv, environ)
-    except flags.UsageError as e:
-        sys.stderr.write(f"Error: {e}\n")
-        return Exit.USAGE
-    if parsed.help:
-        sys.stdout.write(flags.usage("pilot-agent version [flags]", FLAGS))
-        return Exit.OK
+    parsed = flags.parse_command("pilot-agent version [flags]", FLAGS, argv, environ)
+    if isinstance(parsed, int):
+        return parsed
     output = parsed.values["output"]
     if output not in ("", "yaml", "json"):
         sys.stderr.write("Error: --output must be 'yaml' or 'json'\n")

@@ -4,7 +4,6 @@ starts fast.
 """
 from __future__ import annotations
 
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -56,14 +55,9 @@ def wait_ready(url: str, timeout: float, period: float, request_timeout: float,
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    try:
-        parsed = flags.parse(FLAGS, argv, environ)
-    except flags.UsageError as e:
-        sys.stderr.write(f"Error: {e}\n")
-        return Exit.USAGE
-    if parsed.help:
-        sys.stdout.write(flags.usage("pilot-agent wait [flags]", FLAGS))
-        return Exit.OK
+    parsed = flags.parse_command("pilot-agent wait [flags]", FLAGS, argv, environ)
+    if isinstance(parsed, int):
+        return parsed
     v = parsed.values
     from agent.sidecar import logs
 
