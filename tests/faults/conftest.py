@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.harness import Netns, Pod
+from tests.netns.harness import Netns
 from tests.sidecar._agent import Agent
 
 
@@ -24,21 +24,6 @@ def ns():
     made = Netns.create("pf")
     yield made
     made.close()
-
-
-@pytest.fixture
-def pod_factory():
-    """pod_factory(ipv4=True, ipv6=False) -> Pod (pod + remote namespaces); all closed at teardown."""
-    made: list[Pod] = []
-
-    def make(**kw) -> Pod:
-        pod = Pod.create(prefix="pf", **kw)
-        made.append(pod)
-        return pod
-
-    yield make
-    for pod in reversed(made):
-        pod.close()
 
 
 @pytest.fixture

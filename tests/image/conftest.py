@@ -14,7 +14,6 @@ import os
 import pytest
 
 from tests.image.container import DEFAULT_IMAGE, Image
-from tests.netns.conftest import netns_factory, pod_factory  # noqa: F401  (shared fixtures)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,4 +1,5 @@
-"""Fixtures for the real-netns suites: factories that always clean up (also on failure)."""
+"""Fixtures shared by every real-namespace suite (netns, sidecar, faults, image): factories that
+always clean up, also on failure."""
 from __future__ import annotations
 
 import pytest
