@@ -12,21 +12,12 @@ import pytest
 import yaml
 
 from agent.sidecar import bootstrap, config, identity
+from tests.unit.sidecar._istio2020 import ISTIO_2020, ROOT
+from tests.unit.sidecar._istio2020 import POD_ENV as POD
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[3]
-ROOT = "./var/run/secrets/istio/root-cert.pem"
-POD_ENV = {"POD_NAME": "productpage-v1-abc", "POD_NAMESPACE": "ns1", "INSTANCE_IP": "10.1.1.7",
-           "SERVICE_ACCOUNT": "bookinfo-productpage", "ISTIO_META_CLUSTER_ID": "Kubernetes",
-           "ISTIO_META_WORKLOAD_NAME": "productpage-v1"}
-ISTIO_2020 = (
-    "sidecar --domain ns1.svc.cluster.local --configPath /etc/istio/proxy --binaryPath /usr/local/bin/envoy "
-    "--serviceCluster productpage.ns1 --drainDuration 45s --parentShutdownDuration 1m0s "
-    "--discoveryAddress istiod.istio-system.svc:15012 --zipkinAddress zipkin.istio-system:9411 "
-    "--proxyLogLevel=warning --proxyComponentLogLevel=misc:error --connectTimeout 10s --proxyAdminPort 15000 "
-    "--concurrency 2 --controlPlaneAuthPolicy NONE --dnsRefreshRate 300s --statusPort 15020 "
-    "--trust-domain=cluster.local --controlPlaneBootstrap=false"
-).split()
+POD_ENV = {**POD, "ISTIO_META_CLUSTER_ID": "Kubernetes", "ISTIO_META_WORKLOAD_NAME": "productpage-v1"}
 OVERRIDE = """
 node:
   metadata:
