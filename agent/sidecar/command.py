@@ -162,7 +162,7 @@ def _status_inputs(cfg: Any) -> tuple[dict, Any]:
     try:
         probers = probes.parse_probers(cfg.app_probers)
         # App metrics are merged for sidecars only, as in Istio.
-        targets = scrape_targets(cfg.prometheus_annotations_raw or None, cfg.status_port) \
+        targets = scrape_targets(cfg.prometheus_annotations, cfg.status_port) \
             if cfg.proxy_type == "sidecar" else None
     except (probes.ProbeConfigError, MetricsConfigError) as e:
         raise StartupError(str(e)) from None

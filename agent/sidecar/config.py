@@ -192,7 +192,7 @@ def _check_flag_ranges(parsed: flags.Parsed, environ: Mapping[str, str]) -> None
 def effective_config_summary(cfg: SidecarConfig) -> dict[str, Any]:
     """The once-at-start log record: scalar settings, durations as Go strings, secrets not included."""
     skip = {"proxy_config", "flag_values", "app_probers", "app_probers_raw", "bootstrap_override",
-            "labels", "annotations", "meta_env", "runtime_values", "prometheus_annotations_raw"}
+            "labels", "annotations", "meta_env", "runtime_values"}
     out: dict[str, Any] = {}
     for name, value in record.asdict(cfg).items():
         if name in skip:
@@ -427,7 +427,6 @@ def _status(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str, Any])
         "status_port": to_int("statusPort", pc.get("statusPort")),
         "app_probers_raw": probers,
         "app_probers": parse_app_probers(probers),
-        "prometheus_annotations_raw": prom or "",
         "prometheus_annotations": parse_prometheus_annotations(prom),
         "merge_envoy_stats": env_settings.env_bool(env, "PILOT_AGENT_MERGE_ENVOY_STATS", True),
         "metrics_localhost_access_only": env_settings.env_bool(env, "METRICS_LOCALHOST_ACCESS_ONLY", False),

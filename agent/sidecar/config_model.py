@@ -94,7 +94,6 @@ class SidecarConfig(Record):
     # Status server
     app_probers_raw: str = ""
     app_probers: dict = Default(dict)
-    prometheus_annotations_raw: str = ""
     prometheus_annotations: dict | None = None
     merge_envoy_stats: bool = True
     metrics_localhost_access_only: bool = False

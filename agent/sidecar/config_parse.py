@@ -269,7 +269,7 @@ def parse_prometheus_annotations(text: str | None) -> dict | None:
     value = json_loads(setting, text)
     if not isinstance(value, dict):
         raise ConfigError(f"invalid {setting} (expected an object): {_short(text)!r}")
-    out: dict[str, Any] = {str(k): str(v) for k, v in value.items() if k != "targets"}
+    out: dict[str, Any] = {str(k): str(v) for k, v in value.items() if k != "targets" and v is not None}
     targets = value.get("targets")
     if isinstance(targets, str):
         targets = json_loads(f"{setting} targets", targets)

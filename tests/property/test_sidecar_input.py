@@ -68,7 +68,7 @@ def check(argv, env, files) -> str:
         logs.parse_levels(cfg.log_output_level)
         probes.parse_probers(cfg.app_probers)
         if cfg.proxy_type == "sidecar":
-            scrape_targets(cfg.prometheus_annotations_raw or None, cfg.status_port)
+            scrape_targets(cfg.prometheus_annotations, cfg.status_port)
     except DECLARED as e:
         assert str(e).strip(), "an empty error message"
         assert len(str(e).splitlines()) == 1, f"error is not one line: {str(e)!r}"
