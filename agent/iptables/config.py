@@ -224,10 +224,6 @@ def _setting(parsed: Any, flag: Flag, environ: Mapping[str, str]) -> str:
 
 
 _BY_ATTR = {f.attr: f for f in FLAGS}
-PORT_FLAGS = ("envoy_port", "inbound_capture_port", "inbound_tunnel_port")
-PORT_LIST_FLAGS = ("istio_inbound_ports", "istio_local_exclude_ports", "istio_outbound_ports",
-                   "istio_local_outbound_ports_exclude")
-INTERFACE_FLAGS = ("istio_exclude_interfaces", "kube_virt_interfaces")
 MAX_UINT32 = 2**32 - 1
 
 

@@ -9,7 +9,7 @@ from agent.iptables.rules import BUILTIN, Rule
 
 TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
 if TYPE_CHECKING:
-    from typing import Callable, Iterable, Sequence
+    from typing import Callable, Sequence
 
     #: (kind, name) -> numeric id or None; kind is "uid" or "gid". iptables-save prints ids, not names.
     OwnerLookup = Callable[[str, str], "int | None"]
@@ -266,8 +266,3 @@ def _ordered_diff(want: list[str], have: list[str], key: Callable[[str], str]) -
         out += [f"-{l}" for l in have[a0:a1]]
         out += [f"+{l}" for l in want[b0:b1]]
     return out
-
-
-def transcript_lines(commands: Iterable[Sequence[str]], binary: str) -> list[str]:
-    """`<binary> <args>` lines, as Istio's dry-run stub records non-restore calls."""
-    return [" ".join((binary, *args)) for args in commands]

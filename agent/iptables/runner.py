@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 else:
     Protocol = object  # the Runner below is a structural type for the checker only
 
-FAMILIES = (4, 6)
 _BASE = {4: "iptables", 6: "ip6tables"}
 _PROC_TABLES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
 _XTABLES_ERRORS = {1: "xtables other problem", 2: "xtables parameter problem",

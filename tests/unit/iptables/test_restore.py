@@ -111,7 +111,7 @@ def test_check_and_delete_forms_drop_the_position():
 
 def test_cleanup_commands_match_spec_4_1_example():
     rs = ruleset("-u 1337 -g 1337 -b * -d 15090,15021 -i *", env={})
-    got = restore.transcript_lines(restore.cleanup_commands(rs.v4), "iptables")
+    got = [" ".join(("iptables", *args)) for args in restore.cleanup_commands(rs.v4)]
     assert got == [
         "iptables -t nat -D ISTIO_OUTPUT -j ISTIO_REDIRECT",
         "iptables -t nat -D ISTIO_OUTPUT -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 -m owner --gid-owner 1337 -j ISTIO_IN_REDIRECT",
