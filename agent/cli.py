@@ -9,20 +9,10 @@ import os
 import sys
 
 from agent.exitcodes import Exit
-from agent.flags import Flag
 
 TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
 if TYPE_CHECKING:
     from typing import Sequence
-
-#: pilot-agent's persistent logging flags, accepted by every subcommand (the injector passes them).
-LOG_FLAGS = (
-    Flag("log_output_level", default="default:info", help="comma list of scope:level (debug, info, warn, error, fatal, none)"),
-    Flag("log_as_json", kind="bool", default=False, help="log as JSON instead of Istio's text lines"),
-    Flag("log_target", default="stdout", help="where logs go: stdout, stderr or a file path (comma list)"),
-    Flag("log_caller", default="", help="accepted for compatibility; ignored"),
-    Flag("log_stacktrace_level", default="default:none", help="accepted for compatibility; ignored"),
-)
 
 MODES = {
     "istio-iptables": ("agent.iptables.command", "set up the pod's traffic capture (the init container)"),

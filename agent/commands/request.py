@@ -11,9 +11,8 @@ import urllib.request
 from typing import Mapping, Sequence
 
 from agent import flags
-from agent.cli import LOG_FLAGS
 from agent.exitcodes import Exit
-from agent.flags import Flag
+from agent.flags import LOG_FLAGS, Flag
 
 ALLOWED_PORTS = (15000, 15004, 15020, 15021)
 #: No proxy from http_proxy/HTTP_PROXY: these requests are for localhost only. 127.0.0.1, not

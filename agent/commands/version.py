@@ -7,9 +7,8 @@ import sys
 from typing import Mapping, Sequence
 
 from agent import __version__, flags
-from agent.cli import LOG_FLAGS
 from agent.exitcodes import Exit
-from agent.flags import Flag
+from agent.flags import LOG_FLAGS, Flag
 
 FLAGS = (
     Flag("short", kind="bool", short="s", default=False, help="print only the version number"),

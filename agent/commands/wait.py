@@ -10,9 +10,8 @@ import urllib.request
 from typing import Callable, Mapping, Sequence
 
 from agent import flags
-from agent.cli import LOG_FLAGS
 from agent.exitcodes import Exit
-from agent.flags import Flag
+from agent.flags import LOG_FLAGS, Flag
 
 #: No proxy from http_proxy/HTTP_PROXY: these requests are for localhost only.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

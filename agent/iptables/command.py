@@ -35,9 +35,7 @@ Usage:
 
 
 def all_flags() -> tuple[flags.Flag, ...]:
-    from agent.cli import LOG_FLAGS  # the edge owns the shared logging flags
-
-    return cfgmod.FLAGS + tuple(LOG_FLAGS)
+    return cfgmod.FLAGS + flags.LOG_FLAGS
 
 
 EMPTY = '""'

@@ -20,8 +20,7 @@ from __future__ import annotations
 import os
 
 from agent import flags, record
-from agent.cli import LOG_FLAGS
-from agent.flags import Flag
+from agent.flags import LOG_FLAGS, Flag
 from agent.sidecar import config_env as env_settings
 from agent.sidecar.config_env import PODINFO_DIR, PathExists, ReadFile  # noqa: F401  (re-exported)
 from agent.sidecar.config_model import (  # noqa: F401  (re-exported)
