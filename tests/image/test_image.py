@@ -38,7 +38,8 @@ HERE = Path(__file__).resolve().parent
 HTTPAPP, HTTPGET = str(HERE / "httpapp.py"), str(HERE / "httpget.py")
 APP_PORT, PEER_PORT = 9080, 9091
 FACTS = PodFacts(ip=POD4, host_ip=REMOTE4)
-# Istio's env for the termination drain (spec §7.3); short, so the test does not idle.
+# Istio's legacy env for the termination drain (how long the agent waits after SIGTERM before it
+# stops Envoy); short, so the test does not idle.
 TEST_ENV = {"TERMINATION_DRAIN_DURATION_SECONDS": "3"}
 
 

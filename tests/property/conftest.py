@@ -1,4 +1,4 @@
-"""Reports how many generated inputs each property tried (the figure README.md quotes)."""
+"""Reports how many generated inputs each property tried (the figure docs/testing.md quotes)."""
 from __future__ import annotations
 
 from tests.property.strategies import TRIED

@@ -12,7 +12,7 @@ from collections import Counter
 
 from hypothesis import strategies as st
 
-#: How many generated inputs each property tried (reported by conftest.py and README.md).
+#: How many generated inputs each property tried (reported by conftest.py, quoted in docs/testing.md).
 TRIED: Counter = Counter()
 
 # --- scalars -------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Drain on shutdown (spec §7.3) with real traffic from the remote namespace through Envoy's inbound
+"""Drain on shutdown (readiness fails, inbound listeners drain, Envoy is stopped after
+terminationDrainDuration) with real traffic from the remote namespace through Envoy's inbound
 capture: SIGTERM turns readiness 503 at once, accepted requests all complete, the agent exits 0
 within the window; exit-on-zero mode exits soon after the last connection closes."""
 import json

@@ -1,4 +1,5 @@
-"""Host facts: IPv6 detection / HostIP (spec §1.5 step 4), resolv.conf parsing (step 5), netlink dump."""
+"""Host facts: IPv6 detection / HostIP (IPv6 is on when the first non-loopback, non-link-local address
+is IPv6, or any with --dual-stack), resolv.conf parsing (the DNS servers to capture), netlink dump."""
 from __future__ import annotations
 
 import ipaddress

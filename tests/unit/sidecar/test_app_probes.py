@@ -1,4 +1,5 @@
-"""ISTIO_KUBE_APP_PROBERS parsing, status mapping, and real probes against local servers (spec §6.4)."""
+"""ISTIO_KUBE_APP_PROBERS parsing, status mapping, and real probes against local servers (the kubelet
+probes Istio's injector rewrites to /app-health/<container>/<kind> on the status port)."""
 import asyncio
 import time
 

@@ -1,4 +1,6 @@
-"""drain.decide() with a fake clock: every branch of spec §7.3's wait phase."""
+"""drain.decide() with a fake clock: every branch of the wait after SIGTERM (a fixed
+terminationDrainDuration, or with EXIT_ON_ZERO_ACTIVE_CONNECTIONS a minimum wait, then polling until
+no connection is active; a missing stat or repeated poll failures end it)."""
 import pytest
 
 from agent.sidecar.drain import NO_STAT, POLL_FAILED, Action, DrainPolicy, decide

@@ -1,4 +1,5 @@
-"""Envoy's argv (spec §5.4), log-level splitting, exit descriptions and the restart budget."""
+"""Envoy's argv (Istio's, https://github.com/istio/istio/blob/master/pkg/envoy/proxy.go), log-level
+splitting, exit descriptions and the restart budget."""
 import signal
 
 import pytest

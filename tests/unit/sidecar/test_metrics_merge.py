@@ -1,4 +1,5 @@
-"""Metrics merging (spec §6.5): targets, Accept negotiation, content type, joining, real scrapes."""
+"""Metrics merging (the agent's, Envoy's and the app's metrics in one /stats/prometheus answer, as
+Istio's status server does): targets, Accept negotiation, content type, joining, real scrapes."""
 import aiohttp
 import pytest
 from aiohttp import web

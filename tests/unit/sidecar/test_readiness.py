@@ -1,4 +1,6 @@
-"""Istio's readiness logic (spec §6.2): reasons from admin /stats text, caching, terminate, restart."""
+"""Istio's readiness logic (config received from xDS, not terminating, Envoy LIVE with workers started;
+https://github.com/istio/istio/blob/master/pilot/cmd/pilot-agent/status/ready/probe.go): reasons
+from admin /stats text, caching, terminate, restart."""
 import asyncio
 
 import pytest
