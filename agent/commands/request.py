@@ -1,4 +1,5 @@
-"""`pilot-agent request <method> <path> [<body>]`: a tiny client for the local admin ports (spec §2.4).
+"""`pilot-agent request <method> <path> [<body>]`: a tiny client for the local admin ports, as Istio's
+(https://github.com/istio/istio/blob/master/pilot/cmd/pilot-agent/app/request.go).
 
 Used as the native sidecar's preStop hook (`request --debug-port=15020 POST drain`) and by hand
 (`request GET config_dump`). Prints the body; fails on status > 399 except 404. Standard library only.

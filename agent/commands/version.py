@@ -1,4 +1,4 @@
-"""`pilot-agent version` (spec §2.6): long form, `--short`, or `--output json|yaml`."""
+"""`pilot-agent version`: Istio's long form, `--short`, or `--output json|yaml`."""
 from __future__ import annotations
 
 import json

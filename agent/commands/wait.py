@@ -1,6 +1,7 @@
-"""`pilot-agent wait`: poll a URL until it answers 200 (spec §2.3), the postStart hook that holds the
-app until the proxy is ready (holdApplicationUntilProxyStarts). Standard library only, so the hook
-starts fast.
+"""`pilot-agent wait`: poll a URL until it answers 200, the postStart hook that holds the app until
+the proxy is ready (holdApplicationUntilProxyStarts), as Istio's
+(https://github.com/istio/istio/blob/master/pilot/cmd/pilot-agent/app/wait.go). Standard library
+only, so the hook starts fast.
 """
 from __future__ import annotations
 

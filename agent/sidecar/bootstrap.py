@@ -1,10 +1,11 @@
 """The Envoy bootstrap: `build_bootstrap(cfg) -> dict` (pure) and `write_bootstrap(cfg, data) -> path`.
 
-Control-plane mode follows Istio's default template (spec §5.3) with the 2020 connection model
-(spec §10, issue 3): Envoy dials `discoveryAddress` itself over ADS/gRPC (the `xds-grpc` cluster is
+Control-plane mode follows Istio's default template
+(https://github.com/istio/istio/blob/master/tools/packaging/common/envoy_bootstrap.json) with Istio 1.5's
+connection model: Envoy dials `discoveryAddress` itself over ADS/gRPC (the `xds-grpc` cluster is
 STRICT_DNS to that host:port, plaintext for controlPlaneAuthPolicy NONE, TLS with the mounted root
 certificate and the istiod SAN for MUTUAL_TLS). Today's Istio instead points `xds-grpc` at the
-agent's Unix socket and the agent proxies to istiod (§5.5); that is not implemented.
+agent's Unix socket and the agent proxies to istiod; that is not implemented.
 
 Standalone mode (beyond Istio) builds a static configuration with no control plane: original-
 destination passthrough on 15001 (outbound) and 15006 (inbound, upstream bound to 127.0.0.6), so a
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 from agent import __version__
 from agent.sidecar import identity
@@ -35,11 +37,8 @@ from agent.sidecar.bootstrap_parts import (
     socket_address,
     stats_config,
 )
-from agent.sidecar.config import SidecarConfig
+from agent.sidecar.config_model import SidecarConfig
 
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Any
 
 BOOTSTRAP_FILE = "envoy-rev.json"
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"

@@ -1,4 +1,5 @@
-"""Building blocks of the Envoy bootstrap shared by the control-plane and standalone variants (spec §5.3).
+"""Building blocks of the Envoy bootstrap shared by the control-plane and standalone variants, after
+Istio's template (https://github.com/istio/istio/blob/master/tools/packaging/common/envoy_bootstrap.json).
 
 Pure functions returning plain dicts in Envoy's v3 JSON shape. Field names were checked against Envoy
 1.40 with `envoy --mode validate` (tests/sidecar/test_bootstrap_validate.py).
@@ -6,12 +7,10 @@ Pure functions returning plain dicts in Envoy's v3 JSON shape. Field names were 
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
-from agent.sidecar.config import SidecarConfig
+from agent.sidecar.config_model import SidecarConfig
 
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Any
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -20,7 +19,7 @@ TEXT_LOG_FORMAT = "%Y-%m-%dT%T.%fZ\t%l\tenvoy %n %g:%#\t%v\tthread=%t"
 JSON_LOG_FORMAT = {"time": "%Y-%m-%dT%T.%fZ", "level": "%l", "scope": "envoy %n", "caller": "%g:%#",
                    "msg": "%j", "thread": "%t"}
 
-#: §5.3 layered_runtime static layer defaults.
+#: The static layer of layered_runtime in Istio's template; ProxyConfig.runtimeValues overrides it.
 RUNTIME_DEFAULTS: dict[str, Any] = {
     "re2.max_program_size.error_level": "32768",
     "envoy.deprecated_features:envoy.config.listener.v3.Listener.hidden_envoy_deprecated_use_original_dst": True,
@@ -56,7 +55,8 @@ REQUIRED_REGEXPS = (r"vhost\..*\.route\..*",)
 
 
 def ip_family(cfg: SidecarConfig) -> tuple[str, str, str]:
-    """(localhost, wildcard, dns_lookup_family): IPv6 values only when every node IP is IPv6 (§5.3)."""
+    """(localhost, wildcard, dns_lookup_family): IPv6 values only when every node IP is IPv6, as
+    Istio's template decides for a dual-stack pod (IPv4 wins)."""
     versions = {ipaddress.ip_address(ip).version for ip in cfg.instance_ips if _valid(ip)}
     if versions == {6}:
         return "::1", "::", "V6_ONLY"

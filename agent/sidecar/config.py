@@ -1,9 +1,10 @@
 """Configuration of `pilot-agent proxy sidecar`: the flag table and the effective, frozen SidecarConfig.
 
-Resolution follows Istio's `ConstructProxyConfig` (spec §3.1), with the 2020 command-line flags (§10)
-applied last, because in Istio 1.5 they were the configuration:
+Resolution follows Istio's ConstructProxyConfig
+(https://github.com/istio/istio/blob/master/pilot/cmd/pilot-agent/config/config.go), with the 2020
+command-line flags applied last, because in Istio 1.5 they were the configuration:
 
-1. built-in ProxyConfig defaults (§3.2);
+1. built-in ProxyConfig defaults (config_model.DEFAULT_PROXY_CONFIG);
 2. the `--meshConfig` file's `defaultConfig` (missing file: ignored);
 3. `PROXY_CONFIG` (JSON or YAML ProxyConfig);
 4. the pod annotation `proxy.istio.io/config` from the downward-API file `./etc/istio/pod/annotations`;
@@ -12,32 +13,28 @@ applied last, because in Istio 1.5 they were the configuration:
 6. concurrency from `ISTIO_CPU_LIMIT` when still unset; validation (all problems at once);
 7. annotations `sidecar.istio.io/discoveryAddress` and `status.sidecar.istio.io/port`.
 
+Flags are declared in PROXY_FLAGS, environment variables in config_env.ENV_VARS.
 `load()` is pure: it reads files only through the injected `read_file` (path -> text or None) and
 never touches os.environ. Bad input raises ConfigError whose message names the setting and value.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from agent import flags, record
+from agent import flags
 from agent.flags import LOG_FLAGS, Flag
-from agent.sidecar import config_env as env_settings
-from agent.sidecar.config_env import PODINFO_DIR, PathExists, ReadFile  # noqa: F401  (re-exported)
-from agent.sidecar.config_model import (  # noqa: F401  (re-exported)
-    DEFAULT_BINARY,
-    DEFAULT_PROXY_CONFIG,
-    KNOWN_PROXY_CONFIG_FIELDS,
-    SidecarConfig,
-)
-from agent.sidecar.config_parse import (  # noqa: F401  (re-exported)
+from agent.sidecar import config_env
+from agent.sidecar.config_env import Environment, PathExists, ReadFile
+from agent.sidecar.config_model import DEFAULT_BINARY, DEFAULT_PROXY_CONFIG, KNOWN_PROXY_CONFIG_FIELDS, SidecarConfig
+from agent.sidecar.config_parse import (
     MAX_DURATION,
     ConfigError,
     check_host_port,
     merge_proxy_config,
     object_field,
-    parse_app_probers,
-    parse_prometheus_annotations,
-    parse_structured,
     proxy_config_layer,
     scalar_text,
     shown,
@@ -46,14 +43,11 @@ from agent.sidecar.config_parse import (  # noqa: F401  (re-exported)
     to_int,
 )
 
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Any, Callable, Mapping, Sequence
-
 PROXY_TYPES = ("sidecar", "router", "waypoint")
 
 
-# Flags of `pilot-agent proxy`: the 1.5 injected command line (§10), today's (§2.2), then ours.
+# Flags of `pilot-agent proxy`: the command line Istio 1.5's injector wrote, today's flags
+# (https://istio.io/latest/docs/reference/commands/pilot-agent/), then ours.
 PROXY_FLAGS: tuple[Flag, ...] = (
     Flag("domain", help="DNS domain suffix; 4th node-id part (default <POD_NAMESPACE>.svc.cluster.local)"),
     Flag("configPath", default="./etc/istio/proxy", help="directory for the generated bootstrap envoy-rev.json"),
@@ -74,7 +68,7 @@ PROXY_FLAGS: tuple[Flag, ...] = (
     Flag("trust-domain", env=("TRUST_DOMAIN",), default="cluster.local", help="SPIFFE trust domain (istiod SAN for MUTUAL_TLS)"),
     Flag("controlPlaneBootstrap", kind="bool", default=False, help="1.5 control-plane template mode; accepted, ignored"),
     Flag("customConfigFile", help="use this Envoy config file as is (no bootstrap is generated)"),
-    # Today's flags (§2.2).
+    # Today's flags.
     Flag("meshConfig", default="./etc/istio/config/mesh", help="mesh config file; its defaultConfig is the base ProxyConfig"),
     Flag("templateFile", help="Go bootstrap template path; not supported: ignored with a warning (the built-in bootstrap is used)"),
     Flag("outlierLogPath", help="Envoy outlier-detection event log path"),
@@ -92,9 +86,6 @@ PROXY_FLAGS: tuple[Flag, ...] = (
          help="delay before the first restart; doubles per restart in the window"),
     *LOG_FLAGS,
 )
-
-#: Our own env-backed flags: a value that does not parse is an error (Istio would silently ignore it).
-_STRICT_ENV_FLAGS = ("standalone", "envoy-restart-budget", "envoy-restart-window", "envoy-restart-backoff")
 
 #: Explicit command-line flag -> ProxyConfig field (the 1.5 meaning: the flag *was* the ProxyConfig).
 _FLAG_TO_PROXY_CONFIG = {
@@ -159,17 +150,18 @@ def load(
     """argv after `proxy` (e.g. ["sidecar", "--domain", ...]) and the environment -> SidecarConfig.
 
     Raises ConfigError (a flags.UsageError) for any bad input: command line (`--drainDuration 45x`),
-    files or env vars. `host_ips` are the interface addresses the edge found (§4.1).
+    files or env vars. `host_ips` are the interface addresses the edge found (they follow INSTANCE_IP
+    in the node's IPs).
     """
     try:
         parsed = flags.parse(PROXY_FLAGS, argv, environ, allow_unknown=True)
     except flags.UsageError as e:
         raise ConfigError(str(e)) from None
+    # An env value of a flag that does not parse is an error here (flags.parse ignores it, as Istio does).
     for f in PROXY_FLAGS:
-        if f.name in _STRICT_ENV_FLAGS:
-            for var in f.env:
-                if var in environ and f.attr not in parsed.from_env:
-                    raise ConfigError(f"invalid value for {var} ({f.kind}): {shown(environ[var])}")
+        for var in f.env:
+            if var in environ and f.attr not in parsed.from_env:
+                raise ConfigError(f"invalid value for {var} ({f.kind}): {shown(environ[var])}")
     _check_flag_ranges(parsed, environ)
     return _resolve(parsed, environ, read_file, path_exists, find_wheel_envoy, host_ips)
 
@@ -188,12 +180,21 @@ def _check_flag_ranges(parsed: flags.Parsed, environ: Mapping[str, str]) -> None
             raise ConfigError(f"invalid {source}: {shown(value)} is out of range (int64)")
 
 
+USAGE_TITLE = "pilot-agent proxy [sidecar|router] [flags]"
+
+
+def usage() -> str:
+    """`pilot-agent proxy --help`: the flags, then the environment variables."""
+    return flags.usage(USAGE_TITLE, PROXY_FLAGS) + "\n" + "\n".join(config_env.usage_lines(PROXY_FLAGS)) + "\n"
+
+
 def effective_config_summary(cfg: SidecarConfig) -> dict[str, Any]:
     """The once-at-start log record: scalar settings, durations as Go strings, secrets not included."""
-    skip = {"proxy_config", "flag_values", "app_probers", "app_probers_raw", "bootstrap_override",
+    skip = {"proxy_config", "flag_values", "app_probers", "bootstrap_override",
             "labels", "annotations", "meta_env", "runtime_values"}
     out: dict[str, Any] = {}
-    for name, value in record.asdict(cfg).items():
+    for field in dataclasses.fields(cfg):
+        name, value = field.name, getattr(cfg, field.name)
         if name in skip:
             continue
         if name.endswith(("duration", "timeout", "rate", "window", "backoff")) and isinstance(value, float):
@@ -210,7 +211,7 @@ def effective_config_summary(cfg: SidecarConfig) -> dict[str, Any]:
 # Resolution, step by step (see the module docstring).
 
 
-def _proxy_config(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFile,
+def _proxy_config(parsed: flags.Parsed, environ: Environment, read_file: ReadFile,
                   annotations: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Steps 1-5: returns (effective ProxyConfig, mesh config, warnings)."""
     warnings: list[str] = []
@@ -223,7 +224,7 @@ def _proxy_config(parsed: flags.Parsed, environ: Mapping[str, str], read_file: R
         if not isinstance(default_config, dict):
             raise ConfigError(f"invalid --meshConfig defaultConfig: expected an object, got {shown(default_config)}")
         pc = merge_proxy_config(pc, default_config)
-    pc = merge_proxy_config(pc, proxy_config_layer("PROXY_CONFIG", environ.get("PROXY_CONFIG", "")))
+    pc = merge_proxy_config(pc, environ["PROXY_CONFIG"] or {})
     annotation = annotations.get("proxy.istio.io/config", "")
     pc = merge_proxy_config(pc, proxy_config_layer("annotation proxy.istio.io/config", annotation))
     explicit = {pc_name: parsed.values[attr] for attr, pc_name in _FLAG_TO_PROXY_CONFIG.items()
@@ -241,7 +242,7 @@ def _proxy_config(parsed: flags.Parsed, environ: Mapping[str, str], read_file: R
 
 
 def _validate(cfg: SidecarConfig) -> None:
-    """§3.1 step 8, collecting every problem into one line."""
+    """Step 6 of the module docstring: every problem collected into one line."""
     problems = []
     if not cfg.config_path:
         problems.append("configPath must be set")
@@ -304,30 +305,30 @@ def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFi
     proxy_type = parsed.positional[0] if parsed.positional else "sidecar"
     if proxy_type not in PROXY_TYPES:
         raise ConfigError(f"invalid proxy Type: {proxy_type if proxy_type.isprintable() else shown(proxy_type)}")
-    labels, annotations = env_settings.pod_files(read_file)
-    pc, mesh, warnings = _proxy_config(parsed, environ, read_file, annotations)
+    labels, annotations = config_env.pod_files(read_file)
+    pc, mesh, warnings = _proxy_config(parsed, Environment(environ), read_file, annotations)
     # proxyMetadata entries act as env vars the injector would have set; the real environment wins.
-    env = {**string_map("ProxyConfig.proxyMetadata", pc.get("proxyMetadata")), **environ}
+    env = Environment({**string_map("ProxyConfig.proxyMetadata", pc.get("proxyMetadata")), **environ})
     if parsed.values["templateFile"] or pc.get("proxyBootstrapTemplatePath"):
         if not pc.get("customConfigFile"):
             warnings.append("bootstrap templates are not supported; the built-in bootstrap is used")
     if parsed.unknown:
         warnings.append(f"unknown flags ignored: {' '.join(parsed.unknown)}")
-    meta = env_settings.meta_env(pc, env, warnings)
+    meta = config_env.meta_env(pc, env, warnings)
     stats = _stats(pc, annotations)
     cfg = SidecarConfig(
         proxy_type=proxy_type,
         labels=labels,
         annotations=annotations,
         meta_env=meta,
-        bootstrap_override=env_settings.bootstrap_override(env, read_file, warnings),
+        bootstrap_override=config_env.bootstrap_override(env, read_file, warnings),
         **_identity(parsed, env, pc, mesh, host_ips),
         **_envoy(parsed, env, pc, path_exists, find_wheel_envoy),
         **_control_plane(parsed, env, pc, path_exists),
         **_lifecycle(parsed, env, pc),
         **_status(parsed, env, pc),
         **stats,
-        global_downstream_max_connections=env_settings.downstream_connection_limit(pc, meta, stats["runtime_values"]),
+        global_downstream_max_connections=config_env.downstream_connection_limit(pc, meta, stats["runtime_values"]),
         proxy_config=pc,
         flag_values={f.name: f.text(parsed.values[f.attr]) for f in PROXY_FLAGS},
         unknown_flags=tuple(parsed.unknown),
@@ -341,18 +342,18 @@ def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFi
     return _apply_late_annotations(cfg, annotations)
 
 
-def _identity(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str, Any], mesh: Mapping[str, Any],
+def _identity(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any], mesh: Mapping[str, Any],
               host_ips: Sequence[str]) -> dict[str, Any]:
     v = parsed.values
-    namespace = env.get("POD_NAMESPACE", "")
+    namespace = env["POD_NAMESPACE"]
     explicit_td = "trust_domain" in parsed.explicit | parsed.from_env
     return {
-        "pod_name": env.get("POD_NAME", ""),
+        "pod_name": env["POD_NAME"],
         "pod_namespace": namespace,
-        "instance_ip": env.get("INSTANCE_IP", ""),
-        "instance_ips": env_settings.instance_ips(env.get("INSTANCE_IP", ""), host_ips),
-        "service_account": env.get("SERVICE_ACCOUNT", ""),
-        "host_ip": env.get("HOST_IP", ""),
+        "instance_ip": env["INSTANCE_IP"],
+        "instance_ips": config_env.instance_ips(env["INSTANCE_IP"], host_ips),
+        "service_account": env["SERVICE_ACCOUNT"],
+        "host_ip": env["HOST_IP"],
         "domain": v["domain"] or f"{namespace}.svc.cluster.local",
         "trust_domain": v["trust_domain"] if explicit_td else
         (scalar_text("--meshConfig trustDomain", mesh.get("trustDomain")) or v["trust_domain"]),
@@ -360,29 +361,29 @@ def _identity(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str, Any
     }
 
 
-def _envoy(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str, Any], path_exists: PathExists,
+def _envoy(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any], path_exists: PathExists,
            find_wheel_envoy: Callable[[], "str | None"]) -> dict[str, Any]:
     v = parsed.values
     flush = pc.get("fileFlushInterval")
     return {
         "standalone": v["standalone"],
         "config_path": scalar_text("ProxyConfig.configPath", pc.get("configPath")),
-        "binary_path": env_settings.binary_path(pc, path_exists, find_wheel_envoy),
+        "binary_path": config_env.binary_path(pc, path_exists, find_wheel_envoy),
         "custom_config_file": scalar_text("ProxyConfig.customConfigFile", pc.get("customConfigFile")),
         "mesh_config_path": v["meshConfig"],
-        "bootstrap_override_path": env.get("ISTIO_BOOTSTRAP_OVERRIDE", ""),
+        "bootstrap_override_path": env["ISTIO_BOOTSTRAP_OVERRIDE"],
         "outlier_log_path": v["outlierLogPath"],
         "admin_port": to_int("proxyAdminPort", pc.get("proxyAdminPort")),
-        "envoy_status_port": env_settings.env_port(env, "ENVOY_STATUS_PORT", 15021),
-        "envoy_prometheus_port": env_settings.env_port(env, "ENVOY_PROMETHEUS_PORT", 15090),
+        "envoy_status_port": env["ENVOY_STATUS_PORT"],
+        "envoy_prometheus_port": env["ENVOY_PROMETHEUS_PORT"],
         "sts_port": v["stsPort"],
-        "concurrency": env_settings.concurrency(pc, parsed, env),
+        "concurrency": config_env.concurrency(pc, parsed, env),
         "drain_duration": to_duration("drainDuration", pc.get("drainDuration", "45s")),
         "parent_shutdown_duration": to_duration("parentShutdownDuration", pc.get("parentShutdownDuration", "60s")),
         "proxy_log_level": v["proxyLogLevel"],
         "proxy_component_log_level": v["proxyComponentLogLevel"],
-        "skip_deprecated_logs": env_settings.env_bool(env, "ENVOY_SKIP_DEPRECATED_LOGS", True),
-        "enable_core_dump": env_settings.env_bool(env, "ISTIO_ENVOY_ENABLE_CORE_DUMP", False),
+        "skip_deprecated_logs": env["ENVOY_SKIP_DEPRECATED_LOGS"],
+        "enable_core_dump": env["ISTIO_ENVOY_ENABLE_CORE_DUMP"],
         "file_flush_interval_ms": int(to_duration("fileFlushInterval", flush) * 1000) if flush else 1000,
         "log_output_level": v["log_output_level"],
         "log_as_json": v["log_as_json"],
@@ -390,7 +391,7 @@ def _envoy(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str, Any], 
     }
 
 
-def _control_plane(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str, Any],
+def _control_plane(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any],
                    path_exists: PathExists) -> dict[str, Any]:
     v = parsed.values
     discovery = scalar_text("ProxyConfig.discoveryAddress", pc.get("discoveryAddress"))
@@ -398,55 +399,53 @@ def _control_plane(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str
     return {
         "discovery_address": discovery,
         "control_plane_auth_policy": scalar_text("ProxyConfig.controlPlaneAuthPolicy", pc.get("controlPlaneAuthPolicy")),
-        "xds_root_cert": env_settings.xds_root_cert(env, path_exists),
-        "istiod_san": env_settings.istiod_san(env, discovery),
-        "xds_type": "DELTA_GRPC" if env_settings.env_bool(env, "ISTIO_DELTA_XDS", False) else "GRPC",
+        "xds_root_cert": config_env.xds_root_cert(env, path_exists),
+        "istiod_san": config_env.istiod_san(env, discovery),
+        "xds_type": "DELTA_GRPC" if env["ISTIO_DELTA_XDS"] else "GRPC",
         "connect_timeout": v["connectTimeout"],
         "dns_refresh_rate": v["dnsRefreshRate"],
         "zipkin_address": scalar_text("ProxyConfig.tracing.zipkin.address", zipkin.get("address")),
     }
 
 
-def _lifecycle(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str, Any]) -> dict[str, Any]:
+def _lifecycle(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any]) -> dict[str, Any]:
     v = parsed.values
     return {
-        "termination_drain_duration": env_settings.termination_drain(pc, env),
-        "exit_on_zero_active_connections": env_settings.env_bool(env, "EXIT_ON_ZERO_ACTIVE_CONNECTIONS", False),
-        "minimum_drain_duration": to_duration("MINIMUM_DRAIN_DURATION", env.get("MINIMUM_DRAIN_DURATION") or "5s"),
+        "termination_drain_duration": config_env.termination_drain(pc, env),
+        "exit_on_zero_active_connections": env["EXIT_ON_ZERO_ACTIVE_CONNECTIONS"],
+        "minimum_drain_duration": env["MINIMUM_DRAIN_DURATION"],
         "restart_budget": v["envoy_restart_budget"],
         "restart_window": v["envoy_restart_window"],
         "restart_backoff": v["envoy_restart_backoff"],
     }
 
 
-def _status(parsed: flags.Parsed, env: Mapping[str, str], pc: Mapping[str, Any]) -> dict[str, Any]:
-    probers = env.get("ISTIO_KUBE_APP_PROBERS", "")
-    prom = env.get("ISTIO_PROMETHEUS_ANNOTATIONS")
+def _status(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "status_port": to_int("statusPort", pc.get("statusPort")),
-        "app_probers_raw": probers,
-        "app_probers": parse_app_probers(probers),
-        "prometheus_annotations": parse_prometheus_annotations(prom),
-        "merge_envoy_stats": env_settings.env_bool(env, "PILOT_AGENT_MERGE_ENVOY_STATS", True),
-        "metrics_localhost_access_only": env_settings.env_bool(env, "METRICS_LOCALHOST_ACCESS_ONLY", False),
-        "probe_keepalive": env_settings.env_bool(env, "ENABLE_PROBE_KEEPALIVE_CONNECTIONS", False),
-        "probe_legacy_localhost": env_settings.env_bool(env, "REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION", False),
+        "app_probers": env["ISTIO_KUBE_APP_PROBERS"] or {},
+        "prometheus_annotations": env["ISTIO_PROMETHEUS_ANNOTATIONS"],
+        "merge_envoy_stats": env["PILOT_AGENT_MERGE_ENVOY_STATS"],
+        "metrics_localhost_access_only": env["METRICS_LOCALHOST_ACCESS_ONLY"],
+        "probe_keepalive": env["ENABLE_PROBE_KEEPALIVE_CONNECTIONS"],
+        "probe_legacy_localhost": env["REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION"],
         "profiling": parsed.values["profiling"],
     }
 
 
 def _stats(pc: Mapping[str, Any], annotations: Mapping[str, str]) -> dict[str, Any]:
     return {
-        "extra_stat_tags": env_settings.extra_stat_tags(pc, annotations),
-        "inclusion_prefixes": env_settings.stats_patterns(pc, annotations, "Prefixes"),
-        "inclusion_suffixes": env_settings.stats_patterns(pc, annotations, "Suffixes"),
-        "inclusion_regexps": env_settings.stats_patterns(pc, annotations, "Regexps"),
+        "extra_stat_tags": config_env.extra_stat_tags(pc, annotations),
+        "inclusion_prefixes": config_env.stats_patterns(pc, annotations, "Prefixes"),
+        "inclusion_suffixes": config_env.stats_patterns(pc, annotations, "Suffixes"),
+        "inclusion_regexps": config_env.stats_patterns(pc, annotations, "Regexps"),
         "runtime_values": string_map("ProxyConfig.runtimeValues", pc.get("runtimeValues")),
     }
 
 
 def _apply_late_annotations(cfg: SidecarConfig, annotations: Mapping[str, str]) -> SidecarConfig:
-    """§3.1 step 9: applied after validation, as Istio does; status port 0 disables the status server."""
+    """Step 7 of the module docstring: applied after validation, as Istio does; status port 0
+    disables the status server."""
     changes: dict[str, Any] = {}
     if address := annotations.get("sidecar.istio.io/discoveryAddress"):
         if problem := check_host_port("annotation sidecar.istio.io/discoveryAddress", address):
@@ -457,4 +456,4 @@ def _apply_late_annotations(cfg: SidecarConfig, annotations: Mapping[str, str]) 
         if not 0 <= port < 65536:
             raise ConfigError(f"invalid annotation status.sidecar.istio.io/port: {port} (0 disables, else 1..65535)")
         changes["status_port"] = port
-    return record.replace(cfg, **changes) if changes else cfg
+    return dataclasses.replace(cfg, **changes) if changes else cfg

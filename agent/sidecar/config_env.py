@@ -1,14 +1,22 @@
-"""Settings that come from the environment, the pod's downward-API files and the ProxyConfig (pure).
+"""Every environment variable the sidecar reads, declared once (`ENV_VARS`), and the settings
+derived from them, the pod's downward-API files and the ProxyConfig (pure).
 
-Each function takes plain values (an env mapping, the ProxyConfig dict, injected file/path callables)
-and raises ConfigError naming the setting on bad input.
+A new variable is one `EnvVar` row in `ENV_VARS`; it is read as `env["NAME"]` on an `Environment`,
+which parses it by its kind (unset or empty: the declared default) and refuses undeclared names.
+The same rows render `pilot-agent proxy --help` and the README's table (`markdown_table`). The
+variables that back a command-line flag (`TRUST_DOMAIN`, `ENVOY_RESTART_BUDGET`, ...) are declared
+on the flag, in agent.sidecar.config.PROXY_FLAGS, and listed with these; a value of theirs that does
+not parse is an error too (Istio silently ignores it).
+
+Each function takes plain values and raises ConfigError naming the setting on bad input.
 """
 from __future__ import annotations
 
+import enum
 import json
-from collections.abc import (
-    Callable,  # the aliases below are run-time values (re-exported)
-)
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from agent import flags
 from agent.sidecar.config_model import DEFAULT_BINARY
@@ -18,8 +26,11 @@ from agent.sidecar.config_parse import (
     is_ip,
     json_data_problem,
     object_field,
+    parse_app_probers,
     parse_downward_api,
+    parse_prometheus_annotations,
     parse_structured,
+    proxy_config_layer,
     scalar_text,
     shown,
     string_list,
@@ -29,13 +40,172 @@ from agent.sidecar.config_parse import (
     to_int,
 )
 
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Any, Mapping, Sequence
-
 ReadFile = Callable[[str], "str | None"]
 PathExists = Callable[[str], bool]
 PODINFO_DIR = "./etc/istio/pod"
+
+
+def _port(name: str, text: str) -> int:
+    port = to_int(name, text)
+    if not 0 < port < 65536:
+        raise ConfigError(f"invalid port for {name}: {shown(text)}")
+    return port
+
+
+def _whole_seconds(name: str, text: str) -> float:
+    seconds = to_int(name, text)
+    if not 0 <= seconds <= MAX_DURATION:
+        raise ConfigError(f"invalid {name}: {shown(text)}")
+    return float(seconds)
+
+
+class Kind(enum.Enum):
+    """How a variable's text is read; the value is how --help and the README name the kind."""
+
+    TEXT = "str"
+    BOOL = "bool"
+    INT = "int"
+    PORT = "port"
+    DURATION = "duration"
+    SECONDS = "int seconds"
+    JSON = "JSON"
+    STRUCTURED = "JSON or YAML"
+
+
+#: (setting name, text) -> value, for the kinds every variable of that kind shares.
+_PARSERS: dict[Kind, Callable[[str, str], Any]] = {
+    Kind.TEXT: lambda name, text: text,
+    Kind.BOOL: to_bool,
+    Kind.INT: to_int,
+    Kind.PORT: _port,
+    Kind.DURATION: to_duration,
+    Kind.SECONDS: _whole_seconds,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class EnvVar:
+    """One environment variable: name, kind, default (None: unset, shown as such), meaning. A
+    JSON/YAML variable names its own `parse` (text -> value), which reports its errors in detail.
+    `prefix=True` declares a family (`ISTIO_META_<KEY>`): every variable whose name starts so."""
+
+    name: str
+    kind: Kind
+    default: Any
+    help: str
+    parse: Callable[[str], Any] | None = None
+    prefix: bool = False
+
+    def read(self, text: str) -> Any:
+        return self.parse(text) if self.parse else _PARSERS[self.kind](self.name, text)
+
+    def shown_name(self) -> str:
+        return f"{self.name}<KEY>" if self.prefix else self.name
+
+    def default_text(self) -> str:
+        if self.default is None:
+            return "unset"
+        if self.kind is Kind.BOOL:
+            return "true" if self.default else "false"
+        if self.kind is Kind.DURATION:
+            return flags.format_duration(self.default)
+        return str(self.default) if self.default != "" else '""'
+
+
+ENV_VARS: tuple[EnvVar, ...] = (
+    # Who the pod is (the injector sets these from the downward API).
+    EnvVar("POD_NAME", Kind.TEXT, "", "node id `<POD_NAME>.<POD_NAMESPACE>`, metadata `NAME`"),
+    EnvVar("POD_NAMESPACE", Kind.TEXT, "", "node id, metadata `NAMESPACE`, default `--domain` `<ns>.svc.cluster.local`"),
+    EnvVar("INSTANCE_IP", Kind.TEXT, "", "first IP of the node id (istiod's pod IP), app-probe destination; "
+           "the interface addresses follow"),
+    EnvVar("SERVICE_ACCOUNT", Kind.TEXT, "", "metadata `SERVICE_ACCOUNT`"),
+    EnvVar("HOST_IP", Kind.TEXT, "", "replaces `$(HOST_IP)` in the `ISTIO_BOOTSTRAP_OVERRIDE` file (IPv6 bracketed)"),
+    EnvVar("ISTIO_CPU_LIMIT", Kind.INT, 0, "Envoy's concurrency when ProxyConfig sets none"),
+    # ProxyConfig and node metadata.
+    EnvVar("PROXY_CONFIG", Kind.STRUCTURED, None, "ProxyConfig, over the mesh config's `defaultConfig`",
+           parse=lambda text: proxy_config_layer("PROXY_CONFIG", text)),
+    EnvVar("ISTIO_META_", Kind.TEXT, None, "node metadata `<KEY>` (a string); also from ProxyConfig `proxyMetadata`",
+           prefix=True),
+    EnvVar("ISTIO_METAJSON_", Kind.JSON, None, "node metadata `<KEY>` = the JSON object (`LABELS` also sets "
+           "`STATIC_LABELS`); not a JSON object: a warning", prefix=True),
+    # The status server.
+    EnvVar("ISTIO_KUBE_APP_PROBERS", Kind.JSON, None, "app probes the status server answers "
+           "(`/app-health/<container>/livez|readyz|startupz`)", parse=parse_app_probers),
+    EnvVar("ISTIO_PROMETHEUS_ANNOTATIONS", Kind.JSON, None, "app metrics scrape config (`scrape`, `path`, `port`, "
+           "`targets`) merged into the agent's metrics", parse=parse_prometheus_annotations),
+    EnvVar("PILOT_AGENT_MERGE_ENVOY_STATS", Kind.BOOL, True, "include Envoy's stats in the agent's merged metrics"),
+    EnvVar("METRICS_LOCALHOST_ACCESS_ONLY", Kind.BOOL, False, "metrics only for loopback clients; also binds 15090 "
+           "to 127.0.0.1"),
+    EnvVar("ENABLE_PROBE_KEEPALIVE_CONNECTIONS", Kind.BOOL, False, "app HTTP probes reuse their connections"),
+    EnvVar("REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION", Kind.BOOL, False, "app probes to localhost go to the pod "
+           "IP instead"),
+    # Draining.
+    EnvVar("TERMINATION_DRAIN_DURATION_SECONDS", Kind.SECONDS, None, "overrides ProxyConfig "
+           "`terminationDrainDuration` (5s)"),
+    EnvVar("EXIT_ON_ZERO_ACTIVE_CONNECTIONS", Kind.BOOL, False, "drain until no connection is active; adds "
+           "`downstream_cx_active` to the stats inclusion list"),
+    EnvVar("MINIMUM_DRAIN_DURATION", Kind.DURATION, 5.0, "first wait when draining until no connection is active"),
+    # Envoy and its bootstrap.
+    EnvVar("ENVOY_STATUS_PORT", Kind.PORT, 15021, "Envoy's health listener port"),
+    EnvVar("ENVOY_PROMETHEUS_PORT", Kind.PORT, 15090, "Envoy's Prometheus listener port"),
+    EnvVar("ISTIO_BOOTSTRAP_OVERRIDE", Kind.TEXT, "", "YAML/JSON file merged into the bootstrap (protobuf merge: "
+           "objects merge, lists append); not readable: a warning"),
+    EnvVar("ENVOY_SKIP_DEPRECATED_LOGS", Kind.BOOL, True, "Envoy `--skip-deprecated-logs`"),
+    EnvVar("ISTIO_ENVOY_ENABLE_CORE_DUMP", Kind.BOOL, False, "Envoy `--enable-core-dump`"),
+    # The control plane.
+    EnvVar("ISTIO_DELTA_XDS", Kind.BOOL, False, "`true`: ADS `DELTA_GRPC`; else state-of-the-world `GRPC` (Istio's "
+           "default is delta since it proxies xDS itself)"),
+    EnvVar("ISTIOD_SAN", Kind.TEXT, None, "the name Envoy checks in istiod's certificate (MUTUAL_TLS); unset: "
+           "the host of discoveryAddress, `istiod.istio-system.svc` for `localhost`"),
+    EnvVar("XDS_ROOT_CA", Kind.TEXT, None, "root certificate file for MUTUAL_TLS; unset: `./etc/certs/root-cert.pem` "
+           "if present, else `./var/run/secrets/istio/root-cert.pem`"),
+)
+
+_BY_NAME = {var.name: var for var in ENV_VARS}
+
+
+@dataclass(frozen=True, slots=True)
+class Environment:
+    """The environment as the sidecar reads it: `env["NAME"]` is the declared variable's value,
+    parsed by its kind (unset or empty: its default); an undeclared name is a KeyError."""
+
+    raw: Mapping[str, str]
+
+    def __getitem__(self, name: str) -> Any:
+        var = _BY_NAME[name]
+        if var.prefix:
+            raise KeyError(f"{name} is a prefix family: use family()")
+        text = self.raw.get(name, "")
+        return var.default if text == "" else var.read(text)
+
+    def family(self, *prefixes: str) -> list[tuple[str, str]]:
+        """(name, text) of every variable of the declared prefix families, sorted by name."""
+        assert all(_BY_NAME[p].prefix for p in prefixes), prefixes
+        return sorted((k, v) for k, v in self.raw.items() if k.startswith(prefixes))
+
+
+def usage_lines(flag_table: Sequence[flags.Flag]) -> list[str]:
+    """The `Environment variables:` section of `pilot-agent proxy --help`."""
+    lines = ["Environment variables:"]
+    for name, kind, default, meaning in _rows(flag_table):
+        lines.append(f"  {name + ' ' + kind:<48} {meaning} (default {default})")
+    return lines
+
+
+def markdown_table(flag_table: Sequence[flags.Flag]) -> str:
+    """The README table of the sidecar's environment variables, generated from the declarations."""
+    rows = ["| env var | kind | default | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{name}` | {kind} | `{default}` | {meaning} |" for name, kind, default, meaning in _rows(flag_table)]
+    return "\n".join(rows) + "\n"
+
+
+def _rows(flag_table: Sequence[flags.Flag]) -> list[tuple[str, str, str, str]]:
+    rows = [(v.shown_name(), v.kind.value, v.default_text(), v.help) for v in ENV_VARS]
+    for f in flag_table:
+        for var in f.env:
+            rows.append((var, f.kind, f.default_text(), f"same as `--{f.name}`; a value that does not parse is "
+                         "an error (Istio ignores it)"))
+    return rows
 
 
 def pod_files(read_file: ReadFile) -> tuple[dict[str, str], dict[str, str]]:
@@ -50,14 +220,18 @@ def instance_ips(instance_ip: str, host_ips: Sequence[str]) -> tuple[str, ...]:
     return tuple(ips) or ("127.0.0.1", "::1")
 
 
-def meta_env(pc: Mapping[str, Any], env: Mapping[str, str], warnings: list[str]) -> dict[str, Any]:
-    """§4.4 steps 1-2: proxyMetadata ISTIO_META_* then process env ISTIO_META_* / ISTIO_METAJSON_*."""
+def meta_env(pc: Mapping[str, Any], env: Environment, warnings: list[str]) -> dict[str, Any]:
+    """Node metadata from the ISTIO_META_* entries of ProxyConfig.proxyMetadata, then from the
+    environment's ISTIO_META_* (a string each) and ISTIO_METAJSON_* (a JSON object each), in name
+    order, later ones winning, as Istio's GetNodeMetaData does
+    (https://github.com/istio/istio/blob/master/pkg/bootstrap/config.go)."""
     meta: dict[str, Any] = {}
-    for source in (string_map("ProxyConfig.proxyMetadata", pc.get("proxyMetadata")), env):
-        for key, value in sorted(source.items()):
+    from_pc = sorted(string_map("ProxyConfig.proxyMetadata", pc.get("proxyMetadata")).items())
+    for source in (from_pc, env.family("ISTIO_META_", "ISTIO_METAJSON_")):
+        for key, value in source:
             if key.startswith("ISTIO_META_"):
                 meta[key[len("ISTIO_META_"):]] = str(value)
-            elif key.startswith("ISTIO_METAJSON_") and source is env:
+            elif key.startswith("ISTIO_METAJSON_") and source is not from_pc:
                 obj = _json_object(value)
                 if obj is None:  # Istio logs and ignores it too
                     warnings.append(f"ignored {key}: not a JSON object")
@@ -79,7 +253,8 @@ def _json_object(text: str) -> dict | None:
 
 
 def stats_patterns(pc: Mapping[str, Any], annotations: Mapping[str, str], kind: str) -> tuple[str, ...]:
-    """Annotation wins over ProxyConfig.proxyStatsMatcher (no merging), §5.3."""
+    """The sidecar.istio.io/statsInclusion<kind> annotation, else ProxyConfig.proxyStatsMatcher's list
+    (the annotation replaces it, no merging, as Istio's bootstrap does)."""
     matcher = object_field("ProxyConfig", pc, "proxyStatsMatcher")
     from_pc = string_list(f"ProxyConfig.proxyStatsMatcher.inclusion{kind}", matcher.get(f"inclusion{kind}"))
     note = annotations.get(f"sidecar.istio.io/statsInclusion{kind}")
@@ -94,15 +269,15 @@ def extra_stat_tags(pc: Mapping[str, Any], annotations: Mapping[str, str]) -> tu
     return tuple(dict.fromkeys(tags))
 
 
-def bootstrap_override(env: Mapping[str, str], read_file: ReadFile, warnings: list[str]) -> dict | None:
-    path = env.get("ISTIO_BOOTSTRAP_OVERRIDE", "")
+def bootstrap_override(env: Environment, read_file: ReadFile, warnings: list[str]) -> dict | None:
+    path = env["ISTIO_BOOTSTRAP_OVERRIDE"]
     if not path:
         return None
     text = read_file(path)
     if text is None:
         warnings.append(f"ISTIO_BOOTSTRAP_OVERRIDE file {path} not readable; ignored")
         return None
-    host_ip = env.get("HOST_IP", "")
+    host_ip = env["HOST_IP"]
     if ":" in host_ip:  # IPv6: bracket it, without double-bracketing "[$(HOST_IP)]"
         text = text.replace("[$(HOST_IP)]", "$(HOST_IP)").replace("$(HOST_IP)", f"[{host_ip}]")
     text = text.replace("$(HOST_IP)", host_ip)
@@ -114,53 +289,37 @@ def bootstrap_override(env: Mapping[str, str], read_file: ReadFile, warnings: li
     return value
 
 
-def xds_root_cert(env: Mapping[str, str], path_exists: PathExists) -> str:
-    """§5.5's root CA order, without PROV_CERT: XDS_ROOT_CA, ./etc/certs, the istio-ca-root-cert ConfigMap."""
-    if env.get("XDS_ROOT_CA"):
-        return env["XDS_ROOT_CA"]
+def xds_root_cert(env: Environment, path_exists: PathExists) -> str:
+    """The control plane's root certificate, in the order Istio's agent looks for it (without
+    PROV_CERT): XDS_ROOT_CA, the mounted ./etc/certs, the istio-ca-root-cert ConfigMap's mount, the
+    ISTIO_META_TLS_CLIENT_ROOT_CERT metadata."""
+    if root := env["XDS_ROOT_CA"]:
+        return root
     for path in ("./etc/certs/root-cert.pem", "./var/run/secrets/istio/root-cert.pem"):
         if path_exists(path):
             return path
-    meta_root = env.get("ISTIO_META_TLS_CLIENT_ROOT_CERT", "")
+    meta_root = dict(env.family("ISTIO_META_")).get("ISTIO_META_TLS_CLIENT_ROOT_CERT", "")
     return meta_root or "./var/run/secrets/istio/root-cert.pem"
 
 
-def istiod_san(env: Mapping[str, str], discovery_address: str) -> str:
-    if env.get("ISTIOD_SAN"):
-        return env["ISTIOD_SAN"]
+def istiod_san(env: Environment, discovery_address: str) -> str:
+    if san := env["ISTIOD_SAN"]:
+        return san
     host = discovery_address.rpartition(":")[0].strip("[]")
     return "istiod.istio-system.svc" if host in ("", "localhost") else host
 
 
-def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    return to_bool(name, env[name]) if env.get(name, "") != "" else default
-
-
-def env_port(env: Mapping[str, str], name: str, default: int) -> int:
-    if env.get(name, "") == "":
-        return default
-    port = to_int(name, env[name])
-    if not 0 < port < 65536:
-        raise ConfigError(f"invalid port for {name}: {shown(env[name])}")
-    return port
-
-
-def concurrency(pc: Mapping[str, Any], parsed: flags.Parsed, env: Mapping[str, str]) -> int:
+def concurrency(pc: Mapping[str, Any], parsed: flags.Parsed, env: Environment) -> int:
     value = pc.get("concurrency")
-    n = to_int("ProxyConfig.concurrency", value) if value not in (None, "") else 0
-    if value in (None, "") and env.get("ISTIO_CPU_LIMIT"):
-        n = to_int("ISTIO_CPU_LIMIT", env["ISTIO_CPU_LIMIT"])
+    n = to_int("ProxyConfig.concurrency", value) if value not in (None, "") else env["ISTIO_CPU_LIMIT"]
     legacy = parsed.values["concurrency"]
     return legacy if legacy != 0 else n  # a negative value is reported by validation
 
 
-def termination_drain(pc: Mapping[str, Any], env: Mapping[str, str]) -> float:
-    legacy = env.get("TERMINATION_DRAIN_DURATION_SECONDS", "")
-    if legacy != "":
-        seconds = to_int("TERMINATION_DRAIN_DURATION_SECONDS", legacy)
-        if not 0 <= seconds <= MAX_DURATION:
-            raise ConfigError(f"invalid TERMINATION_DRAIN_DURATION_SECONDS: {shown(legacy)}")
-        return float(seconds)
+def termination_drain(pc: Mapping[str, Any], env: Environment) -> float:
+    legacy = env["TERMINATION_DRAIN_DURATION_SECONDS"]
+    if legacy is not None:
+        return legacy
     return to_duration("ProxyConfig.terminationDrainDuration", pc.get("terminationDrainDuration", "5s"))
 
 

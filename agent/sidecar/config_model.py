@@ -1,11 +1,12 @@
-"""The resolved sidecar configuration (an immutable Record) and Istio's ProxyConfig defaults (spec §3.2)."""
+"""The resolved sidecar configuration (a frozen dataclass) and Istio's ProxyConfig defaults.
+
+The defaults are those of Istio's DefaultProxyConfig
+(https://github.com/istio/istio/blob/master/pkg/config/mesh/mesh.go).
+"""
 from __future__ import annotations
 
-from agent.record import Default, Record
-
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Any
+from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_BINARY = "/usr/local/bin/envoy"
 
@@ -33,12 +34,13 @@ connectionSettings
 """.split())
 
 
-class SidecarConfig(Record):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SidecarConfig:
     """Everything the sidecar needs, resolved once. Treat the dict fields as read-only."""
 
     proxy_type: str = "sidecar"
     standalone: bool = False
-    # Identity (§4)
+    # Identity
     pod_name: str = ""
     pod_namespace: str = ""
     instance_ip: str = ""  # INSTANCE_IP as given (may be empty)
@@ -48,9 +50,9 @@ class SidecarConfig(Record):
     domain: str = ""
     trust_domain: str = "cluster.local"
     service_cluster: str = "istio-proxy"
-    labels: dict = Default(dict)
-    annotations: dict = Default(dict)
-    meta_env: dict = Default(dict)  # ISTIO_META_* (prefix stripped) and ISTIO_METAJSON_* merged
+    labels: dict = field(default_factory=dict)
+    annotations: dict = field(default_factory=dict)
+    meta_env: dict = field(default_factory=dict)  # ISTIO_META_* (prefix stripped) and ISTIO_METAJSON_* merged
     # Paths
     config_path: str = "./etc/istio/proxy"
     binary_path: str = DEFAULT_BINARY
@@ -92,27 +94,26 @@ class SidecarConfig(Record):
     restart_window: float = 600.0
     restart_backoff: float = 1.0
     # Status server
-    app_probers_raw: str = ""
-    app_probers: dict = Default(dict)
+    app_probers: dict = field(default_factory=dict)
     prometheus_annotations: dict | None = None
     merge_envoy_stats: bool = True
     metrics_localhost_access_only: bool = False
     probe_keepalive: bool = False
     probe_legacy_localhost: bool = False
     profiling: bool = True
-    # Stats (§5.3)
+    # Stats
     extra_stat_tags: tuple[str, ...] = ()
     inclusion_prefixes: tuple[str, ...] = ()
     inclusion_suffixes: tuple[str, ...] = ()
     inclusion_regexps: tuple[str, ...] = ()
-    runtime_values: dict = Default(dict)
+    runtime_values: dict = field(default_factory=dict)
     # Logs
     log_output_level: str = "default:info"
     log_as_json: bool = False
     log_target: str = "stdout"
     # Provenance
-    proxy_config: dict = Default(dict)  # the effective ProxyConfig, camelCase JSON
-    flag_values: dict = Default(dict)  # every flag's resolved value, for the FLAG: log lines
+    proxy_config: dict = field(default_factory=dict)  # the effective ProxyConfig, camelCase JSON
+    flag_values: dict = field(default_factory=dict)  # every flag's resolved value, for the FLAG: log lines
     unknown_flags: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 

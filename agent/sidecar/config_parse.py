@@ -5,12 +5,9 @@ import ipaddress
 import json
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from agent import flags
-
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Any
 
 
 class ConfigError(ValueError, flags.UsageError):

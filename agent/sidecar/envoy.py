@@ -1,19 +1,20 @@
 """What the agent knows about Envoy, as pure functions (no processes, sockets or environment).
 
-- `envoy_args()`: Envoy's argv, exactly as Istio's `pkg/envoy/proxy.go` builds it (spec §5.4).
-- `parse_stats()` / `config_reason()` / `live_reason()`: Istio's readiness checks over admin `/stats` text (§6.2).
-- `active_connections()`: the exit-on-zero sum over `downstream_cx_active` (§7.3).
-- `describe_exit()`: how an Envoy exit status is logged (§7.2: SIGKILL probably means out of memory).
+- `envoy_args()`: Envoy's argv, exactly as Istio builds it (https://github.com/istio/istio/blob/master/pkg/envoy/proxy.go).
+- `parse_stats()` / `config_reason()` / `live_reason()`: Istio's readiness checks over admin `/stats`
+  text (https://github.com/istio/istio/blob/master/pilot/cmd/pilot-agent/status/ready/probe.go).
+- `active_connections()`: the exit-on-zero sum over `downstream_cx_active` (https://github.com/istio/istio/blob/master/pkg/envoy/agent.go).
+- `describe_exit()`: how an Envoy exit status is logged (SIGKILL probably means out of memory, as
+  Istio's agent says).
 - `RestartBudget`: beyond Istio, at most N restarts in a sliding window, with exponential backoff.
 """
 from __future__ import annotations
 
 import ipaddress
 import signal
-
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 #: Admin /stats filters Istio's readiness prober uses.
 CONFIG_STATS = r"^(cluster_manager\.cds|listener_manager\.lds)\.(update_success|update_rejected)$"
@@ -63,7 +64,7 @@ def envoy_args(
     config_yaml: str | None = None,
     concurrency: int = 0,
 ) -> list[str]:
-    """Envoy's command line in Istio's exact order (spec §5.4)."""
+    """Envoy's command line in Istio's exact order (pkg/envoy/proxy.go)."""
     args = [binary, "-c", bootstrap_path,
             "--drain-time-s", str(int(drain_duration)),
             "--drain-strategy", "immediate",
@@ -90,7 +91,7 @@ def envoy_args(
 
 
 # ---------------------------------------------------------------------------------------------
-# Admin /stats parsing and Istio's readiness reasons (spec §6.2)
+# Admin /stats parsing and Istio's readiness reasons
 
 
 def parse_stats(text: str) -> dict[str, int]:
@@ -140,7 +141,7 @@ def live_reason(text: str) -> str | None:
 
 
 def active_connections(text: str, excluded_ports: Iterable[int] = (15021, 15090)) -> int | None:
-    """Sum of listener downstream_cx_active, minus the agent's own listeners (spec §7.3).
+    """Sum of listener downstream_cx_active, minus the agent's own listeners (15021, 15090, admin).
 
     Returns None when the stat is absent altogether (an empty body): the caller stops waiting.
     """
@@ -176,19 +177,18 @@ def describe_exit(exit_code: int) -> dict[str, Any]:
     return fields
 
 
+@dataclass(slots=True)
 class RestartBudget:
-    """At most `limit` restarts within `window` seconds. limit 0 = Istio's behaviour (never restart)."""
+    """At most `limit` restarts within `window` seconds. limit 0 = Istio's behaviour (never restart).
 
-    def __init__(self, limit: int = 3, window: float = 600.0, base_delay: float = 0.5, max_delay: float = 10.0) -> None:
-        self.limit = limit
-        self.window = window
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self.history: list[float] = []  # times of the restarts within the window
+    Each restart waits `base_delay` doubled per restart already in the window, at most `max_delay`.
+    """
 
-    def __repr__(self) -> str:
-        return (f"RestartBudget(limit={self.limit}, window={self.window}, base_delay={self.base_delay}, "
-                f"max_delay={self.max_delay}, history={self.history})")
+    limit: int = 3
+    window: float = 600.0
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+    history: list[float] = field(default_factory=list)  # times of the restarts within the window
 
     def allow(self, now: float) -> bool:
         self.history = [t for t in self.history if now - t < self.window]

@@ -1,22 +1,22 @@
-"""Who the proxy is to the control plane: node id, node.cluster, locality and node metadata (spec §4).
+"""Who the proxy is to the control plane: node id, node.cluster, locality and node metadata, as
+Istio's bootstrap computes them (https://github.com/istio/istio/blob/master/pkg/bootstrap/config.go).
 
 Pure functions of a SidecarConfig; no environment, no I/O.
 """
 from __future__ import annotations
 
-from agent import __version__
-from agent.sidecar.config import SidecarConfig
+from typing import Any
 
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Any
+from agent import __version__
+from agent.sidecar.config_model import SidecarConfig
+
 
 _APP_LABELS = ("app", "app.kubernetes.io/name", "service.istio.io/canonical-name")
 _CANONICAL_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
 
 
 def node_id(cfg: SidecarConfig) -> str:
-    """`<type>~<first IP>~<POD_NAME>.<POD_NAMESPACE>~<domain>` (§4.2); istiod takes the first IP as the pod IP."""
+    """`<type>~<first IP>~<POD_NAME>.<POD_NAMESPACE>~<domain>`; istiod takes the first IP as the pod IP."""
     first_ip = cfg.instance_ips[0] if cfg.instance_ips else ""
     return "~".join((cfg.proxy_type, first_ip, f"{cfg.pod_name}.{cfg.pod_namespace}", cfg.domain))
 
@@ -34,7 +34,8 @@ def _canonical_name(cfg: SidecarConfig) -> str:
 
 
 def service_cluster(cfg: SidecarConfig) -> str:
-    """Envoy node.cluster (§4.3)."""
+    """Envoy node.cluster: by ProxyConfig.tracingServiceName (canonical name, with or without the
+    namespace); else an explicit --serviceCluster; else `<app label or WORKLOAD_NAME>.<namespace>`."""
     ns = cfg.pod_namespace
     mode = str(cfg.proxy_config.get("tracingServiceName") or "")
     if mode == "CANONICAL_NAME_ONLY":
@@ -74,7 +75,8 @@ def _labels(cfg: SidecarConfig) -> dict[str, str]:
 
 
 def node_metadata(cfg: SidecarConfig, version: str = __version__) -> dict[str, Any]:
-    """§4.4: raw ISTIO_META_* first, then the typed keys (which always win)."""
+    """The raw ISTIO_META_* / ISTIO_METAJSON_* entries first, then the typed keys (which always win,
+    except that an empty one is left out, Go's omitempty)."""
     meta: dict[str, Any] = dict(cfg.meta_env)
     typed: dict[str, Any] = {
         "ISTIO_VERSION": str(cfg.meta_env.get("ISTIO_VERSION") or version),

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from agent.sidecar import bootstrap, config, identity
+from agent.sidecar.config_model import SidecarConfig
 from tests.unit.sidecar._istio2020 import ISTIO_2020, ROOT
 from tests.unit.sidecar._istio2020 import POD_ENV as POD
 
@@ -73,7 +74,7 @@ CASES = {
 }
 
 
-def make_config(name: str) -> config.SidecarConfig:
+def make_config(name: str) -> SidecarConfig:
     argv, env, files = CASES[name]
     return config.load(argv, env, read_file=files.get, path_exists=lambda p: p in files,
                        find_wheel_envoy=lambda: "/wheel/envoy")

@@ -5,7 +5,9 @@ import pytest
 
 from agent import flags
 from agent.sidecar import config
-from agent.sidecar.config import ConfigError, load
+from agent.sidecar import config_env
+from agent.sidecar.config import load
+from agent.sidecar.config_parse import ConfigError
 
 from tests.unit.sidecar._istio2020 import ISTIO_2020, POD_ENV, ROOT
 
@@ -138,12 +140,12 @@ def test_unknown_flags_are_accepted_with_a_warning():
     assert cfg.warnings == ("unknown flags ignored: --serviceregistry Kubernetes --ip=1.2.3.4",)
 
 
-def test_app_probers_raw_and_parsed():
+def test_app_probers_parsed():
     probers = {"/app-health/app/livez": {"httpGet": {"path": "/healthz", "port": 8080}, "timeoutSeconds": 1},
                "/app-health/app/readyz": {"tcpSocket": {"port": 8080}}}
     raw = json.dumps(probers)
     cfg = run([], {"ISTIO_KUBE_APP_PROBERS": raw}, {ROOT: ""})
-    assert cfg.app_probers == probers and cfg.app_probers_raw == raw
+    assert cfg.app_probers == probers
 
 
 def test_prometheus_annotations():
@@ -375,6 +377,36 @@ def test_host_ips_follow_instance_ip():
     cfg = load([], {"INSTANCE_IP": "10.0.0.2"}, read_file=lambda p: None, path_exists=lambda p: True,
                host_ips=["10.0.0.3", "10.0.0.2", "fd00::3"])
     assert cfg.instance_ips == ("10.0.0.2", "10.0.0.3", "fd00::3")
+
+
+def test_every_environment_variable_is_declared_once():
+    names = [v.name for v in config_env.ENV_VARS] + [e for f in config.PROXY_FLAGS for e in f.env]
+    assert len(names) == len(set(names))
+    assert {"POD_NAME", "ISTIO_KUBE_APP_PROBERS", "MINIMUM_DRAIN_DURATION", "ISTIO_META_", "TRUST_DOMAIN",
+            "ENVOY_RESTART_BUDGET"} <= set(names)
+
+
+def test_an_undeclared_variable_cannot_be_read():
+    env = config_env.Environment({"NOT_DECLARED": "x", "ISTIO_META_A": "1"})
+    with pytest.raises(KeyError):
+        env["NOT_DECLARED"]
+    with pytest.raises(KeyError):
+        env["ISTIO_META_"]  # a family is read as one, by family()
+    assert env.family("ISTIO_META_") == [("ISTIO_META_A", "1")]
+
+
+@pytest.mark.parametrize("var", [v for v in config_env.ENV_VARS if not v.prefix], ids=lambda v: v.name)
+def test_an_empty_variable_is_its_declared_default(var):
+    assert config_env.Environment({var.name: ""})[var.name] == var.default
+
+
+def test_proxy_help_lists_flags_and_environment_variables():
+    text = config.usage()
+    assert "--drainDuration duration" in text and "Environment variables:" in text
+    for var in config_env.ENV_VARS:
+        assert f"  {var.shown_name()} {var.kind.value}" in text
+    assert "  ENVOY_RESTART_WINDOW duration " in text and "same as `--envoy-restart-window`" in text
+    assert "  MINIMUM_DRAIN_DURATION duration " in text and "(default 5s)" in text
 
 
 def test_readme_flag_table_is_current():
