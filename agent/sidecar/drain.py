@@ -1,6 +1,7 @@
-"""When to stop waiting during a graceful drain (spec §7.3), as one pure function.
+"""When to stop waiting during a graceful drain, as one pure function (Istio's drain, as in
+https://github.com/istio/istio/blob/master/pkg/envoy/agent.go).
 
-The controller (agent.sidecar.run) asks `decide()` after every wake-up and does what it says:
+The controller (agent.sidecar.drainer) asks `decide()` after every wake-up and does what it says:
 
 - default mode: wait `terminationDrainDuration` after the inbound listeners were told to drain;
 - exit-on-zero mode (`EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true`): wait `MINIMUM_DRAIN_DURATION`, then poll
@@ -12,9 +13,10 @@ Envoy exiting by itself and a second signal are handled by the controller: they 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
-from agent.record import Record
+from agent.sidecar.config_model import SidecarConfig
 
 #: `active_connections` value meaning "the stat is absent from Envoy's answer" (empty body).
 NO_STAT = -1
@@ -28,13 +30,15 @@ class Action(str, Enum):
     STOP = "stop"  # stop Envoy and exit
 
 
-class Step(Record):
+@dataclass(frozen=True, slots=True)
+class Step:
     action: Action
     seconds: float = 0.0
     reason: str = ""
 
 
-class DrainPolicy(Record):
+@dataclass(frozen=True, slots=True)
+class DrainPolicy:
     termination_drain: float = 5.0
     exit_on_zero: bool = False
     minimum_drain: float = 5.0
@@ -42,12 +46,9 @@ class DrainPolicy(Record):
     max_poll_errors: int = 5
 
     @classmethod
-    def from_config(cls, cfg: object) -> "DrainPolicy":
-        return cls(
-            termination_drain=float(getattr(cfg, "termination_drain_duration", 5.0)),
-            exit_on_zero=bool(getattr(cfg, "exit_on_zero_active_connections", False)),
-            minimum_drain=float(getattr(cfg, "minimum_drain_duration", 5.0)),
-        )
+    def from_config(cls, cfg: SidecarConfig) -> DrainPolicy:
+        return cls(termination_drain=cfg.termination_drain_duration,
+                   exit_on_zero=cfg.exit_on_zero_active_connections, minimum_drain=cfg.minimum_drain_duration)
 
 
 def decide(elapsed: float, active_connections: int | None, cfg: DrainPolicy, *, poll_errors: int = 0) -> Step:

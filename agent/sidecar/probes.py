@@ -1,12 +1,9 @@
-"""Forwarded application probes: `/app-health/<container>/{livez,readyz,startupz}` (spec §6.4).
+"""Forwarded application probes: `/app-health/<container>/{livez,readyz,startupz}`.
 
 The injector moved the app's httpGet/tcpSocket probes into ISTIO_KUBE_APP_PROBERS and pointed kubelet
 at the agent. The agent probes the app at the pod IP from source 127.0.0.6: istio-iptables exempts
 that source on loopback, so the probe reaches the app directly instead of looping through Envoy's
 inbound listener (and it still works under STRICT mTLS, which kubelet's plain probe would not).
-
-aiohttp is imported on first use: this module is also used at start-up (validation), before Envoy
-is spawned, where import time counts.
 
 gRPC probes speak just enough cleartext HTTP/2 (h2c, prior knowledge) to call the standard
 `grpc.health.v1.Health/Check`: the request headers are sent as HPACK literals and only the DATA frame
@@ -15,87 +12,30 @@ stays a test-only dependency.
 """
 from __future__ import annotations
 
-import re
+import asyncio
 import socket
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from agent.record import Default, Record
+import aiohttp
+from yarl import URL
+
 from agent.sidecar import logs
+from agent.sidecar.probe_config import Prober
+from agent.sidecar.scrape import read_capped
 
-TYPE_CHECKING = False  # typing and aiohttp are not imported here at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Any
-
-    import aiohttp
-
-
-log = logs.lazy("probes")
-
-PATH_RE = re.compile(r"^/(app-health|app-lifecycle)/[^/]+/(livez|readyz|startupz|prestopz|poststartz)$")
+log = logs.get("probes")
 BODY_LIMIT = 10 * 1024
 MAX_REDIRECTS = 10
 
 
-class ProbeConfigError(ValueError):
-    """A malformed ISTIO_KUBE_APP_PROBERS entry; the message names the setting."""
-
-
-class Prober(Record):
-    kind: str  # "http", "tcp" or "grpc"
-    port: int
-    path: str = "/"
-    scheme: str = "http"
-    timeout: float = 1.0  # 0 = no timeout
-    service: str = ""  # gRPC health service name
-
-
-class ProbeResult(Record):
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
     status: int
     body: bytes = b""
-    headers: dict = Default(dict)
-
-
-def _port(key: str, spec: Mapping[str, Any]) -> int:
-    port = spec.get("port")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise ProbeConfigError(f"invalid ISTIO_KUBE_APP_PROBERS: {key}: the port must be int type, got {port!r}")
-    return port
-
-
-def _timeout(key: str, value: Any) -> float:
-    if value is None:
-        return 0.0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
-        raise ProbeConfigError(f"invalid ISTIO_KUBE_APP_PROBERS: {key}: timeoutSeconds must be a number, got {value!r}")
-    return float(value)
-
-
-def parse_probers(probers: Mapping[str, Any]) -> dict[str, Prober]:
-    """The decoded ISTIO_KUBE_APP_PROBERS object -> {path: Prober}. Raises ProbeConfigError."""
-    out: dict[str, Prober] = {}
-    if not isinstance(probers, Mapping):
-        raise ProbeConfigError(f"invalid ISTIO_KUBE_APP_PROBERS: expected an object, got {probers!r}")
-    for key, probe in probers.items():
-        if not isinstance(key, str) or not PATH_RE.match(key):
-            raise ProbeConfigError(f"invalid ISTIO_KUBE_APP_PROBERS: invalid path {key!r}")
-        kinds = [k for k in ("httpGet", "tcpSocket", "grpc") if isinstance(probe, Mapping) and probe.get(k) is not None]
-        if len(kinds) != 1:
-            raise ProbeConfigError(f"invalid ISTIO_KUBE_APP_PROBERS: {key}: invalid prober type, "
-                                   "must be one of type httpGet, tcpSocket or gRPC")
-        spec = probe[kinds[0]]
-        if not isinstance(spec, Mapping):
-            raise ProbeConfigError(f"invalid ISTIO_KUBE_APP_PROBERS: {key}: {kinds[0]} must be an object, got {spec!r}")
-        timeout = _timeout(key, probe.get("timeoutSeconds"))
-        if kinds[0] == "httpGet":
-            path = str(spec.get("path") or "/")
-            out[key] = Prober("http", _port(key, spec), path if path.startswith("/") else "/" + path,
-                              str(spec.get("scheme") or "HTTP").lower(), timeout)
-        elif kinds[0] == "tcpSocket":
-            out[key] = Prober("tcp", _port(key, spec), timeout=timeout)
-        else:
-            out[key] = Prober("grpc", _port(key, spec), timeout=timeout, service=str(spec.get("service") or ""))
-    return out
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def map_status(status: int | None, redirect_elsewhere: bool = False) -> int:
@@ -147,8 +87,6 @@ class AppProber:
         return result
 
     async def _grpc(self, prober: Prober, user_agent: str) -> ProbeResult:
-        import asyncio
-
         try:
             serving = await asyncio.wait_for(self._grpc_check(prober, user_agent), prober.timeout or None)
         except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
@@ -156,8 +94,6 @@ class AppProber:
         return ProbeResult(200) if serving == 1 else ProbeResult(500, f"grpc health status {serving}".encode())
 
     async def _grpc_check(self, prober: Prober, user_agent: str) -> int:
-        import asyncio
-
         reader, writer = await asyncio.open_connection(self.dest, prober.port, local_addr=(self.source, 0))
         try:
             host = f"[{self.dest}]" if ":" in self.dest else self.dest
@@ -168,8 +104,6 @@ class AppProber:
             writer.close()
 
     async def _tcp(self, prober: Prober) -> ProbeResult:
-        import asyncio
-
         try:
             conn = asyncio.open_connection(self.dest, prober.port, local_addr=(self.source, 0))
             _, writer = await asyncio.wait_for(conn, prober.timeout or None)
@@ -182,8 +116,6 @@ class AppProber:
         return ProbeResult(200)
 
     async def _http(self, prober: Prober, incoming: Mapping[str, str]) -> ProbeResult:
-        import aiohttp
-
         host = f"[{self.dest}]" if ":" in self.dest else self.dest
         url = f"{prober.scheme}://{host}:{prober.port}{prober.path}"
         headers = forward_headers(incoming, self.status_port, prober.port)
@@ -197,10 +129,6 @@ class AppProber:
             return ProbeResult(500, f"http probe failed: {e or type(e).__name__}".encode())
 
     async def _follow(self, session: "aiohttp.ClientSession", url: str, headers: dict) -> ProbeResult:
-        from yarl import URL
-
-        from agent.sidecar.metrics import read_capped
-
         origin = URL(url)
         for _ in range(MAX_REDIRECTS + 1):
             async with session.get(url, headers=headers, allow_redirects=False) as resp:

@@ -1,4 +1,5 @@
-"""The Envoy child process and child reaping. Standard library only: it runs before the heavy imports.
+"""The Envoy child process and child reaping. Standard library only: Envoy is spawned
+before the agent's heavy imports (aiohttp, structlog), so that Envoy's start overlaps them.
 
 Envoy is started in its own session (setsid: a terminal's Ctrl-C or a signal to the agent's process
 group does not reach it; the agent decides when Envoy stops) with the parent-death signal set to
@@ -18,9 +19,7 @@ import os
 import signal
 import time
 
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Sequence
+from collections.abc import Sequence
 
 PR_SET_PDEATHSIG = 1
 
@@ -50,6 +49,57 @@ class EnvoyProcess:
     def forget(self, exit_code: int) -> None:
         """Record that the child is gone (we reaped it)."""
         self.returncode = exit_code
+
+
+class EnvoyHandle:
+    """The one owner of Envoy's process: spawns it, respawns it, and knows which process is current.
+
+    As a context manager it spawns on entry and, on exit, kills an Envoy still running (whatever
+    happened, no Envoy outlives the agent; a drained Envoy has already exited by then).
+    """
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.argv = list(argv)
+        self.process: EnvoyProcess | None = None
+
+    def __enter__(self) -> "EnvoyHandle":
+        self.spawn()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.kill()
+
+    def spawn(self) -> EnvoyProcess:
+        """Start Envoy (again). OSError if it cannot be executed."""
+        self.process = spawn(self.argv)
+        return self.process
+
+    @property
+    def pid(self) -> int | None:
+        """The running Envoy's pid; None when none runs (not started, exited, or reaped)."""
+        proc = self.process
+        return proc.pid if proc is not None and proc.returncode is None else None
+
+    def exited(self, code: int) -> None:
+        """The supervisor reaped Envoy with this exit code."""
+        if self.process is not None:
+            self.process.forget(code)
+
+    def signal(self, signum: int) -> None:
+        if self.pid is not None:
+            self.process.signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL a still-running Envoy and reap it."""
+        pid = self.pid
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        self.process.forget(-signal.SIGKILL)
 
 
 def spawn(argv: Sequence[str], env: dict[str, str] | None = None) -> EnvoyProcess:

@@ -1,4 +1,5 @@
-"""The status server on statusPort (15020), spec §6.1, as an aiohttp application.
+"""The status server on statusPort (15020), as an aiohttp application (Istio's is
+https://github.com/istio/istio/blob/master/pilot/cmd/pilot-agent/status/server.go).
 
 It is given a readiness probe, the app prober, the metrics merger and two callbacks (drain, quit),
 nothing else: it never imports the orchestrator, so its handlers can be exercised on their own.
@@ -6,7 +7,7 @@ nothing else: it never imports the orchestrator, so its handlers can be exercise
 | path                                   | method | who      | answer |
 |----------------------------------------|--------|----------|--------|
 | /healthz/ready                         | any    | anyone   | 200 ready / 503 + reason logged |
-| /app-health/<c>/{livez,readyz,startupz}| any    | anyone   | the app's probe result (§6.4), 400 if not configured |
+| /app-health/<c>/{livez,readyz,startupz}| any    | anyone   | the app's probe result, 400 if not configured |
 | /stats/prometheus, /metrics            | any    | anyone*  | merged metrics, always 200 (*loopback only with METRICS_LOCALHOST_ACCESS_ONLY) |
 | /quitquitquit                          | POST   | loopback | 200 OK: stop Envoy without draining, exit 0 |
 | /drain                                 | POST   | loopback | 200 OK: drain inbound listeners for good; the later SIGTERM skips the drain wait |
@@ -15,25 +16,22 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
-from agent.record import Record
+from aiohttp import web
 
-TYPE_CHECKING = False  # aiohttp is imported when the server is built; bind() runs before Envoy starts
-if TYPE_CHECKING:
-    from typing import AsyncIterator, Awaitable, Callable
+from agent.sidecar.metrics import MetricsMerger
+from agent.sidecar.probes import AppProber
 
-    from aiohttp import web
-
-    from agent.sidecar.metrics import MetricsMerger
-    from agent.sidecar.probes import AppProber
-
-    Callback = Callable[[], Awaitable[None]]
+Callback = Callable[[], Awaitable[None]]
 
 
-class StatusDeps(Record):
-    readiness: Callable[[], Awaitable["str | None"]]
-    prober: "AppProber"
-    metrics: "MetricsMerger"
+@dataclass(frozen=True, slots=True)
+class StatusDeps:
+    readiness: Callable[[], Awaitable[str | None]]
+    prober: AppProber
+    metrics: MetricsMerger
     on_drain: Callback
     on_quit: Callback
     metrics_localhost_only: bool = False
@@ -56,9 +54,7 @@ def _peer(request: web.Request) -> str | None:
 
 
 def _local_post(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
-    from aiohttp import web
-
-    async def guarded(request: "web.Request") -> "web.StreamResponse":
+    async def guarded(request: web.Request) -> web.StreamResponse:
         if request.method != "POST":
             return web.Response(status=405, text="Method Not Allowed")
         if not is_loopback(_peer(request)):
@@ -87,9 +83,7 @@ async def _blocks(chunks: AsyncIterator[bytes], size: int) -> AsyncIterator[byte
         yield b"".join(pending)
 
 
-def make_app(deps: StatusDeps) -> "web.Application":
-    from aiohttp import web
-
+def make_app(deps: StatusDeps) -> web.Application:
     async def ready(_request: web.Request) -> web.Response:
         reason = await deps.readiness()
         return web.Response(status=503 if reason else 200)
@@ -140,41 +134,14 @@ def make_app(deps: StatusDeps) -> "web.Application":
     return app
 
 
-def bind(port: int) -> socket.socket:
-    """Bind the status port before Envoy starts, so 'port in use' fails start-up cleanly.
-
-    Dual-stack (`[::]:port` with IPV6_V6ONLY off) like Go's `:15020`; IPv4-only hosts fall back.
-    """
-    try:
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        addr: tuple = ("::", port)
-    except OSError:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        addr = ("0.0.0.0", port)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    sock.setblocking(False)
-    return sock
-
-
 class StatusServer:
     """runner/site split as in aiohttp's web_runner: start() on a pre-bound socket, stop() always."""
 
     def __init__(self, deps: StatusDeps, sock: socket.socket):
-        from aiohttp import web
-
         self.runner = web.AppRunner(make_app(deps), handle_signals=False, access_log=None, shutdown_timeout=1.0)
         self.sock = sock
 
     async def start(self) -> None:
-        from aiohttp import web
-
         await self.runner.setup()
         await web.SockSite(self.runner, self.sock).start()
 

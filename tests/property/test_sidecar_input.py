@@ -2,8 +2,8 @@
 
 The sidecar edge (agent.sidecar.command.run) turns exactly these errors into one `Error: ...` line
 and exit 255, before anything is written or started:
-  config.load -> ConfigError (a flags.UsageError); logs.parse_levels -> LogConfigError;
-  probes.parse_probers -> ProbeConfigError; metrics.scrape_targets -> MetricsConfigError.
+  config.load -> ConfigError (a flags.UsageError); logformat.parse_levels -> LogConfigError;
+  probe_config.parse_probers -> ProbeConfigError; metrics.scrape_targets -> MetricsConfigError.
 Anything else escaping these pure layers, or escaping bootstrap.build_bootstrap/render for an
 accepted config, is a traceback the user would see. So the property: for generated argv and env
 (PROXY_CONFIG, ISTIO_KUBE_APP_PROBERS, ISTIO_PROMETHEUS_ANNOTATIONS and the other env settings),
@@ -15,14 +15,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import flags
-from agent.sidecar import bootstrap, logs, probes
+from agent import logformat
+from agent.sidecar import bootstrap, probe_config
 from agent.sidecar import config as sc
-from agent.sidecar.metrics import MetricsConfigError, scrape_targets
+from agent.sidecar.config_parse import ConfigError
+from agent.sidecar.scrape import MetricsConfigError, scrape_targets
 from tests.property.strategies import (APP_PROBERS, NASTY, PROM_ANNOTATIONS, PROXY_CONFIG, TEXT, TRIED, VALUE,
                                        mutated_argv)
 
 ENVOY = "/wheel/envoy/_bin/envoy"
-DECLARED = (sc.ConfigError, flags.UsageError, logs.LogConfigError, probes.ProbeConfigError, MetricsConfigError)
+DECLARED = (ConfigError, flags.UsageError, logformat.LogConfigError, probe_config.ProbeConfigError, MetricsConfigError)
 FAST = settings(max_examples=600, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
@@ -65,8 +67,8 @@ def check(argv, env, files) -> str:
     """What the edge would do before starting anything; returns 'accepted' or 'rejected'."""
     try:
         cfg = load(argv, env, files)
-        logs.parse_levels(cfg.log_output_level)
-        probes.parse_probers(cfg.app_probers)
+        logformat.parse_levels(cfg.log_output_level)
+        probe_config.parse_probers(cfg.app_probers)
         if cfg.proxy_type == "sidecar":
             scrape_targets(cfg.prometheus_annotations, cfg.status_port)
     except DECLARED as e:

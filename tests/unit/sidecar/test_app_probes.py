@@ -6,8 +6,9 @@ import time
 import pytest
 from aiohttp import web
 
-from agent.sidecar.probes import AppProber, ProbeConfigError, Prober, forward_headers, map_status, parse_probers
-from tests.unit.sidecar._servers import free_port, http_app, run
+from agent.sidecar.probe_config import ProbeConfigError, Prober, parse_probers
+from agent.sidecar.probes import AppProber, forward_headers, map_status
+from tests.support.process import free_port
 
 
 def test_parse_http_tcp_grpc():
@@ -49,7 +50,7 @@ def test_forward_headers_rewrites_status_port_host():
     assert forward_headers({"Host": "a:9"}, 15020, 8080)["Host"] == "a:9"
 
 
-async def _probe_all():
+async def test_real_probes(serve):
     seen = {}
 
     async def ok(request):
@@ -71,24 +72,19 @@ async def _probe_all():
     async def redirect_away(_):
         raise web.HTTPFound("http://198.18.9.9:1/elsewhere")
 
-    routes = {"/ok": ok, "/fail": fail, "/slow": slow, "/same": redirect_same, "/away": redirect_away}
-    async with http_app(routes) as port:
-        closed = free_port()
-        cfg = {f"/app-health/c/{n}": {"httpGet": {"path": p, "port": port}, "timeoutSeconds": 1}
-               for n, p in (("livez", "/ok"), ("readyz", "/fail"), ("startupz", "/slow"))}
-        cfg["/app-health/d/livez"] = {"httpGet": {"path": "/same", "port": port}, "timeoutSeconds": 1}
-        cfg["/app-health/d/readyz"] = {"httpGet": {"path": "/away", "port": port}, "timeoutSeconds": 1}
-        cfg["/app-health/t/livez"] = {"tcpSocket": {"port": port}, "timeoutSeconds": 1}
-        cfg["/app-health/t/readyz"] = {"tcpSocket": {"port": closed}, "timeoutSeconds": 1}
-        prober = AppProber(parse_probers(cfg), pod_ip="", status_port=15020)
-        out = {}
-        for path in [*cfg, "/app-health/nope/livez"]:
-            out[path] = await prober.probe(path, {"User-Agent": "kube-probe/1.30", "Host": "x:15020"})
-        return out, seen
+    port = await serve({"/ok": ok, "/fail": fail, "/slow": slow, "/same": redirect_same, "/away": redirect_away})
+    closed = free_port()
+    cfg = {f"/app-health/c/{n}": {"httpGet": {"path": p, "port": port}, "timeoutSeconds": 1}
+           for n, p in (("livez", "/ok"), ("readyz", "/fail"), ("startupz", "/slow"))}
+    cfg["/app-health/d/livez"] = {"httpGet": {"path": "/same", "port": port}, "timeoutSeconds": 1}
+    cfg["/app-health/d/readyz"] = {"httpGet": {"path": "/away", "port": port}, "timeoutSeconds": 1}
+    cfg["/app-health/t/livez"] = {"tcpSocket": {"port": port}, "timeoutSeconds": 1}
+    cfg["/app-health/t/readyz"] = {"tcpSocket": {"port": closed}, "timeoutSeconds": 1}
+    prober = AppProber(parse_probers(cfg), pod_ip="", status_port=15020)
+    out = {}
+    for path in [*cfg, "/app-health/nope/livez"]:
+        out[path] = await prober.probe(path, {"User-Agent": "kube-probe/1.30", "Host": "x:15020"})
 
-
-def test_real_probes():
-    out, seen = run(_probe_all())
     assert out["/app-health/c/livez"].status == 200 and out["/app-health/c/livez"].body == b"fine"
     assert seen == {"peer": "127.0.0.6", "ua": "kube-probe/1.30", "conn": "close"}
     assert out["/app-health/c/readyz"].status == 500 and len(out["/app-health/c/readyz"].body) == 10 * 1024
@@ -101,7 +97,7 @@ def test_real_probes():
     assert nope.status == 400 and nope.body == b"app prober config does not exists for /app-health/nope/livez"
 
 
-def test_grpc_health_probe_against_a_real_grpc_server():
+async def test_grpc_health_probe_against_a_real_grpc_server():
     """grpcio (test-only) serves grpc.health.v1.Health/Check with raw bytes; the agent's h2c client asks."""
     from concurrent import futures
 
@@ -129,7 +125,7 @@ def test_grpc_health_probe_against_a_real_grpc_server():
         cfg = {f"/app-health/{name}/livez": {"grpc": {"port": port, "service": svc}, "timeoutSeconds": 1}
                for name, svc in cases.items()}
         prober = AppProber(parse_probers(cfg), pod_ip="", status_port=15020)
-        got = {name: run(prober.probe(f"/app-health/{name}/livez", {"User-Agent": "kube-probe/1.30"})).status
+        got = {name: (await prober.probe(f"/app-health/{name}/livez", {"User-Agent": "kube-probe/1.30"})).status
                for name in cases}
     finally:
         server.stop(0)
@@ -138,7 +134,7 @@ def test_grpc_health_probe_against_a_real_grpc_server():
     assert (b"\n\xc8\x01" + b"x" * 200, ) == (seen[-1][0], )  # a 200-byte name is varint-length-prefixed
 
 
-def test_grpc_probe_to_a_closed_port_is_500():
+async def test_grpc_probe_to_a_closed_port_is_500():
     prober = AppProber(parse_probers({"/app-health/a/livez": {"grpc": {"port": free_port()}, "timeoutSeconds": 1}}),
                        pod_ip="", status_port=15020)
-    assert run(prober.probe("/app-health/a/livez", {})).status == 500
+    assert (await prober.probe("/app-health/a/livez", {})).status == 500

@@ -3,6 +3,7 @@ terminationDrainDuration, or with EXIT_ON_ZERO_ACTIVE_CONNECTIONS a minimum wait
 no connection is active; a missing stat or repeated poll failures end it)."""
 import pytest
 
+from agent.sidecar.config_model import SidecarConfig
 from agent.sidecar.drain import NO_STAT, POLL_FAILED, Action, DrainPolicy, decide
 
 DEFAULT = DrainPolicy(termination_drain=5.0)
@@ -68,8 +69,7 @@ def test_simulated_drain_with_fake_clock():
     assert trace == [Action.WAIT, Action.POLL, Action.WAIT, Action.POLL, Action.WAIT, Action.POLL, Action.STOP]
 
 
-def test_policy_from_config_uses_defaults_for_missing_fields():
-    class Cfg:
-        termination_drain_duration = 2.0
-    p = DrainPolicy.from_config(Cfg())
-    assert p.termination_drain == 2.0 and p.exit_on_zero is False and p.minimum_drain == 5.0
+def test_policy_from_config():
+    cfg = SidecarConfig(termination_drain_duration=2.0, exit_on_zero_active_connections=True, minimum_drain_duration=3.0)
+    p = DrainPolicy.from_config(cfg)
+    assert (p.termination_drain, p.exit_on_zero, p.minimum_drain) == (2.0, True, 3.0)

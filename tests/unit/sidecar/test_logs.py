@@ -1,37 +1,35 @@
-"""Istio's text line format, JSON, and per-scope levels."""
+"""Istio's line format (text and JSON) and per-scope levels, through the sidecar's structlog chain
+and through istio-iptables' standard-library writer: both render with agent.logformat."""
 import io
 import json
 import re
 
 import pytest
 
+from agent import logformat
+from agent.iptables.logger import Logger
+from agent.logformat import Level
 from agent.sidecar import logs
 
 
-@pytest.fixture(params=["structlog", "early"])
-def mode(request):
-    """Every format test runs twice: through structlog, and through the writer used before structlog is adopted."""
-    return request.param
-
-
 @pytest.fixture
-def _capture(mode):
-    def capture(level="default:info", as_json=False):
+def capture():
+    def make(level="default:info", as_json=False):
         buf = io.StringIO()
-        logs.configure(level, as_json, stream=buf, defer_structlog=(mode == "early"))
+        logs.configure(level, as_json, stream=buf)
         return buf
-    return capture
+    return make
 
 
-def test_text_line_format(_capture):
-    buf = _capture()
+def test_text_line_format(capture):
+    buf = capture()
     logs.get().info("Envoy proxy is ready", pid=7, reason="two words")
     line = buf.getvalue().rstrip("\n")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\tinfo\tEnvoy proxy is ready pid=7 reason=\"two words\"", line)
 
 
-def test_scope_printed_unless_default_and_warn_level_name(_capture):
-    buf = _capture("default:info,probes:debug")
+def test_scope_printed_unless_default_and_warn_level_name(capture):
+    buf = capture("default:info,probes:debug")
     logs.get("probes").debug("app probe", status=200)
     logs.get().warning("careful")
     first, second = buf.getvalue().splitlines()
@@ -39,66 +37,58 @@ def test_scope_printed_unless_default_and_warn_level_name(_capture):
     assert second.split("\t")[1:] == ["warn", "careful"]
 
 
-def test_levels_filter_per_scope(_capture):
-    buf = _capture("default:warn,probes:none")
+def test_levels_filter_per_scope(capture):
+    buf = capture("default:warn,probes:none")
     logs.get().info("hidden")
     logs.get("probes").error("hidden too")
     logs.get("other").warning("shown")
     assert [line.split("\t")[-1] for line in buf.getvalue().splitlines()] == ["shown"]
 
 
-def test_json_output(_capture):
-    buf = _capture(as_json=True)
+def test_json_output(capture):
+    buf = capture(as_json=True)
     logs.get().error("Envoy exited", code=1)
     rec = json.loads(buf.getvalue())
     assert rec["level"] == "error" and rec["msg"] == "Envoy exited" and rec["code"] == 1
     assert rec["scope"] == "default" and rec["time"].endswith("Z")
 
 
+def test_field_quoting_bound_context_and_aliases(capture):
+    buf = capture("default:info,probes:debug")
+    logs.get().info("fields", a=1, b="two words", c="", d={"k": [1, 2]}, e="x=y")
+    logs.get("probes").bind(container="app").error("bound", kind="readyz")
+    logs.get().warn("warn alias")
+    logs.get().critical("critical")
+    assert [line.split("\t", 1)[1] for line in buf.getvalue().splitlines()] == [
+        'info\tfields a=1 b="two words" c="" d={"k":[1,2]} e="x=y"',
+        "error\tprobes\tbound container=app kind=readyz",
+        "warn\twarn alias",
+        "fatal\tcritical",
+    ]
+
+
+def test_loggers_made_before_configure_use_it():
+    log = logs.get("probes")  # module-level loggers are created at import time, before configure()
+    buf = io.StringIO()
+    logs.configure("default:info", stream=buf)
+    log.info("after", n=1)
+    assert [line.split("\t", 1)[1] for line in buf.getvalue().splitlines()] == ["info\tprobes\tafter n=1"]
+
+
 def test_bare_level_and_bad_level():
-    assert logs.parse_levels("debug")["default"] == logs.LEVELS["debug"]
-    with pytest.raises(logs.LogConfigError, match="verbose"):
-        logs.parse_levels("default:verbose")
-
-
-def _lines_without_time(buf):
-    return [line.split("\t", 1)[1] if "\t" in line else json.dumps({**json.loads(line), "time": None})
-            for line in buf.getvalue().splitlines()]
-
-
-def _emit_all(log_module):
-    log_module.get().info("plain")
-    log_module.get().info("fields", a=1, b="two words", c="", d={"k": [1, 2]}, e="x=y")
-    log_module.get("probes").warning("scoped %s", "arg", status=503)
-    log_module.get("probes").bind(container="app").error("bound", kind="readyz")
-    log_module.get().warn("warn alias")
-    log_module.get().critical("critical")
-    log_module.get().exception("with exc_info")
-    log_module.get("other").debug("filtered out")
+    assert logformat.parse_levels("debug")["default"] == Level.DEBUG
+    with pytest.raises(logformat.LogConfigError, match='--log_output_level "default:verbose": unknown level "verbose"'):
+        logformat.parse_levels("default:verbose")
 
 
 @pytest.mark.parametrize("as_json", [False, True])
-def test_early_writer_and_structlog_write_the_same_lines(as_json):
-    outputs = []
-    for defer in (True, False):
-        buf = io.StringIO()
-        logs.configure("default:info,probes:debug", as_json, stream=buf, defer_structlog=defer)
-        _emit_all(logs)
-        outputs.append(_lines_without_time(buf))
-    assert outputs[0] == outputs[1]
-    assert len(outputs[0]) == 7
-
-
-def test_adopt_structlog_keeps_the_output_and_loggers_made_before_it():
-    import structlog
-
-    buf = io.StringIO()
-    log = logs.get("probes")  # module-level loggers are created before configure()
-    logs.configure("default:info", stream=buf, defer_structlog=True)
-    log.info("before")
-    assert structlog.get_config()["processors"][-1] is not logs.render_text  # structlog not configured yet
-    logs.adopt_structlog()
-    assert structlog.get_config()["processors"][-1] is logs.render_text
-    log.info("after", n=1)
-    assert [line.split("\t", 1)[1] for line in buf.getvalue().splitlines()] == [
-        "info\tprobes\tbefore", "info\tprobes\tafter n=1"]
+def test_both_writers_render_the_same_line(as_json, capture):
+    """istio-iptables' writer and the sidecar's structlog chain print the same line for one event."""
+    sidecar = capture("default:info", as_json)
+    logs.get().warning("Istio iptables rules are in place")
+    iptables = io.StringIO()
+    writer = Logger()
+    writer.configure(Level.INFO, as_json, iptables)
+    writer.warning("Istio iptables rules %s", "are in place")
+    strip = (lambda line: {**json.loads(line), "time": None}) if as_json else (lambda line: line.split("\t", 1)[1])
+    assert [strip(line) for line in sidecar.getvalue().splitlines()] == [strip(line) for line in iptables.getvalue().splitlines()]

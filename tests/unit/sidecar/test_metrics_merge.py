@@ -1,14 +1,14 @@
 """Metrics merging (the agent's, Envoy's and the app's metrics in one /stats/prometheus answer, as
-Istio's status server does): targets, Accept negotiation, content type, joining, real scrapes."""
+Istio's status server does): targets, Accept negotiation, content type, real scrapes."""
 import aiohttp
 import pytest
 from aiohttp import web
 
 from agent.sidecar import logs
-from agent.sidecar.metrics import (OPENMETRICS_0, OPENMETRICS_1, TEXT, AgentMetrics, MetricsConfigError,
-                                   MetricsMerger, Target, join, negotiate_accept, response_content_type,
-                                   scrape_targets)
-from tests.unit.sidecar._servers import free_port, http_app, run
+from agent.sidecar.metrics import AgentMetrics, MetricsMerger
+from agent.sidecar.scrape import (OPENMETRICS_0, OPENMETRICS_1, TEXT, MetricsConfigError, Target, negotiate_accept,
+                                  response_content_type, scrape_targets)
+from tests.support.process import free_port
 
 
 @pytest.mark.parametrize("raw, want", [
@@ -59,11 +59,6 @@ def test_response_content_type(types, want):
     assert response_content_type(types) == want
 
 
-def test_join_order_and_eof():
-    assert join(b"a 1\n", b"b 2", [b"c 3\n# EOF\n"], TEXT) == b"a 1\nb 2\nc 3\n"
-    assert join(b"a 1\n", b"", [b"c 3\n# EOF\r\n", b"d 4\n# EOF"], OPENMETRICS_1) == b"a 1\nc 3\nd 4\n# EOF\n"
-
-
 def test_agent_registry_names():
     m = AgentMetrics(envoy_pid=lambda: None)
     m.scrapes.inc()
@@ -86,7 +81,7 @@ def test_envoy_process_metrics_for_a_real_process():
     assert "istio_agent_envoy_process_open_fds" in text
 
 
-async def _merge(app_up: bool):
+async def _merge(serve, app_up: bool):
     seen = {}
 
     async def envoy_stats(request):
@@ -100,18 +95,18 @@ async def _merge(app_up: bool):
         return web.Response(body=b"app_y 2\n# EOF\n",
                             headers={"Content-Type": "application/openmetrics-text; version=1.0.0; charset=utf-8"})
 
-    async with http_app({"/stats/prometheus": envoy_stats}) as envoy_port, http_app({"/metrics": app_metrics}) as app_port:
-        port = app_port if app_up else free_port()
-        m = AgentMetrics()
-        async with aiohttp.ClientSession() as session:
-            merger = MetricsMerger(m, session, envoy_port=envoy_port, targets=[Target(port)], log=logs.get())
-            body, ctype = await merger.scrape("usedonly", {"Accept": PROM, "User-Agent": "prometheus"})
-            body2, _ = await merger.scrape("", {})
-        return body.decode(), ctype, seen, m.render().decode(), body2.decode()
+    envoy_port = await serve({"/stats/prometheus": envoy_stats})
+    port = await serve({"/metrics": app_metrics}) if app_up else free_port()
+    m = AgentMetrics()
+    async with aiohttp.ClientSession() as session:
+        merger = MetricsMerger(m, session, envoy_port=envoy_port, targets=[Target(port)], log=logs.get())
+        body, ctype = await merger.scrape("usedonly", {"Accept": PROM, "User-Agent": "prometheus"})
+        body2, _ = await merger.scrape("", {})
+    return body.decode(), ctype, seen, m.render().decode(), body2.decode()
 
 
-def test_merge_with_app():
-    body, ctype, seen, registry, _ = run(_merge(True))
+async def test_merge_with_app(serve):
+    body, ctype, seen, registry, _ = await _merge(serve, True)
     assert ctype == OPENMETRICS_1
     agent_at, envoy_at, app_at = body.index("istio_agent_scrapes_total"), body.index("envoy_x 1"), body.index("app_y 2")
     assert agent_at < envoy_at < app_at and body.endswith("# EOF\n") and body.count("# EOF") == 1
@@ -121,14 +116,14 @@ def test_merge_with_app():
     assert 'istio_agent_scrape_failures_total{type="application"} 0.0' in registry
 
 
-def test_merge_with_app_down_still_answers_and_counts():
-    body, ctype, _, registry, body2 = run(_merge(False))
+async def test_merge_with_app_down_still_answers_and_counts(serve):
+    body, ctype, _, registry, body2 = await _merge(serve, False)
     assert ctype == TEXT and "envoy_x 1" in body and "app_y" not in body
     assert 'istio_agent_scrape_failures_total{type="application"} 2.0' in registry
     assert "istio_agent_scrapes_total 2.0" in registry
 
 
-async def _merge_big():
+async def test_merge_reads_a_streamed_body_to_the_end(serve):
     async def envoy_stats(request):
         resp = web.StreamResponse()
         resp.content_type = "text/plain"
@@ -138,22 +133,8 @@ async def _merge_big():
         await resp.write_eof()
         return resp
 
-    async with http_app({"/stats/prometheus": envoy_stats}) as envoy_port:
-        async with aiohttp.ClientSession() as session:
-            merger = MetricsMerger(AgentMetrics(), session, envoy_port=envoy_port, targets=None, log=logs.get())
-            return (await merger.scrape("", {}))[0].decode()
-
-
-def test_merge_reads_a_streamed_body_to_the_end():
-    body = run(_merge_big())
+    envoy_port = await serve({"/stats/prometheus": envoy_stats})
+    async with aiohttp.ClientSession() as session:
+        merger = MetricsMerger(AgentMetrics(), session, envoy_port=envoy_port, targets=None, log=logs.get())
+        body = (await merger.scrape("", {}))[0].decode()
     assert body.count("\nenvoy_metric_") == 200 * 50 and body.endswith("envoy_metric_199_49 1\n")
-
-
-def test_first_use_hook_runs_once_before_the_registry_is_built():
-    calls = []
-    m = AgentMetrics(on_first_use=lambda: calls.append("hook"))
-    m.set_startup_duration(0.25)
-    assert calls == []  # nothing built at start-up
-    m.scrapes.inc()
-    m.envoy_restarts.inc()
-    assert calls == ["hook"] and "istio_agent_startup_duration_seconds 0.25" in m.render().decode()

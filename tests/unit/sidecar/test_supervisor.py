@@ -1,16 +1,46 @@
-"""The supervisor's exit paths (agent.sidecar.run) with real child processes standing in for Envoy
-(`sleep`, `sh -c 'exit N'`) and a recording admin client. Every path in run.py's docstring."""
+"""The supervisor's exit paths (agent.sidecar.supervisor), every one its docstring lists, with real
+child processes standing in for Envoy (`sleep`, `sh -c 'exit N'`), a recording admin client, and a
+manual clock: the drain and restart waits only end when a test advances time, so every assertion on
+"how long" is exact and no test depends on the machine's speed."""
 import asyncio
 import signal
 import time
 
+import pytest
 
 from agent.exitcodes import Exit
-from agent.sidecar import drain, envoy, reaper
+from agent.sidecar import drain, envoy
 from agent.sidecar.admin import AdminError, ReadinessProbe
-from agent.sidecar.run import Supervision, Supervisor
+from agent.sidecar.drainer import Drainer
+from agent.sidecar.reaper import EnvoyHandle
+from agent.sidecar.supervisor import Supervision, Supervisor
 
 LIVE = "server.state: 0\nlistener_manager.workers_started: 1\n"
+
+
+class ManualClock:
+    """now() only moves when advance() is called; sleep() waits for that."""
+
+    def __init__(self):
+        self.t = 0.0
+        self.sleepers: list[tuple[float, asyncio.Future]] = []
+
+    def now(self):
+        return self.t
+
+    async def sleep(self, seconds):
+        fut = asyncio.get_running_loop().create_future()
+        self.sleepers.append((self.t + seconds, fut))
+        await fut
+
+    def pending(self):
+        return sorted(round(deadline - self.t, 6) for deadline, fut in self.sleepers if not fut.done())
+
+    def advance(self, seconds):
+        self.t += seconds
+        for deadline, fut in self.sleepers:
+            if deadline <= self.t + 1e-9 and not fut.done():
+                fut.set_result(None)
 
 
 class RecordingAdmin:
@@ -32,122 +62,162 @@ class RecordingAdmin:
         return value
 
 
-def make(argv=("sleep", "30"), *, budget=0, admin=None, policy=None, respawn=("sleep", "30"), inbound_only=True):
-    admin = admin or RecordingAdmin()
-    restarts = []
-    readiness = ReadinessProbe(admin, standalone=True, on_first_ready=lambda s: None, process_start=time.time())
-    sup = Supervisor(Supervision(
-        envoy=reaper.spawn(list(argv)), spawn=lambda: reaper.spawn(list(respawn)), admin=admin,
-        readiness=readiness, on_restart=lambda: restarts.append(1),
-        budget=envoy.RestartBudget(budget, 600, base_delay=0.05),
-        drain_policy=policy or drain.DrainPolicy(termination_drain=0.2), inbound_only=inbound_only,
-        reap_all=False, stop_grace=2.0))
-    return sup, admin, readiness, restarts
+class Rig:
+    def __init__(self, argv=("sleep", "30"), *, budget=0, admin=None, policy=None, respawn=("sleep", "30"),
+                 inbound_only=True, base_delay=0.05):
+        self.clock = ManualClock()
+        self.admin = admin or RecordingAdmin()
+        self.restarts = []
+        self.readiness = ReadinessProbe(self.admin, standalone=True, on_first_ready=lambda s: None,
+                                        process_start=time.time())
+        self.envoy = EnvoyHandle(list(argv))
+        self.envoy.spawn()
+        self.envoy.argv = list(respawn)  # what a restart runs
+        self.sup = Supervisor(Supervision(
+            envoy=self.envoy, admin=self.admin, readiness=self.readiness,
+            drainer=Drainer(self.admin, policy or drain.DrainPolicy(termination_drain=0.2), inbound_only=inbound_only,
+                            excluded_ports=(15021, 15090), clock=self.clock),
+            on_restart=lambda: self.restarts.append(1),
+            budget=envoy.RestartBudget(budget, 600, base_delay=base_delay),
+            reap_all=False, stop_grace=2.0, clock=self.clock))
+        self.task = None
+
+    def start(self):
+        self.task = asyncio.ensure_future(self.sup.run())
+
+    async def until(self, condition, what):
+        """Wait (in real time, bounded only against a hang) until `condition()` holds."""
+        for _ in range(2000):
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"never happened: {what}")
+
+    async def result(self):
+        return await asyncio.wait_for(self.task, 20)
+
+    def close(self):
+        self.envoy.kill()
 
 
-async def _run(sup, *events, delay=0.2):
-    task = asyncio.ensure_future(sup.run())
-    for event in events:
-        await asyncio.sleep(delay)
-        sup.enqueue(*event)
-    return await asyncio.wait_for(task, 20)
+@pytest.fixture
+def rig():
+    made = []
+
+    def make(*args, **kw):
+        made.append(Rig(*args, **kw))
+        return made[-1]
+    yield make
+    for r in made:
+        r.close()
 
 
-def test_sigterm_drains_inbound_then_stops_envoy():
-    async def go():
-        sup, admin, readiness, _ = make()
-        started = time.monotonic()
-        code = await _run(sup, ("signal", signal.SIGTERM))
-        return code, admin.calls, await readiness.reason(), time.monotonic() - started
-    code, calls, reason, took = asyncio.run(go())
-    assert code == Exit.OK
-    assert calls == [("drain_listeners", True, False)]
-    assert reason == "server is terminated: received signal: SIGTERM"
-    assert 0.4 <= took < 3  # 0.2 s before the signal + 0.2 s drain + sleep's quick exit on SIGTERM
+async def test_sigterm_drains_inbound_for_the_termination_drain_then_stops_envoy(rig):
+    r = rig()
+    r.start()
+    r.sup.enqueue("signal", signal.SIGTERM)
+    await r.until(lambda: r.clock.pending() == [0.2], "the drain waits terminationDrainDuration")
+    assert not r.task.done()
+    r.clock.advance(0.2)
+    assert await r.result() == Exit.OK
+    assert r.admin.calls == [("drain_listeners", True, False)]
+    assert await r.readiness.reason() == "server is terminated: received signal: SIGTERM"
+    assert r.envoy.pid is None and r.envoy.process.returncode is not None
 
 
-def test_router_drains_all_listeners():
-    async def go():
-        sup, admin, _, _ = make(inbound_only=False)
-        return await _run(sup, ("signal", signal.SIGINT)), admin.calls
-    code, calls = asyncio.run(go())
-    assert code == 0 and calls == [("drain_listeners", False, False)]
+async def test_router_drains_all_listeners(rig):
+    r = rig(inbound_only=False)
+    r.start()
+    r.sup.enqueue("signal", signal.SIGINT)
+    await r.until(lambda: r.clock.pending(), "drain wait")
+    r.clock.advance(0.2)
+    assert await r.result() == Exit.OK and r.admin.calls == [("drain_listeners", False, False)]
 
 
-def test_second_signal_forces():
-    async def go():
-        sup, _, _, _ = make(policy=drain.DrainPolicy(termination_drain=30))
-        started = time.monotonic()
-        code = await _run(sup, ("signal", signal.SIGTERM), ("signal", signal.SIGTERM))
-        return code, time.monotonic() - started
-    code, took = asyncio.run(go())
-    assert code == 0 and took < 5
+async def test_second_signal_forces_without_time_passing(rig):
+    r = rig(policy=drain.DrainPolicy(termination_drain=30))
+    r.start()
+    r.sup.enqueue("signal", signal.SIGTERM)
+    await r.until(lambda: r.clock.pending() == [30], "drain wait")
+    r.sup.enqueue("signal", signal.SIGTERM)
+    assert await r.result() == Exit.OK and r.clock.now() == 0
 
 
-def test_envoy_exiting_during_drain_ends_the_wait():
-    async def go():
-        sup, _, _, _ = make(argv=("sleep", "0.6"), policy=drain.DrainPolicy(termination_drain=30))
-        started = time.monotonic()
-        code = await _run(sup, ("signal", signal.SIGTERM))
-        return code, time.monotonic() - started
-    code, took = asyncio.run(go())
-    assert code == 0 and took < 5
+async def test_envoy_exiting_during_drain_ends_the_wait(rig):
+    r = rig(policy=drain.DrainPolicy(termination_drain=30))
+    r.start()
+    r.sup.enqueue("signal", signal.SIGTERM)
+    await r.until(lambda: r.clock.pending() == [30], "drain wait")
+    r.envoy.process.signal(signal.SIGKILL)  # Envoy goes away by itself
+    assert await r.result() == Exit.OK and r.clock.now() == 0
 
 
-def test_quitquitquit_skips_the_drain():
-    async def go():
-        sup, admin, _, _ = make(policy=drain.DrainPolicy(termination_drain=30))
-        code = await _run(sup, ("quit",))
-        return code, admin.calls
-    code, calls = asyncio.run(go())
-    assert code == 0 and calls == []
+async def test_quitquitquit_skips_the_drain(rig):
+    r = rig(policy=drain.DrainPolicy(termination_drain=30))
+    r.start()
+    r.sup.enqueue("quit")
+    assert await r.result() == Exit.OK and r.admin.calls == [] and r.clock.now() == 0
 
 
-def test_drain_endpoint_then_signal_stops_at_once():
-    async def go():
-        sup, admin, readiness, _ = make(policy=drain.DrainPolicy(termination_drain=30))
-        started = time.monotonic()
-        code = await _run(sup, ("drain_endpoint",), ("signal", signal.SIGTERM))
-        return code, admin.calls, time.monotonic() - started
-    code, calls, took = asyncio.run(go())
-    assert code == 0 and calls == [("drain_listeners", True, True)] and took < 5
+async def test_drain_endpoint_then_signal_stops_at_once(rig):
+    r = rig(policy=drain.DrainPolicy(termination_drain=30))
+    r.start()
+    r.sup.enqueue("drain_endpoint")
+    await r.until(lambda: r.admin.calls, "drain_listeners")
+    assert await r.readiness.reason() == "server is terminated: drain requested"
+    r.sup.enqueue("signal", signal.SIGTERM)
+    assert await r.result() == Exit.OK
+    assert r.admin.calls == [("drain_listeners", True, True)] and r.clock.now() == 0
 
 
-def test_exit_on_zero_polls_until_zero_and_survives_errors():
-    async def go():
-        admin = RecordingAdmin(active=[3, AdminError("refused"), 1, 0])
-        policy = drain.DrainPolicy(exit_on_zero=True, minimum_drain=0.1, poll_interval=0.05)
-        sup, _, _, _ = make(admin=admin, policy=policy)
-        return await _run(sup, ("signal", signal.SIGTERM)), admin.calls
-    code, calls = asyncio.run(go())
-    assert code == 0 and calls.count(("active_connections",)) == 4
+async def test_exit_on_zero_polls_until_zero_and_survives_errors(rig):
+    r = rig(admin=RecordingAdmin(active=[3, AdminError("refused"), 1, 0]),
+            policy=drain.DrainPolicy(exit_on_zero=True, minimum_drain=5, poll_interval=1))
+    r.start()
+    r.sup.enqueue("signal", signal.SIGTERM)
+    await r.until(lambda: r.clock.pending() == [5], "minimum drain")
+    r.clock.advance(5)
+    for _ in range(3):  # 3 active, a failed poll, 1 active: each followed by one poll interval
+        await r.until(lambda: r.clock.pending() == [1], "poll interval")
+        r.clock.advance(1)
+    assert await r.result() == Exit.OK
+    assert r.admin.calls.count(("active_connections",)) == 4 and r.clock.now() == 8
 
 
-def test_budget_zero_exits_like_istio():
-    sup, _, _, restarts = make(argv=("sh", "-c", "exit 3"), budget=0)
-    assert asyncio.run(sup.run()) == Exit.OK and restarts == []
+async def test_budget_zero_exits_like_istio(rig):
+    r = rig(argv=("sh", "-c", "exit 3"), budget=0)
+    r.start()
+    assert await r.result() == Exit.OK and r.restarts == []
 
 
-def test_restart_within_budget_then_give_up():
-    async def go():
-        sup, _, readiness, restarts = make(argv=("sh", "-c", "exit 3"), budget=1, respawn=("sh", "-c", "sleep 0.5; kill -9 $$"))
-        code = await asyncio.wait_for(sup.run(), 20)
-        return code, restarts, readiness.envoy_down
-    code, restarts, down = asyncio.run(go())
-    assert code == Exit.FAILURE and restarts == [1]
-    assert down == "Envoy exited (signal=SIGKILL)"
+async def test_restart_after_the_backoff_within_budget_then_give_up(rig):
+    r = rig(argv=("sh", "-c", "exit 3"), budget=1, respawn=("sh", "-c", "kill -9 $$"), base_delay=4)
+    r.start()
+    await r.until(lambda: r.clock.pending() == [4], "restart backoff")
+    assert r.restarts == [] and r.readiness.envoy_down == "Envoy exited (code=3)"
+    r.clock.advance(4)
+    assert await r.result() == Exit.FAILURE and r.restarts == [1]
+    assert r.readiness.envoy_down == "Envoy exited (signal=SIGKILL)"
 
 
-def test_cannot_respawn_is_a_failure():
-    async def go():
-        sup, _, _, _ = make(argv=("sh", "-c", "exit 1"), budget=2, respawn=("/nonexistent/envoy",))
-        return await asyncio.wait_for(sup.run(), 20)
-    assert asyncio.run(go()) == Exit.FAILURE
+async def test_cannot_respawn_is_a_failure(rig):
+    r = rig(argv=("sh", "-c", "exit 1"), budget=2, respawn=("/nonexistent/envoy",))
+    r.start()
+    await r.until(lambda: r.clock.pending(), "restart backoff")
+    r.clock.advance(60)
+    assert await r.result() == Exit.FAILURE
 
 
-def test_signal_while_waiting_to_restart_exits_at_once():
-    async def go():
-        sup, _, _, _ = make(argv=("sh", "-c", "exit 1"), budget=1)
-        sup.s.budget.base_delay = 30
-        return await _run(sup, ("signal", signal.SIGTERM), delay=0.3)
-    assert asyncio.run(go()) == Exit.OK
+async def test_signal_while_waiting_to_restart_exits_at_once(rig):
+    r = rig(argv=("sh", "-c", "exit 1"), budget=1, base_delay=8)
+    r.start()
+    await r.until(lambda: r.clock.pending() == [8], "restart backoff")
+    r.sup.enqueue("signal", signal.SIGTERM)
+    assert await r.result() == Exit.OK and r.restarts == []
+
+
+async def test_envoy_handle_kills_a_leftover_on_exit():
+    with EnvoyHandle(["sleep", "30"]) as handle:
+        pid = handle.pid
+        assert pid is not None
+    assert handle.pid is None and handle.process.returncode == -signal.SIGKILL

@@ -1,13 +1,13 @@
-"""The sidecar's supervisor: one event loop that keeps Envoy running and shuts it down cleanly.
+"""The sidecar's supervisor: the main loop that keeps Envoy running and stops it cleanly.
 
 Signal handlers, SIGCHLD and the status server's /quitquitquit and /drain only *enqueue* events; the
-main loop dispatches them to `handle_<name>` (gunicorn's arbiter shape). The drain runs as a task so
+loop dispatches them to `handle_<name>` (gunicorn's arbiter shape). The drain runs as a task so
 the loop keeps reaping children and seeing a second signal while it waits.
 
 States: RUNNING -> (Envoy died) RESTARTING -> RUNNING ... ; RUNNING/RESTARTING -> DRAINING -> STOPPED.
 
 Exit paths, all of them (exit code in brackets):
-1. SIGTERM/SIGINT: readiness fails, inbound listeners drain, wait (spec §7.3), stop Envoy  [0]
+1. SIGTERM/SIGINT: readiness fails, inbound listeners drain, wait (agent.sidecar.drain), stop Envoy  [0]
 2. a second SIGTERM/SIGINT while draining: stop Envoy now                                  [0]
 3. POST /quitquitquit, or a signal after POST /drain: stop Envoy without the drain wait     [0]
 4. Envoy exits by itself while draining: the wait ends early                               [0]
@@ -22,16 +22,13 @@ import asyncio
 import enum
 import os
 import signal
-import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from agent.exitcodes import Exit
-from agent.record import Default, Record
-from agent.sidecar import drain, envoy, logs, reaper
+from agent.sidecar import envoy, logs, reaper
 from agent.sidecar.admin import AdminClient, AdminError, ReadinessProbe
-
-TYPE_CHECKING = False  # annotations only; typing is not imported here at run time
-if TYPE_CHECKING:
-    from typing import Callable
+from agent.sidecar.drainer import Clock, Drainer, MonotonicClock
 
 log = logs.get()
 
@@ -43,36 +40,33 @@ class State(enum.Enum):
     STOPPED = "stopped"
 
 
-class Supervision(Record):
-    """What the supervisor is given (built by the edge, agent.sidecar.command)."""
+@dataclass(frozen=True, slots=True)
+class Supervision:
+    """What the supervisor is given (built by agent.sidecar.sidecar)."""
 
-    envoy: reaper.EnvoyProcess
-    spawn: Callable[[], reaper.EnvoyProcess]
+    envoy: reaper.EnvoyHandle
     admin: AdminClient
     readiness: ReadinessProbe
+    drainer: Drainer
     on_restart: Callable[[], None]  # counts the restart metric
     budget: envoy.RestartBudget
-    drain_policy: drain.DrainPolicy
-    inbound_only: bool = True  # sidecars drain inbound listeners only
-    excluded_ports: tuple[int, ...] = (15021, 15090)
-    reap_all: bool = Default(lambda: os.getpid() == 1)
+    reap_all: bool = field(default_factory=lambda: os.getpid() == 1)
     stop_grace: float = 2.0
-    early_signals: list[int] = Default(list)  # recorded by the edge before the loop ran
-    clock: Callable[[], float] = time.monotonic
+    early_signals: tuple[int, ...] = ()  # recorded by the edge before the loop ran
+    clock: Clock = field(default_factory=MonotonicClock)
 
 
 class Supervisor:
     def __init__(self, sup: Supervision):
         self.s = sup
-        self.envoy: reaper.EnvoyProcess | None = sup.envoy
+        self.envoy = sup.envoy
         self.state = State.RUNNING
-        self.events: asyncio.Queue = asyncio.Queue()
+        self.events: asyncio.Queue[tuple] = asyncio.Queue()
         self.skip_drain = False
         self.forced = asyncio.Event()
         self.envoy_gone = asyncio.Event()
         self.exit_code: int | None = None
-        self._drain_task: asyncio.Task | None = None
-        self._restart_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()  # the drain and a pending restart
 
     # -- enqueue-only entry points --------------------------------------------------------------
     def enqueue(self, *event: object) -> None:
@@ -84,8 +78,10 @@ class Supervisor:
     async def request_drain(self) -> None:
         self.enqueue("drain_endpoint")
 
-    def envoy_pid(self) -> int | None:
-        return self.envoy.pid if self.envoy else None
+    def _background(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- main loop ---------------------------------------------------------------------------------
     async def run(self) -> int:
@@ -104,27 +100,23 @@ class Supervisor:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 loop.remove_signal_handler(signum)
-            if self._restart_timer:
-                self._restart_timer.cancel()
-            if self._drain_task and not self._drain_task.done():
-                self._drain_task.cancel()
+            for task in list(self._tasks):
+                task.cancel()
 
     async def handle_child(self) -> None:
-        code, orphans = reaper.reap(self.envoy_pid(), self.s.reap_all)
+        code, orphans = reaper.reap(self.envoy.pid, self.s.reap_all)
         for pid, status in orphans:
             log.info("reaped orphan process", pid=pid, **envoy.describe_exit(status))
         if code is None:
             return
-        assert self.envoy is not None
-        self.envoy.forget(code)
-        self.envoy = None
+        self.envoy.exited(code)
         self.envoy_gone.set()
         if self.state == State.DRAINING:
             log.info("Envoy exited", **envoy.describe_exit(code))
             return
-        await self._unexpected_exit(code)
+        self._unexpected_exit(code)
 
-    async def _unexpected_exit(self, code: int) -> None:
+    def _unexpected_exit(self, code: int) -> None:
         fields = envoy.describe_exit(code)
         log.error("Envoy exited unexpectedly", **fields)
         self.s.readiness.envoy_down = f"Envoy exited ({', '.join(f'{k}={v}' for k, v in fields.items() if k != 'hint')})"
@@ -132,7 +124,7 @@ class Supervisor:
             log.info("Envoy restarts disabled (budget 0): exiting as Istio does", exit_code=int(Exit.OK))
             self.exit_code = Exit.OK
             return
-        now = self.s.clock()
+        now = self.s.clock.now()
         if not self.s.budget.allow(now):
             log.error("Envoy restart budget exhausted: exiting", restarts=len(self.s.budget.history),
                       window_seconds=self.s.budget.window, exit_code=int(Exit.FAILURE))
@@ -142,14 +134,17 @@ class Supervisor:
         self.state = State.RESTARTING
         log.warning("restarting Envoy", attempt=len(self.s.budget.history), limit=self.s.budget.limit,
                     delay_seconds=delay)
-        self._restart_timer = asyncio.get_running_loop().call_later(delay, self.enqueue, "restart")
+        self._background(self._restart_after(delay))
+
+    async def _restart_after(self, delay: float) -> None:
+        await self.s.clock.sleep(delay)
+        self.enqueue("restart")
 
     async def handle_restart(self) -> None:
-        self._restart_timer = None
         if self.state != State.RESTARTING:
             return
         try:
-            self.envoy = self.s.spawn()
+            proc = self.envoy.spawn()
         except OSError as e:
             log.error("cannot start Envoy again", error=str(e), exit_code=int(Exit.FAILURE))
             self.exit_code = Exit.FAILURE
@@ -158,7 +153,7 @@ class Supervisor:
         self.s.on_restart()
         self.s.readiness.envoy_restarted()
         self.state = State.RUNNING
-        log.info("Envoy restarted", pid=self.envoy.pid)
+        log.info("Envoy restarted", pid=proc.pid)
 
     async def handle_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
@@ -181,7 +176,7 @@ class Supervisor:
         self.skip_drain = True
         self.s.readiness.terminate("drain requested")
         try:
-            await self.s.admin.drain_listeners(self.s.inbound_only, skip_exit=True)
+            await self.s.admin.drain_listeners(self.s.drainer.inbound_only, skip_exit=True)
         except AdminError as e:
             log.warning("drain_listeners failed", error=str(e))
 
@@ -194,77 +189,35 @@ class Supervisor:
     def _begin_drain(self, cause: str) -> None:
         self.s.readiness.terminate(cause)
         prev, self.state = self.state, State.DRAINING
-        if prev == State.RESTARTING or self.envoy is None:
+        if prev == State.RESTARTING or self.envoy.pid is None:
             log.info("no Envoy running: exiting", cause=cause)
             self.enqueue("done")
             return
-        self._drain_task = asyncio.get_running_loop().create_task(self._drain(cause))
+        self._background(self._drain(cause))
 
     async def _drain(self, cause: str) -> None:
         """Drain, wait, stop Envoy. Whatever fails on the way, Envoy is stopped and the loop told."""
         try:
-            await self._drain_and_wait(cause)
+            if self.skip_drain:
+                log.info("skipping drain", cause=cause)
+            else:
+                await self.s.drainer.run(cause, {"forced by a second signal": self.forced,
+                                                 "Envoy exited early": self.envoy_gone})
         except Exception as e:  # never leave the loop waiting for a "done" that will not come
-            try:
-                log.error("drain failed: stopping Envoy", error=repr(e))
-            except Exception:
-                pass
+            log.error("drain failed: stopping Envoy", error=repr(e))
         finally:
             try:
                 await self._stop_envoy()
             finally:
                 self.enqueue("done")
 
-    async def _drain_and_wait(self, cause: str) -> None:
-        started = self.s.clock()
-        if self.skip_drain:
-            log.info("skipping drain", cause=cause)
-            return
-        log.info("draining Envoy", cause=cause, inbound_only=self.s.inbound_only, **vars(self.s.drain_policy))
-        try:
-            await self.s.admin.drain_listeners(self.s.inbound_only)
-        except AdminError as e:
-            log.warning("drain_listeners failed", error=str(e))
-        reason = await self._wait_drained(started)
-        log.info("drain finished", reason=reason, seconds=round(self.s.clock() - started, 3))
-
-    async def _wait_drained(self, started: float) -> str:
-        policy, active, errors = self.s.drain_policy, None, 0
-        while True:
-            if self.forced.is_set():
-                return "forced by a second signal"
-            if self.envoy_gone.is_set():
-                return "Envoy exited early"
-            step = drain.decide(self.s.clock() - started, active, policy, poll_errors=errors)
-            if step.action == drain.Action.STOP:
-                return step.reason
-            if step.action == drain.Action.POLL:
-                try:
-                    got = await self.s.admin.active_connections(self.s.excluded_ports)
-                    active, errors = (drain.NO_STAT if got is None else got), 0
-                except AdminError as e:
-                    active, errors = drain.POLL_FAILED, errors + 1
-                    log.warning("active connections poll failed", error=str(e), failures=errors)
-                continue
-            await self._sleep_or_event(step.seconds)
-            active = None  # stale after sleeping: poll again (exit-on-zero mode)
-
-    async def _sleep_or_event(self, seconds: float) -> None:
-        waiters = [asyncio.ensure_future(e.wait()) for e in (self.forced, self.envoy_gone)]
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-
     async def _stop_envoy(self) -> None:
-        if self.envoy is None:
+        if self.envoy.pid is None:
             return
         self.envoy.signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.envoy_gone.wait(), self.s.stop_grace)
         except asyncio.TimeoutError:
             log.warning("Envoy did not stop in time: killing it", grace_seconds=self.s.stop_grace)
-            if self.envoy is not None:
-                self.envoy.signal(signal.SIGKILL)
+            self.envoy.signal(signal.SIGKILL)
             await self.envoy_gone.wait()

@@ -1,0 +1,107 @@
+"""The running sidecar: `startup()`, `main_loop()`, `shutdown()`, in uvicorn's `Server` shape.
+
+    code = asyncio.run(Sidecar(cfg, plan, envoy, early_signals).serve())
+
+- `startup()` builds the adapters and starts the services, each registering its own cleanup once on
+  one `AsyncExitStack` (`self.services`). A new start-up service goes here: start it, then
+  `self.on_shutdown("what", its_stop)`.
+- `main_loop()` is the supervisor (agent.sidecar.supervisor): it returns once Envoy has stopped,
+  drained or not, with the exit code.
+- `shutdown()` unwinds the stack in reverse order of start; a failing step is logged and the rest
+  still run. Envoy has stopped by then, so services Envoy needs (SDS, xDS) outlive its drain.
+
+Envoy itself and the resources taken before its spawn (status socket, bootstrap file) belong to the
+edge's `ExitStack` (agent.sidecar.command), which outlives this object.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import aiohttp
+
+from agent.sidecar import drain, envoy, logs
+from agent.sidecar.admin import AdminClient, ReadinessProbe
+from agent.sidecar.config_model import SidecarConfig
+from agent.sidecar.drainer import Drainer, MonotonicClock
+from agent.sidecar.metrics import AgentMetrics, MetricsMerger
+from agent.sidecar.probes import AppProber
+from agent.sidecar.reaper import EnvoyHandle
+from agent.sidecar.startup import StartupPlan
+from agent.sidecar.status import StatusDeps, StatusServer
+from agent.sidecar.supervisor import Supervision, Supervisor
+
+log = logs.get()
+
+
+class Sidecar:
+    def __init__(self, cfg: SidecarConfig, plan: StartupPlan, envoy_handle: EnvoyHandle, *,
+                 process_start: float, early_signals: Sequence[int] = ()) -> None:
+        self.cfg = cfg
+        self.plan = plan
+        self.envoy = envoy_handle
+        self.process_start = process_start  # wall-clock time the agent's process started
+        self.early_signals = tuple(early_signals)
+        self.services = contextlib.AsyncExitStack()
+
+    async def serve(self) -> int:
+        try:
+            await self.startup()
+            return await self.main_loop()
+        finally:
+            await self.shutdown()
+
+    def on_shutdown(self, what: str, stop: Callable[[], Awaitable[object]]) -> None:
+        """Register a service's cleanup; it runs in reverse order of registration, failures logged."""
+        async def quietly() -> None:
+            try:
+                await stop()
+            except Exception as e:  # keep cleaning up
+                log.warning("cleanup step failed", step=what, error=repr(e))
+
+        self.services.push_async_callback(quietly)
+
+    async def startup(self) -> None:
+        cfg = self.cfg
+        session = aiohttp.ClientSession(auto_decompress=True)
+        self.on_shutdown("HTTP session", session.close)
+        self.metrics = AgentMetrics(envoy_pid=lambda: self.envoy.pid)
+        admin = AdminClient(cfg.admin_port, session)
+        self.readiness = ReadinessProbe(admin, standalone=cfg.standalone, process_start=self.process_start,
+                                        on_first_ready=self.metrics.set_startup_duration)
+        self.supervisor = Supervisor(Supervision(
+            envoy=self.envoy, admin=admin, readiness=self.readiness,
+            drainer=Drainer(admin, drain.DrainPolicy.from_config(cfg), inbound_only=cfg.proxy_type == "sidecar",
+                            excluded_ports=(cfg.envoy_status_port, cfg.envoy_prometheus_port),
+                            clock=MonotonicClock()),
+            on_restart=self.metrics.envoy_restarts.inc,
+            budget=envoy.RestartBudget(cfg.restart_budget, cfg.restart_window, base_delay=cfg.restart_backoff),
+            early_signals=self.early_signals))
+        if self.plan.status_sock is not None:
+            server = StatusServer(self._status_deps(session), self.plan.status_sock)
+            await server.start()
+            self.on_shutdown("status server", server.stop)
+            log.info("status server listening", port=cfg.status_port)
+
+    def _status_deps(self, session: aiohttp.ClientSession) -> StatusDeps:
+        """The status server gets the readiness probe, the prober, the metrics and two callbacks; no more."""
+        cfg = self.cfg
+        merger = MetricsMerger(self.metrics, session, log=log,
+                               envoy_port=cfg.envoy_prometheus_port if cfg.merge_envoy_stats else None,
+                               targets=self.plan.targets)
+        prober = AppProber(self.plan.probers, pod_ip=cfg.instance_ip, status_port=cfg.status_port,
+                           legacy_localhost=cfg.probe_legacy_localhost)
+        return StatusDeps(self.readiness.check, prober, merger, self.supervisor.request_drain,
+                          self.supervisor.request_quit, cfg.metrics_localhost_access_only)
+
+    async def main_loop(self) -> int:
+        return await self.supervisor.run()
+
+    async def shutdown(self) -> None:
+        await self.services.aclose()
+
+
+def wall_clock_start(monotonic_start: float) -> float:
+    """The wall-clock time of a `time.monotonic()` reading (readiness reports time since start)."""
+    return time.time() - (time.monotonic() - monotonic_start)

@@ -1,0 +1,129 @@
+"""Everything before Envoy is spawned: the checks that can fail cleanly, and the start-up plan.
+
+`prepare(cfg, stack)` validates what Envoy and the status server will need, binds the status port,
+checks Envoy's ports, and writes the bootstrap; each resource it takes is registered on the caller's
+`ExitStack`, so a failure at any step (or the end of the run) undoes exactly what was done. A
+failure is a `StartupError` whose message is the one line the edge prints.
+
+This module runs on the path from `exec` to Envoy's spawn: it imports only what that path needs
+(no aiohttp, structlog or prometheus_client), so that Envoy's own start overlaps their imports.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.logformat import LogConfigError, parse_levels
+from agent.sidecar import bootstrap, envoy
+from agent.sidecar.config_model import SidecarConfig
+from agent.sidecar.probe_config import ProbeConfigError, Prober, parse_probers
+from agent.sidecar.scrape import MetricsConfigError, Target, scrape_targets
+
+
+class StartupError(Exception):
+    """A start-up failure; the message is the one line printed to stderr."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartupPlan:
+    """What start-up decided, for the running sidecar."""
+
+    envoy_argv: list[str]
+    probers: dict[str, Prober]
+    targets: list[Target] | None  # app metrics to merge; None: none
+    status_sock: socket.socket | None  # bound and listening; None with --statusPort 0
+
+
+def prepare(cfg: SidecarConfig, stack: contextlib.ExitStack) -> StartupPlan:
+    """Pure checks first, then ports, then the one write (the bootstrap)."""
+    try:
+        parse_levels(cfg.log_output_level)
+        probers = parse_probers(cfg.app_probers)
+        # App metrics are merged for sidecars only, as in Istio.
+        targets = scrape_targets(cfg.prometheus_annotations, cfg.status_port) if cfg.proxy_type == "sidecar" else None
+    except (LogConfigError, ProbeConfigError, MetricsConfigError) as e:
+        raise StartupError(str(e)) from None
+    _check_binary(cfg.binary_path)
+    data = None if cfg.custom_config_file else bootstrap.build_bootstrap(cfg)
+    path = bootstrap.bootstrap_path(cfg)
+    status_sock = None
+    if cfg.status_port:
+        try:
+            status_sock = stack.enter_context(bind_status(cfg.status_port))
+        except OSError as e:
+            raise StartupError(f"--statusPort: port {cfg.status_port} is not available: {e.strerror}") from None
+    for address, port, what in listener_addresses(data) if data else [("127.0.0.1", cfg.admin_port, "proxyAdminPort")]:
+        check_port_free(address, port, what)
+    if data is not None:
+        try:
+            bootstrap.write_bootstrap(cfg, data)
+        except OSError as e:
+            raise StartupError(f"--configPath: cannot write bootstrap {path}: {e.strerror or e}") from None
+        stack.callback(_remove, path)
+    return StartupPlan(envoy.envoy_args(
+        cfg.binary_path, path, drain_duration=cfg.drain_duration, node_ips=cfg.instance_ips,
+        file_flush_interval_ms=cfg.file_flush_interval_ms, proxy_log_level=cfg.proxy_log_level,
+        proxy_component_log_level=cfg.proxy_component_log_level,
+        skip_deprecated_logs=cfg.skip_deprecated_logs, enable_core_dump=cfg.enable_core_dump,
+        concurrency=cfg.concurrency), probers, targets, status_sock)
+
+
+def _check_binary(path: str) -> None:
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise StartupError(f"--binaryPath: Envoy binary {path!r} not found or not executable")
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def listener_addresses(data: Mapping[str, Any]) -> list[tuple[str, int, str]]:
+    """(address, port, what) of every socket Envoy will bind per the bootstrap."""
+    out = []
+    admin = data.get("admin", {}).get("address", {}).get("socket_address", {})
+    if admin.get("port_value"):
+        out.append((admin.get("address", "127.0.0.1"), int(admin["port_value"]), "proxyAdminPort"))
+    for lis in data.get("static_resources", {}).get("listeners", []):
+        sa = lis.get("address", {}).get("socket_address", {})
+        if sa.get("port_value"):
+            out.append((sa.get("address", "0.0.0.0"), int(sa["port_value"]), f"listener {lis.get('name', '?')}"))
+    return out
+
+
+def check_port_free(address: str, port: int, what: str) -> None:
+    """Envoy fails late and obscurely on a taken port; the agent says which one, before spawning it."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError as e:
+            raise StartupError(f"{what}: port {port} on {address} is not available: {e.strerror}") from None
+
+
+def bind_status(port: int) -> socket.socket:
+    """Bind the status port before Envoy starts, so 'port in use' fails start-up cleanly.
+
+    Dual-stack (`[::]:port` with IPV6_V6ONLY off) like Go's `:15020`; IPv4-only hosts fall back.
+    """
+    try:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        addr: tuple = ("::", port)
+    except OSError:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        addr = ("0.0.0.0", port)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
