@@ -1,10 +1,69 @@
-"""Fixtures shared by every real-namespace suite (netns, sidecar, faults, image): factories that
-always clean up, also on failure."""
+"""Fixtures and hooks every suite shares.
+
+Markers say what a test needs from the host, so one kind runs alone (`-m netns`, `-m "not image"`):
+
+- `netns`: creates network namespaces (root, iproute2, iptables);
+- `envoy`: runs the real Envoy binary, or the agent that starts it;
+- `image`: builds the proxyv2 image and runs a pod from it (slow; its own CI stage). Those tests
+  also use namespaces and Envoy but carry only `image`, so `-m netns` never builds an image.
+
+They are given by suite directory below (a file named there overrides its directory), so a new
+test in a suite is marked without anyone remembering to. Tests left unmarked are in-process.
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
-from tests.netns.harness import Netns, Pod
+from tests.support.goldens import Goldens
+from tests.support.netns import Netns, Pod
+from tests.support.process import remove_script_copies
+
+TESTS = Path(__file__).resolve().parent
+NEEDS: dict[str, tuple[str, ...]] = {
+    "netns": ("netns",),
+    "netns/test_apply_pure.py": (),
+    "sidecar": ("netns", "envoy"),
+    "sidecar/test_bootstrap_validate.py": ("envoy",),
+    "sidecar/test_sidecar_bad_input.py": ("envoy",),
+    "faults": ("netns", "envoy"),
+    "faults/test_iptables_faults.py": ("netns",),
+    "xds": ("envoy",),
+    "image": ("netns", "envoy"),
+    "image/test_image.py": ("image",),
+    "property/test_subprocess_input.py": ("netns",),
+}
+
+
+def _needs(path: Path) -> tuple[str, ...]:
+    if not path.is_relative_to(TESTS):
+        return ()
+    rel = path.relative_to(TESTS)
+    for key in (rel.as_posix(), rel.parts[0]):
+        if key in NEEDS:
+            return NEEDS[key]
+    return ()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in _needs(item.path):
+            item.add_marker(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _helper_script_copies():
+    """Helper scripts run as another uid come from a world-readable copy (tests/support/process.py);
+    it goes at the end of the session."""
+    yield
+    remove_script_copies()
+
+
+@pytest.fixture(scope="session")
+def goldens() -> Goldens:
+    """Compare with, or (UPDATE_GOLDENS=1) rewrite, golden files: tests/support/goldens.py."""
+    return Goldens.from_env()
 
 
 @pytest.fixture

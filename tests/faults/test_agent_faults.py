@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from tests.faults.conftest import assert_nothing_left
-from tests.sidecar._agent import Agent, wait_until
+from tests.support.agent import Agent, assert_nothing_left
+from tests.support.process import wait_until
 
 
 def _gone_or_zombie(pid: int) -> bool:

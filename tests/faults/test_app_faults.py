@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import assert_nothing_left
-from tests.netns.harness import PY, Netns
-from tests.sidecar._agent import Agent, curl
+from tests.support.agent import Agent, assert_nothing_left, curl
+from tests.support.netns import Netns
+from tests.support.process import PY, script
 
-JUNK = str(Path(__file__).resolve().parent / "junk_app.py")
+JUNK = script("faults/junk_app.py")
 PROBERS = {
     "/app-health/down/livez": {"httpGet": {"path": "/ok", "port": 8099}, "timeoutSeconds": 1},
     "/app-health/tcpdown/livez": {"tcpSocket": {"port": 8098}, "timeoutSeconds": 1},

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.conftest import live_pids
-from tests.netns.harness import PILOT_AGENT
-from tests.sidecar._agent import BASE_ENV
+from tests.support.agent import BASE_ENV, live_pids
+from tests.support.process import PILOT_AGENT
 
 SETUPS = {
     "read-only": "mount -t tmpfs -o size=1m,mode=755 none $D && mount -o remount,ro $D",

@@ -10,9 +10,8 @@ import signal
 import subprocess
 import time
 
-from tests.faults.conftest import assert_nothing_left
-from tests.netns.harness import PY, REPO
-from tests.sidecar._agent import APP, BASE_ENV, Agent, curl, wait_until
+from tests.support.agent import APP, BASE_ENV, Agent, assert_nothing_left, curl
+from tests.support.process import PY, REPO, wait_until
 
 ARGS = ["--discoveryAddress", "127.0.0.1:15012", "--controlPlaneAuthPolicy", "NONE", "--concurrency", "1"]
 ENV = {"POD_NAME": "app-0", "POD_NAMESPACE": "default", "INSTANCE_IP": "127.0.0.1",

@@ -12,9 +12,8 @@ import signal
 
 import pytest
 
-from tests.faults.conftest import assert_nothing_left, error_lines
-from tests.netns.harness import PILOT_AGENT
-from tests.sidecar._agent import BASE_ENV, Agent, wait_until
+from tests.support.agent import BASE_ENV, Agent, assert_nothing_left, error_lines, live_pids
+from tests.support.process import PILOT_AGENT, wait_until
 
 FAST_EXIT = {"TERMINATION_DRAIN_DURATION_SECONDS": "0"}
 
@@ -105,13 +104,7 @@ def test_listener_port_taken_fails_before_envoy_starts(ns, work):
     assert "15006" in lines[0] and "not available" in lines[0]
     assert "Envoy started" not in cp.stdout
     assert not config_path.exists() or os.listdir(config_path) == []
-    assert [p for p in _live(ns) if p != holder.pid] == []
-
-
-def _live(ns) -> list[int]:
-    from tests.faults.conftest import live_pids
-
-    return live_pids(ns)
+    assert [p for p in live_pids(ns) if p != holder.pid] == []
 
 
 def test_port_taken_while_envoy_restarts_envoy_cannot_bind_agent_gives_up(ns, work):

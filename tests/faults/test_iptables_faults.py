@@ -11,19 +11,17 @@ Both use a PATH of wrappers around the real `*-restore` binaries (tests/faults/r
 """
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 from pathlib import Path
 
-from tests.netns.harness import PILOT_AGENT, Pod, rules_only, wait_for
+from tests.support.netns import ISTIO_INIT_ARGS as INIT_ARGS
+from tests.support.netns import Pod, rules_only
+from tests.support.process import PILOT_AGENT, kill_group, poll
 
 WRAPPER = Path(__file__).resolve().parent / "restore_wrapper.sh"
 REAL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RESTORES = ("iptables-restore", "ip6tables-restore", "iptables-nft-restore", "ip6tables-nft-restore",
             "iptables-legacy-restore", "ip6tables-legacy-restore")
-INIT_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
-             "-b", "*", "-d", "15090,15021,15020"]
 TPROXY_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-i", "*", "-b", "*", "-d", "15090"]
 
 
@@ -67,14 +65,12 @@ def test_init_container_killed_between_families_then_rerun(pod_factory, tmp_path
     proc = subprocess.Popen(pod.ns.argv([PILOT_AGENT, "istio-iptables", *INIT_ARGS, "--dual-stack"]), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        hung = wait_for(lambda: "hanging" in (tmp_path / "calls.log").read_text()
-                        if (tmp_path / "calls.log").exists() else False, timeout=30)
+        hung = poll(lambda: "hanging" in (tmp_path / "calls.log").read_text()
+                    if (tmp_path / "calls.log").exists() else False, timeout=30)
         assert hung, f"the IPv6 apply never started: {proc.poll()} {proc.stderr.read() if proc.poll() is not None else ''}"
         assert "ISTIO_" in rules_only(pod.save(v6=False) + pod.save(v6=False, binary="iptables-legacy-save"))
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # kubelet kills the whole container
-        proc.wait(10)
-        proc.stdout.close(), proc.stderr.close()
+        kill_group(proc)  # kubelet kills the whole container
     # IPv4 in, IPv6 not: kubelet runs the init container again with the same flags.
     again = pod.istio_iptables(*INIT_ARGS, "--dual-stack")
     assert again.returncode == 0, again.stderr

@@ -16,10 +16,6 @@ import pytest
 from tests.image.container import DEFAULT_IMAGE, Image
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "image: builds the proxyv2 image and runs a pod from it (slow; own CI stage)")
-
-
 @pytest.fixture(scope="session")
 def proxyv2_image() -> Image:
     return Image.build(os.environ.get("AGENT_IMAGE", DEFAULT_IMAGE))

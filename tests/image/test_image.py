@@ -1,5 +1,5 @@
 """The proxyv2 image runs the pod: both injected forms of config/k8s/'s productpage, from the image
-built by docker/build-local.sh, in network namespaces (tests/netns/harness.py).
+built by docker/build-local.sh, in network namespaces (tests/support/netns.py).
 
 For each example (2020 injection, native sidecar) one pod is started the way kubelet would:
 1. `istio-init` as root: `/usr/local/bin/pilot-agent istio-iptables -p 15001 -z 15006 -u 1337
@@ -30,12 +30,12 @@ import pytest
 
 from tests.image.container import Container, Image
 from tests.image.k8s import PodFacts, PodSpec
-from tests.netns.harness import APP_UID, POD4, PROXY_UID, PY, REMOTE4, Pod, wait_for
+from tests.support.netns import APP_UID, POD4, PROXY_UID, REMOTE4, Pod
+from tests.support.process import PY, poll, script
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(1200)]
 
-HERE = Path(__file__).resolve().parent
-HTTPAPP, HTTPGET = str(HERE / "httpapp.py"), str(HERE / "httpget.py")
+HTTPAPP, HTTPGET = script("image/httpapp.py"), script("image/httpget.py")
 APP_PORT, PEER_PORT = 9080, 9091
 FACTS = PodFacts(ip=POD4, host_ip=REMOTE4)
 # Istio's legacy env for the termination drain (how long the agent waits after SIGTERM before it
@@ -129,8 +129,8 @@ def running(request, proxyv2_image, tmp_path_factory):
     cleanup: list = []
     try:
         rp, cleanup = _start(request.param, proxyv2_image, workdir)
-        ready = wait_for(lambda: rp.remote_get(15020, "/healthz/ready").get("status") == 200
-                         or rp.agent.poll() is not None, timeout=60, interval=0.25)
+        ready = poll(lambda: rp.remote_get(15020, "/healthz/ready").get("status") == 200
+                     or rp.agent.poll() is not None, timeout=60, interval=0.25)
         assert ready and rp.agent.poll() is None, f"sidecar not ready:\n{rp.logs()}"
         yield rp
     finally:
@@ -249,8 +249,8 @@ def test_termination_exits_0(running):
     start = time.monotonic()
     running.agent.send_signal(signal.SIGTERM)
     if not pre_stop:  # readiness fails at once, while Envoy drains
-        went_down = wait_for(lambda: running.remote_get(15020, "/healthz/ready", timeout=1).get("status") != 200,
-                             timeout=3, interval=0.05)
+        went_down = poll(lambda: running.remote_get(15020, "/healthz/ready", timeout=1).get("status") != 200,
+                         timeout=3, interval=0.05)
         assert went_down, "readiness still 200 after SIGTERM"
     code = running.agent.wait(timeout=60)
     print(f"{running.example}: exit {code} {time.monotonic() - start:.1f}s after SIGTERM")

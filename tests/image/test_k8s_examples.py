@@ -20,15 +20,15 @@ import pytest
 
 from agent.sidecar import bootstrap, config
 from tests.image.k8s import PodFacts, PodSpec
-from tests.netns.harness import POD4, REMOTE4
+from tests.support.netns import POD4, REMOTE4
+from tests.support.process import ISTIO_IPTABLES, PILOT_AGENT
 
 EXAMPLES = ["productpage-injected.yaml", "productpage-native-sidecar.yaml"]
 FACTS = PodFacts(ip=POD4, host_ip=REMOTE4)
 ENTRYPOINT = ["/usr/local/bin/pilot-agent"]  # docker/Dockerfile.proxyv2
 # The image's /usr/local/bin entries, mapped to the dev install.
-HOST_BINARIES = {"/usr/local/bin/pilot-agent": "/opt/agent/bin/pilot-agent",
-                 "pilot-agent": "/opt/agent/bin/pilot-agent",
-                 "istio-iptables": "/opt/agent/bin/istio-iptables"}
+HOST_BINARIES = {"/usr/local/bin/pilot-agent": PILOT_AGENT, "pilot-agent": PILOT_AGENT,
+                 "istio-iptables": ISTIO_IPTABLES}
 IMAGE_TAG = "localhost/agent-proxyv2:latest"  # docker/build-local.sh's default IMAGE
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.netns.harness import APP_UID, POD4, PROXY_UID, REMOTE4, Pod
+from tests.support.netns import APP_UID, POD4, PROXY_UID, REMOTE4, Pod
 
 INIT_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
              "-b", "*", "-d", "15090,15020"]

@@ -4,7 +4,7 @@ TPROXY (with its policy routing), IPv6 (v6-only and dual-stack), -b lists, -i/-x
 from __future__ import annotations
 
 
-from tests.netns.harness import APP_UID, POD4, POD6, PROXY_UID, REMOTE4, REMOTE6, Pod
+from tests.support.netns import APP_UID, POD4, POD6, PROXY_UID, REMOTE4, REMOTE6, Pod
 
 BASE = ["-p", "15001", "-z", "15006", "-u", "1337"]
 SECOND_REMOTE4 = "198.18.0.21"

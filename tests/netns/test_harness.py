@@ -1,10 +1,10 @@
-"""The harness itself: wiring, uid switching, listener replies, cleanup."""
+"""The namespace harness itself (tests/support/netns.py): wiring, uid switching, listener replies, cleanup."""
 from __future__ import annotations
 
 import os
 import subprocess
 
-from tests.netns.harness import APP_UID, PROXY_UID
+from tests.support.netns import APP_UID, PROXY_UID
 
 
 def test_pod_wiring_listeners_and_cleanup(pod_factory):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.netns.harness import APP_UID, POD4, PROXY_UID, REMOTE4, Pod, Shims, rules_only
+from tests.support.netns import APP_UID, POD4, PROXY_UID, REMOTE4, Pod, Shims, rules_only
+from tests.support.process import ISTIO_IPTABLES
 
 INIT_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
              "-b", "*", "-d", "15090,15020"]
@@ -203,7 +204,7 @@ def test_fresh_namespace_prefers_nft(pod):
 
 
 def test_2020_console_script_istio_iptables(pod):
-    res = pod.run(["/opt/agent/bin/istio-iptables", *INIT_ARGS], check=False)
+    res = pod.run([ISTIO_IPTABLES, *INIT_ARGS], check=False)
     assert res.returncode == 0, res.stderr
     assert pod.istio_iptables(*INIT_ARGS, "--verify").returncode == 0
     assert pod.client(uid=APP_UID).tcp(REMOTE4, 9090).get("listener") == 15001

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.netns.harness import rules_only
+from tests.support.netns import rules_only
 
 BASE = ["-p", "15001", "-z", "15006", "-u", "1337"]
 VARIANTS = {

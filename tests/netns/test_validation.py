@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import re
 
-from tests.netns.harness import PILOT_AGENT, PROXY_UID
+from tests.support.netns import PROXY_UID
+from tests.support.process import PILOT_AGENT
 
 INIT_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
              "-b", "*", "-d", "15090,15020"]

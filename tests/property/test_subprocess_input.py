@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 
 from agent.exitcodes import Exit
-from tests.netns.harness import PILOT_AGENT, Netns
+from tests.support.netns import Netns
+from tests.support.process import PILOT_AGENT
 from tests.property import test_iptables_input as ipt
 from tests.property import test_sidecar_input as sct
 from tests.property.strategies import TRIED, mutated_argv

@@ -14,7 +14,8 @@ import tempfile
 import pytest
 
 from agent.sidecar import bootstrap, config
-from tests.netns.harness import APP_UID, POD4, PROXY_UID, REMOTE4, Pod, wait_for
+from tests.support.netns import APP_UID, POD4, PROXY_UID, REMOTE4, Pod
+from tests.support.process import poll
 
 RULES = """*nat
 :PREROUTING ACCEPT [0:0]
@@ -66,8 +67,8 @@ def test_standalone_passthrough_inbound_and_outbound(pod, config_dir):
     pod.remote.spawn_listener(tcp="9090", tag="remote", uid=None)
     pod.spawn([cfg.binary_path, "-c", path, "--disable-hot-restart", "--concurrency", "1", "-l", "warning"],
               uid=PROXY_UID)
-    assert wait_for(lambda: pod.run(["curl", "-sf", "http://127.0.0.1:15000/ready"], check=False).stdout
-                    == "LIVE\n", timeout=20), "Envoy did not become LIVE"
+    assert poll(lambda: pod.run(["curl", "-sf", "http://127.0.0.1:15000/ready"], check=False).stdout
+                == "LIVE\n", timeout=20), "Envoy did not become LIVE"
 
     inbound = pod.remote.client(uid=None).tcp(POD4, 8080)
     assert inbound.get("tag") == "app", inbound

@@ -8,8 +8,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.netns.harness import PILOT_AGENT, PY, REPO
-from tests.sidecar._agent import APP, BASE_ENV, Agent, curl, wait_until
+from tests.support.agent import APP, BASE_ENV, Agent, curl
+from tests.support.process import PILOT_AGENT, PY, REPO, wait_until
 
 LINE_2020 = ("--domain ns1.svc.cluster.local --binaryPath /usr/local/bin/envoy --serviceCluster productpage.ns1 "
              "--drainDuration 45s --parentShutdownDuration 1m0s --discoveryAddress 127.0.0.1:15012 "

@@ -5,24 +5,18 @@ import subprocess
 
 import pytest
 
-from tests.netns.harness import PILOT_AGENT
-from tests.sidecar._agent import BASE_ENV
+from tests.support.agent import BASE_ENV
+from tests.support.process import PILOT_AGENT, free_port
 
 
 def _run(tmp_path, *args, env=None):
     config_path = tmp_path / "proxy"
     argv = [PILOT_AGENT, "proxy", "sidecar", "--standalone", "--configPath", str(config_path),
-            "--proxyAdminPort", str(_free()), "--statusPort", str(_free()), *args]
-    environ = {**BASE_ENV, "ENVOY_STATUS_PORT": str(_free()), "ENVOY_PROMETHEUS_PORT": str(_free()), **(env or {})}
+            "--proxyAdminPort", str(free_port()), "--statusPort", str(free_port()), *args]
+    environ = {**BASE_ENV, "ENVOY_STATUS_PORT": str(free_port()), "ENVOY_PROMETHEUS_PORT": str(free_port()), **(env or {})}
     cp = subprocess.run(argv, capture_output=True, text=True, env=environ, timeout=30, cwd=tmp_path)
     leftovers = [] if not config_path.exists() else os.listdir(config_path)
     return cp, leftovers
-
-
-def _free() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("args, env, setting", [

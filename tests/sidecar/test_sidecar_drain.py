@@ -12,18 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.harness import APP_UID, POD4, PROXY_UID, PY, Pod
-from tests.sidecar._agent import APP, HERE, LOADGEN, Agent, curl
-from tests.sidecar.test_sidecar_pod import INIT_FLAGS
-
-HOLD = str(HERE / "hold_client.py")
+from tests.support.agent import APP, HOLD_CLIENT, LOADGEN, Agent, curl
+from tests.support.netns import APP_UID, ISTIO_INIT_ARGS, POD4, PROXY_UID, Pod
+from tests.support.process import PY
 
 
 @pytest.fixture(scope="module")
 def pod():
     pod = Pod.create(prefix="sd")
     try:
-        assert pod.istio_iptables(*INIT_FLAGS).returncode == 0
+        assert pod.istio_iptables(*ISTIO_INIT_ARGS).returncode == 0
         pod.spawn([PY, APP, "--http", "8080", "--hold", "7070"], uid=APP_UID, wait_ready=True)
         yield pod
     finally:
@@ -70,7 +68,7 @@ def test_exit_on_zero_active_connections(pod, work):
         "INSTANCE_IP": POD4, "EXIT_ON_ZERO_ACTIVE_CONNECTIONS": "true", "MINIMUM_DRAIN_DURATION": "1s",
         "TERMINATION_DRAIN_DURATION_SECONDS": "1"})
     agent.wait_ready()
-    held = subprocess.Popen(pod.remote.argv([PY, HOLD, POD4, "7070"]), stdin=subprocess.PIPE,
+    held = subprocess.Popen(pod.remote.argv([PY, HOLD_CLIENT, POD4, "7070"]), stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     pod.remote.procs.append(held)
     assert held.stdout.readline().strip() == "connected held"  # through Envoy's inbound listener

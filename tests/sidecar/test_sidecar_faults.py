@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sidecar._agent import BASE_ENV, Agent, curl, wait_until
+from tests.support.agent import BASE_ENV, Agent, curl
+from tests.support.process import wait_until
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.harness import PILOT_AGENT
-from tests.sidecar._agent import BASE_ENV, Agent
+from tests.support.agent import BASE_ENV, Agent
+from tests.support.process import PILOT_AGENT
 
 TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\t(debug|info|warn|error)\t")
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.harness import APP_UID, PILOT_AGENT, POD4, PROXY_UID, PY, REMOTE4, Pod
-from tests.sidecar._agent import APP, BASE_ENV, Agent, curl, stat
+from tests.support.agent import APP, BASE_ENV, Agent, curl, stat
+from tests.support.netns import APP_UID, ISTIO_INIT_ARGS, POD4, PROXY_UID, REMOTE4, Pod
+from tests.support.process import PILOT_AGENT, PY
 
-INIT_FLAGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
-              "-b", "*", "-d", "15090,15021,15020"]
 PROBERS = {
     "/app-health/app/livez": {"httpGet": {"path": "/ok", "port": 8080}, "timeoutSeconds": 1},
     "/app-health/app/readyz": {"httpGet": {"path": "/fail", "port": 8080}, "timeoutSeconds": 1},
@@ -32,7 +31,7 @@ def env():
     pod = Pod.create(prefix="sr")
     work = Path(tempfile.mkdtemp(prefix="sidecar-rt-"))
     try:
-        init = pod.istio_iptables(*INIT_FLAGS)
+        init = pod.istio_iptables(*ISTIO_INIT_ARGS)
         assert init.returncode == 0, init.stderr
         pod.spawn([PY, APP, "--http", "8080", "--hold", "7070"], uid=APP_UID, wait_ready=True)
         pod.remote.spawn([PY, APP, "--http", "9090", "--tag", "remote"], wait_ready=True)

@@ -5,7 +5,6 @@ Istio's own goldens are checked by ../shared/conformance/istio-iptables/check.py
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -66,14 +65,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_golden(name):
+def test_golden(name, goldens):
     argv, env, facts = CASES[name]
-    got = transcript(argv, env, facts)
-    path = GOLDEN / f"{name}.golden"
-    if os.environ.get("UPDATE_GOLDENS") == "1":
-        path.write_text(got)
-    assert path.exists(), f"missing {path}; run with UPDATE_GOLDENS=1 to create it"
-    assert got == path.read_text()
+    goldens.check(GOLDEN / f"{name}.golden", transcript(argv, env, facts))
 
 
 def test_no_stale_goldens():

@@ -1,8 +1,6 @@
 """Istio's readiness logic (config received from xDS, not terminating, Envoy LIVE with workers started;
 https://github.com/istio/istio/blob/master/pilot/cmd/pilot-agent/status/ready/probe.go): reasons
 from admin /stats text, caching, terminate, restart."""
-import asyncio
-
 import pytest
 
 from agent.sidecar import envoy
@@ -82,44 +80,44 @@ def _probe(admin, standalone=False):
     return probe, ready
 
 
-def test_ready_then_cached_forever():
+async def test_ready_then_cached_forever():
     admin = FakeAdmin(CONFIG_OK, LIVE)
     probe, ready = _probe(admin)
-    assert asyncio.run(probe.check()) is None
+    assert await probe.check() is None
     assert ready == [2.5]
     admin.answers = {envoy.CONFIG_STATS: "", envoy.LIVE_STATS: "server.state: 1\n"}
-    assert asyncio.run(probe.check()) is None  # both cached after the first success, as Istio does
+    assert await probe.check() is None  # both cached after the first success, as Istio does
     assert len(admin.calls) == 2
 
 
-def test_standalone_skips_the_xds_condition():
+async def test_standalone_skips_the_xds_condition():
     admin = FakeAdmin("", LIVE)
     probe, _ = _probe(admin, standalone=True)
-    assert asyncio.run(probe.check()) is None
+    assert await probe.check() is None
     assert admin.calls == [envoy.LIVE_STATS]
 
 
-def test_terminate_fails_at_once_after_config_check():
+async def test_terminate_fails_at_once_after_config_check():
     probe, _ = _probe(FakeAdmin(CONFIG_OK, LIVE))
-    assert asyncio.run(probe.check()) is None
+    assert await probe.check() is None
     probe.terminate("received signal: SIGTERM")
-    assert asyncio.run(probe.check()) == "server is terminated: received signal: SIGTERM"
+    assert await probe.check() == "server is terminated: received signal: SIGTERM"
 
 
-def test_admin_error_is_the_reason():
+async def test_admin_error_is_the_reason():
     probe, _ = _probe(FakeAdmin(AdminError("GET /stats: connection refused"), LIVE))
-    assert asyncio.run(probe.check()) == "GET /stats: connection refused"
+    assert await probe.check() == "GET /stats: connection refused"
 
 
-def test_envoy_down_and_restart_clear_caches():
+async def test_envoy_down_and_restart_clear_caches():
     admin = FakeAdmin(CONFIG_OK, LIVE)
     probe, ready = _probe(admin)
-    asyncio.run(probe.check())
+    await probe.check()
     probe.envoy_down = "Envoy exited (signal=SIGKILL)"
-    assert asyncio.run(probe.check()) == "Envoy exited (signal=SIGKILL)"
+    assert await probe.check() == "Envoy exited (signal=SIGKILL)"
     probe.envoy_restarted()
     admin.answers[envoy.CONFIG_STATS] = ""
-    assert asyncio.run(probe.check()).startswith("config not received")
+    assert (await probe.check()).startswith("config not received")
     admin.answers[envoy.CONFIG_STATS] = CONFIG_OK
-    assert asyncio.run(probe.check()) is None
+    assert await probe.check() is None
     assert ready == [2.5]  # startup duration recorded once only

@@ -1,15 +1,13 @@
 """A "pod" network namespace and a "remote" one joined by a veth, for real-traffic tests.
 
-Shared by every suite that needs a real netns (owner: iptables-apply). Stdlib only.
-
-    with Pod.create(ipv6=True) as pod:              # or the `pod_factory` fixture (conftest.py)
+    with Pod.create(ipv6=True) as pod:              # or the `pod_factory` fixture (tests/conftest.py)
         pod.run(["iptables-save"])                   # ip netns exec <pod> iptables-save
-        srv = pod.spawn_as(1337, [PY, LISTENER, "--tcp", "15001,15006"], wait_ready=True)
-        pod.remote.spawn([PY, LISTENER, "--tcp", "9090", "--tag", "remote"], wait_ready=True)
+        pod.spawn_listener(tcp="15001,15006")        # tests/netns/origdst_listener.py as uid 1337
+        pod.remote.spawn_listener(tcp="9090", tag="remote", uid=None)
         reply = pod.client(uid=1000).tcp(pod.remote_ip4, 9090)   # dict from the listener
 
-Addresses (only inside namespaces we create, TEAM.md): pod 198.18.0.10/24 and 2001:db8::10/64,
-remote 198.18.0.20/24 and 2001:db8::20/64, IPv6 without DAD so it is usable at once. The pod's
+Addresses (only inside namespaces we create): pod 198.18.0.10/24 and 2001:db8::10/64, remote
+198.18.0.20/24 and 2001:db8::20/64, IPv6 without DAD so it is usable at once. The pod's
 /etc/resolv.conf (bind-mounted by `ip netns exec` from /etc/netns/<name>/) names the remote as its
 nameserver unless told otherwise.
 
@@ -25,23 +23,18 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-#: The venv interpreter; readable and executable by uid 1337.
-PY = "/opt/agent/bin/python" if os.path.exists("/opt/agent/bin/python") else sys.executable
-PILOT_AGENT = "/opt/agent/bin/pilot-agent"
-LISTENER = str(HERE / "origdst_listener.py")
-CLIENT = str(HERE / "netclient.py")
+from tests.support.process import PILOT_AGENT, PY, script
 
 POD4, REMOTE4 = "198.18.0.10", "198.18.0.20"
 POD6, REMOTE6 = "2001:db8::10", "2001:db8::20"
 PROXY_UID = 1337
 APP_UID = 1000
+#: The istio-init container's arguments as Istio's injector writes them (the agent's ports excluded).
+ISTIO_INIT_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
+                   "-b", "*", "-d", "15090,15021,15020"]
 
 #: Resolved once with the real PATH, so a test's PATH (e.g. counting shims) never sees them.
 IP = shutil.which("ip") or "/usr/sbin/ip"
@@ -115,7 +108,7 @@ class Netns:
 
     def spawn_listener(self, *, tcp: str = "", udp: str = "", tag: str = "proxy",
                        uid: int | None = PROXY_UID, transparent: bool = False) -> subprocess.Popen:
-        argv = [PY, LISTENER, "--tag", tag]
+        argv = [PY, script("netns/origdst_listener.py"), "--tag", tag]
         argv += ["--tcp", tcp] if tcp else []
         argv += ["--udp", udp] if udp else []
         argv += ["--transparent"] if transparent else []
@@ -157,7 +150,7 @@ class Client:
     source: str | None = None
 
     def _call(self, *args: str, timeout: float = 3) -> dict:
-        argv = [PY, CLIENT, *args, "--timeout", str(timeout)]
+        argv = [PY, script("netns/netclient.py"), *args, "--timeout", str(timeout)]
         argv += ["--source", self.source] if self.source else []
         cp = self.ns.run(argv, uid=self.uid, check=False, timeout=timeout + 10)
         try:
@@ -331,15 +324,6 @@ class Shims:
 
     def reset(self) -> None:
         self.log.write_text("")
-
-
-def wait_for(predicate, timeout: float = 5, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 @atexit.register

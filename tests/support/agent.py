@@ -1,4 +1,5 @@
-"""Run the real agent (`/opt/agent/bin/pilot-agent proxy sidecar ...`) inside a network namespace.
+"""Run the real agent (`pilot-agent proxy sidecar ...` of the installed environment) inside a network
+namespace, and check that it left nothing behind.
 
 Every namespace gets its own ports, so the tests use the real defaults (15000, 15020, 15021, 15090)
 and run side by side with other suites. Output goes to a log file (Envoy is chatty; a pipe could fill
@@ -14,11 +15,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.netns.harness import PILOT_AGENT, REPO, Netns
+from tests.support.netns import Netns
+from tests.support.process import PILOT_AGENT, REPO, script, wait_until
 
-HERE = Path(__file__).resolve().parent
-APP = str(HERE / "app_server.py")
-LOADGEN = str(HERE / "loadgen.py")
+#: The helper programs of the sidecar suite (tests/sidecar/), from the copy every uid can read.
+APP = script("sidecar/app_server.py")
+LOADGEN = script("sidecar/loadgen.py")
+HOLD_CLIENT = script("sidecar/hold_client.py")
 BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO), "HOME": "/tmp"}
 
 
@@ -33,17 +36,6 @@ def curl(ns: Netns, url: str, method: str = "GET", *, uid: int | None = None, ti
     cp = ns.run(argv + [url], uid=uid, check=False, timeout=timeout + 10)
     body, _, code = cp.stdout.rpartition("\n")
     return int(code or 0), body.rstrip("\n")
-
-
-def wait_until(predicate, timeout: float = 30, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not met within {timeout}s (last: {last!r})")
 
 
 def stat(ns: Netns, name: str, admin_port: int = 15000) -> int | None:
@@ -121,3 +113,38 @@ class Agent:
             if state != "Z" and cmdline and cmdline[0].endswith(b"envoy") and any(marker.encode() in a for a in cmdline):
                 pids.append(int(entry))
         return pids
+
+
+def netns_pids(ns: Netns) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", ns.name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if int(p) != os.getpid()]
+
+
+def live_pids(ns: Netns, keep=()) -> list[int]:
+    """Processes in the namespace that are not zombies and not ones the test keeps on purpose."""
+    out = []
+    for pid in netns_pids(ns):
+        if pid in keep:
+            continue
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.append(pid)
+    return out
+
+
+def assert_nothing_left(agent: Agent, keep=()) -> None:
+    """The "nothing is lost" half of every fault case: the agent is gone, no process of ours is left
+    in the namespace (no orphan Envoy), and --configPath holds no bootstrap and no temp file."""
+    assert agent.proc.poll() is not None, "the agent is still running"
+    assert agent.envoy_pids() == [], "an Envoy outlived the agent"
+    left = live_pids(agent.ns, keep=set(keep) | {p.pid for p in agent.ns.procs if p is not agent.proc and p.poll() is None})
+    assert left == [], f"processes left in the namespace: {left}"
+    files = sorted(os.listdir(agent.config_path)) if agent.config_path.exists() else []
+    assert files == [], f"--configPath not clean (stale or half-written bootstrap): {files}"
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("Error: ")]
