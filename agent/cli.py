@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 
 from agent.exitcodes import Exit
-
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Sequence
 
 MODES = {
     "istio-iptables": ("agent.iptables.command", "set up the pod's traffic capture (the init container)"),

@@ -12,11 +12,11 @@ pflag rules kept on purpose (Istio's injected command lines depend on them):
 """
 from __future__ import annotations
 
-# This module is on the istio-iptables path (every pod's init container), which imports neither
-# typing nor dataclasses (together ~6 ms there): annotations are strings only type checkers read.
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Any, Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from agent.exitcodes import Exit
 
 TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 FALSE = {"0", "f", "F", "FALSE", "false", "False"}
@@ -97,8 +97,10 @@ PARSERS: dict[str, Callable[[str], Any]] = {
 class Flag:
     """One setting: long name, kind (str, bool, duration, uint16, int), default, short name, env
     vars (later ones win), help, and `dest`, the attribute name (default: the long name in
-    snake_case). Immutable. A plain slotted class rather than a dataclass: see the note on imports
-    at the top of this module."""
+    snake_case). Immutable.
+
+    A plain slotted class, not a dataclass: this module is on the istio-iptables path (every pod's
+    init container), where importing dataclasses costs 4.5 ms of the 5 ms that path may grow by."""
 
     __slots__ = ("name", "kind", "default", "short", "env", "help", "dest")
 
@@ -230,10 +232,6 @@ def parse_command(usage_line: str, table: Sequence[Flag], argv: Sequence[str],
                   environ: Mapping[str, str]) -> "Parsed | int":
     """parse() for a small subcommand: the Parsed flags, or the exit code once `--help` (0) or a bad
     command line (`Error: ...` on stderr, 255, pilot-agent's os.Exit(-1)) has been handled."""
-    import sys
-
-    from agent.exitcodes import Exit
-
     try:
         parsed = parse(table, argv, environ)
     except UsageError as e:
