@@ -1,10 +1,15 @@
-"""The status server's routing, methods and access rules with stub dependencies and real HTTP."""
+"""The status server's routes, methods and access rules: the real server on a real dual-stack socket,
+stub dependencies behind it, one test per route and rule."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 import aiohttp
 import pytest
 
-from agent.sidecar.probes import AppProber, parse_probers
-from agent.sidecar.status import StatusDeps, StatusServer, bind, is_loopback
-from tests.unit.sidecar._servers import run
+from agent.sidecar.probes import AppProber
+from agent.sidecar.startup import bind_status
+from agent.sidecar.status import StatusDeps, StatusServer, is_loopback
 
 
 class StubScrape:
@@ -32,6 +37,54 @@ class StubMetrics:
         return BigScrape(query) if query == "big" else StubScrape(query)
 
 
+@dataclass
+class Calls:
+    """What the server's dependencies answer and saw."""
+
+    reason: str | None = "config not received"
+    quit: int = 0
+    drain: int = 0
+
+
+@dataclass
+class Status:
+    session: aiohttp.ClientSession
+    port: int
+    calls: Calls
+
+    def request(self, method: str, path: str, host: str = "127.0.0.1", **kw):
+        return self.session.request(method, f"http://{host}:{self.port}{path}", **kw)
+
+    async def answer(self, method: str, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
+        async with self.request(method, path, host) as r:
+            return r.status, await r.text()
+
+
+@pytest.fixture
+async def status():
+    calls = Calls()
+
+    async def readiness():
+        return calls.reason
+
+    async def on_quit():
+        calls.quit += 1
+
+    async def on_drain():
+        calls.drain += 1
+
+    sock = bind_status(0)
+    port = sock.getsockname()[1]
+    prober = AppProber({}, pod_ip="", status_port=port)
+    server = StatusServer(StatusDeps(readiness, prober, StubMetrics(), on_drain, on_quit), sock)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield Status(session, port, calls)
+    finally:
+        await server.stop()
+
+
 @pytest.mark.parametrize("peer, want", [
     ("127.0.0.1", True), ("127.0.0.6", True), ("::1", True), ("::ffff:127.0.0.1", True),
     ("198.18.0.20", False), ("::ffff:198.18.0.20", False), ("2001:db8::1", False), (None, False), ("junk", False),
@@ -40,70 +93,76 @@ def test_is_loopback(peer, want):
     assert is_loopback(peer) is want
 
 
-async def _exercise():
-    state = {"reason": "config not received", "quit": 0, "drain": 0}
-
-    async def readiness():
-        return state["reason"]
-
-    async def on_quit():
-        state["quit"] += 1
-
-    async def on_drain():
-        state["drain"] += 1
-
-    sock = bind(0)
-    port = sock.getsockname()[1]
-    deps = StatusDeps(readiness, AppProber(parse_probers({}), pod_ip="", status_port=port), StubMetrics(),
-                      on_drain, on_quit)
-    server = StatusServer(deps, sock)
-    await server.start()
-    out = {}
-    try:
-        async with aiohttp.ClientSession() as s:
-            async def status(method, path, host="127.0.0.1"):
-                async with s.request(method, f"http://{host}:{port}{path}") as r:
-                    return r.status, await r.text()
-            out["ready503"] = await status("GET", "/healthz/ready")
-            state["reason"] = None
-            out["ready200"] = await status("HEAD", "/healthz/ready")
-            out["ready_v6"] = await status("GET", "/healthz/ready", "[::1]")
-            out["metrics"] = await status("GET", "/stats/prometheus?usedonly")
-            out["metrics_alias"] = await status("GET", "/metrics")
-            async with s.get(f"http://127.0.0.1:{port}/metrics") as r:
-                out["small_framing"] = (r.headers.get("Content-Length"), r.headers.get("Transfer-Encoding"))
-            async with s.get(f"http://127.0.0.1:{port}/metrics?big") as r:
-                out["big"] = (r.headers.get("Transfer-Encoding"), await r.text())
-            async with s.get(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"}) as r:
-                out["gzip"] = (r.headers.get("Content-Encoding"), await r.text())
-            out["quit_get"] = await status("GET", "/quitquitquit")
-            out["quit"] = await status("POST", "/quitquitquit")
-            out["drain_put"] = await status("PUT", "/drain")
-            out["drain"] = await status("POST", "/drain")
-            out["probe400"] = await status("GET", "/app-health/x/livez")
-            out["unknown"] = await status("GET", "/nope")
-    finally:
-        await server.stop()
-    return out, state
+async def test_ready_is_503_while_there_is_a_reason(status):
+    assert (await status.answer("GET", "/healthz/ready"))[0] == 503
 
 
-def test_status_endpoints():
-    out, state = run(_exercise())
-    assert out["ready503"][0] == 503 and out["ready200"][0] == 200 and out["ready_v6"][0] == 200
-    assert out["metrics"] == (200, "m 1 usedonly\n") and out["metrics_alias"][0] == 200
-    assert out["gzip"] == ("gzip", "m 1 \n")
-    assert out["small_framing"][0] is not None and out["small_framing"][1] is None  # small: written at once
-    assert out["big"] == ("chunked", "".join(f"big_{i} 1\n" for i in range(10000)))  # a big one streamed
-    assert out["quit_get"][0] == 405 and out["drain_put"][0] == 405
-    assert out["quit"] == (200, "OK") and out["drain"] == (200, "OK")
-    assert state["quit"] == 1 and state["drain"] == 1
-    assert out["probe400"][0] == 400 and out["unknown"][0] == 404
+async def test_ready_is_200_for_any_method_once_there_is_none(status):
+    status.calls.reason = None
+    assert (await status.answer("HEAD", "/healthz/ready"))[0] == 200
+
+
+async def test_ready_answers_on_ipv6_loopback_too(status):
+    status.calls.reason = None
+    assert (await status.answer("GET", "/healthz/ready", "[::1]"))[0] == 200
+
+
+async def test_prometheus_route_passes_the_query_on(status):
+    assert await status.answer("GET", "/stats/prometheus?usedonly") == (200, "m 1 usedonly\n")
+
+
+async def test_metrics_is_an_alias(status):
+    assert await status.answer("GET", "/metrics") == (200, "m 1 \n")
+
+
+async def test_small_scrape_is_written_at_once(status):
+    async with status.request("GET", "/metrics") as r:
+        assert r.headers.get("Content-Length") is not None and r.headers.get("Transfer-Encoding") is None
+
+
+async def test_big_scrape_is_streamed(status):
+    async with status.request("GET", "/metrics?big") as r:
+        assert r.headers.get("Transfer-Encoding") == "chunked"
+        assert await r.text() == "".join(f"big_{i} 1\n" for i in range(10000))
+
+
+async def test_scrape_is_gzipped_when_accepted(status):
+    async with status.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"}) as r:
+        assert (r.headers.get("Content-Encoding"), await r.text()) == ("gzip", "m 1 \n")
+
+
+async def test_quitquitquit_stops_on_post(status):
+    assert await status.answer("POST", "/quitquitquit") == (200, "OK")
+    assert status.calls.quit == 1
+
+
+async def test_quitquitquit_refuses_other_methods(status):
+    assert (await status.answer("GET", "/quitquitquit"))[0] == 405
+    assert status.calls.quit == 0
+
+
+async def test_drain_drains_on_post(status):
+    assert await status.answer("POST", "/drain") == (200, "OK")
+    assert status.calls.drain == 1
+
+
+async def test_drain_refuses_other_methods(status):
+    assert (await status.answer("PUT", "/drain"))[0] == 405
+    assert status.calls.drain == 0
+
+
+async def test_app_health_without_a_prober_is_400(status):
+    assert (await status.answer("GET", "/app-health/x/livez"))[0] == 400
+
+
+async def test_unknown_path_is_404(status):
+    assert (await status.answer("GET", "/nope"))[0] == 404
 
 
 def test_bind_reports_port_in_use():
-    first = bind(0)
+    first = bind_status(0)
     try:
         with pytest.raises(OSError):
-            bind(first.getsockname()[1])
+            bind_status(first.getsockname()[1])
     finally:
         first.close()
