@@ -1,6 +1,6 @@
-"""`pilot-agent istio-iptables`: parse, validate, gather host facts, build the rules, hand off.
+"""`pilot-agent istio-iptables`: parse, validate, gather host facts, build the rules, run the flow.
 
-Exit paths (spec §7, issue 2):
+Exit paths:
   0    rules applied, or already in place, or dry-run done, or --verify found them in place
   1    a run failure: no usable local address, unreadable resolv.conf, owner groups > 64, bad
        loopback CIDR (Istio's checks), iptables/route failures, --verify found a difference
@@ -8,25 +8,24 @@ Exit paths (spec §7, issue 2):
   255  a bad command line: unknown flag, bad flag value, any value our validation refuses;
        one `Error: ...` line per problem on stderr and nothing touched.
 
-Standard library only: this runs in every pod's init container, so start-up cost matters.
-Dry-run (-n) prints Istio's transcript (spec §4) on stdout and nothing else; logs go to stderr.
+One flow (agent.iptables.apply) whatever the mode; only the runner differs, as in Istio's
+ProgramIptables (https://github.com/istio/istio/blob/master/tools/istio-iptables/pkg/cmd/root.go):
+the real one, or with --dry-run a recorder, whose transcript goes to stdout once the flow is done
+(logs go to stderr).
 """
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import TextIO
 
 from agent import flags
 from agent.exitcodes import Exit
+from agent.iptables import apply, host, rules
 from agent.iptables import config as cfgmod
-from agent.iptables import host, restore, rules
 from agent.iptables.config import ConfigError, IptablesConfig
 from agent.iptables.logger import DEBUG, log, log_level
-
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Callable, Mapping, Sequence, TextIO
-
-    from agent.iptables.runner import Runner
+from agent.iptables.runner import RealRunner
 
 TITLE = """pilot-agent istio-iptables: set up the pod's traffic capture (Istio's init container).
 
@@ -87,69 +86,17 @@ def run(argv: Sequence[str], environ: Mapping[str, str], *, stdout: TextIO | Non
         log.warning("REDIRECT_DNS is set but no DNS servers were found in %s; DNS capture is off", host.RESOLV_CONF)
     ruleset = rules.build(cfg, facts)
     _log_config(cfg, facts)
-    if cfg.dry_run:
-        return dry_run(cfg, ruleset, facts, out)
-    return _apply(cfg, ruleset, facts, out)
-
-
-def dry_run(cfg: IptablesConfig, ruleset: rules.RuleSet, facts: host.HostFacts, out: TextIO) -> int:
-    """Istio's dry-run (spec §4): every call goes to the recorder, which writes DRY_RUN_FILE_PATH
-    (§4.3); the transcript goes to stdout. Touches nothing, needs no iptables binary."""
-    from agent.iptables.runner import DryRunRecorder
+    if not cfg.dry_run:
+        lockfile = cfg.network_namespace if cfg.cni_mode else ""
+        return apply.main(cfg, ruleset, facts, RealRunner(force=cfg.force_iptables_binary, lockfile=lockfile), out)
+    from agent.iptables.recorder import DryRunRecorder
 
     log.info("running iptables in dry-run mode")
     recorder = DryRunRecorder(file_path=cfg.dry_run_file_path)
-    if cfg.verify:  # beyond Istio: the difference against an empty (recorded) kernel
-        return _apply(cfg, ruleset, facts, out, recorder)
-    if not cfg.skip_rule_apply:
-        record(cfg, ruleset, recorder)
-        log.info("skipping configuring routes due to dry run mode")
+    code = apply.main(cfg, ruleset, facts, recorder, out)
     out.write(recorder.transcript)
     out.flush()
-    if cfg.run_validation:  # Istio runs the validator in dry-run too (it only listens and connects)
-        return _validate(cfg, facts)
-    return Exit.OK
-
-
-def record(cfg: IptablesConfig, ruleset: rules.RuleSet, runner: "Runner") -> None:
-    """The calls Istio's flow makes against a clean state (§4.1): both save probes, each family's
-    restore document (or, with --cleanup-only, the §5.5 commands), then the final-state saves."""
-    families = (4, 6) if ruleset.ipv6 else (4,)
-    runner.save(4)
-    runner.save(6)  # the v6 probe runs even when IPv6 is off (§9.4)
-    for family in families:
-        if cfg.cleanup_only:
-            for args in restore.cleanup_commands(ruleset.family(family)):
-                runner.iptables(family, args, quiet=True)
-        else:
-            runner.restore(family, restore.render(ruleset.family(family)))
-    for family in families:
-        runner.save(family)
-
-
-def transcript(cfg: IptablesConfig, ruleset: rules.RuleSet) -> list[str]:
-    """The dry-run transcript as lines (empty with --skip-rule-apply)."""
-    from agent.iptables.runner import DryRunRecorder
-
-    recorder = DryRunRecorder()
-    if not cfg.skip_rule_apply:
-        record(cfg, ruleset, recorder)
-    return recorder.lines
-
-
-def _apply(cfg: IptablesConfig, ruleset: rules.RuleSet, facts: host.HostFacts, out: TextIO,
-           runner: "Runner | None" = None) -> int:
-    """Real mode: the iptables-apply orchestrator owns verify/reconcile/cleanup/apply/routes and
-    --run-validation."""
-    from agent.iptables import apply  # imported only when needed
-
-    return int(apply.main(cfg, ruleset, facts, runner=runner, out=out))
-
-
-def _validate(cfg: IptablesConfig, facts: host.HostFacts) -> int:
-    from agent.iptables import validation
-
-    return Exit.OK if validation.run(cfg, facts) else Exit.VALIDATION_FAILED
+    return code
 
 
 def _log_config(cfg: IptablesConfig, facts: host.HostFacts) -> None:

@@ -1,28 +1,49 @@
-"""The iptables-restore document (spec §3), iptables-save parsing (§5.3), cleanup commands (§5.5),
-the -C/-D forms of a rule, and the `--verify` difference between expected and live state.
+"""The iptables-restore document, iptables-save parsing, cleanup commands, the -C/-D forms of a
+rule, and the `--verify` difference between expected and live state.
 
 Pure: text in, text (or argument lists) out. Executing any of it is agent.iptables.apply's job.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from agent.iptables.rules import BUILTIN, Rule
 
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Callable, Sequence
+#: (kind, name) -> numeric id or None; kind is "uid" or "gid". iptables-save prints ids, not names.
+OwnerLookup = Callable[[str, str], "int | None"]
 
-    #: (kind, name) -> numeric id or None; kind is "uid" or "gid". iptables-save prints ids, not names.
-    OwnerLookup = Callable[[str, str], "int | None"]
-
-#: table -> chain -> rule lines (`-A CHAIN ...`), the shape of §5.3's state maps.
+#: table -> chain -> rule lines (`-A CHAIN ...`), as Istio's GetStateFromSave builds it
+#: (https://github.com/istio/istio/blob/master/tools/istio-iptables/pkg/builder/iptables_builder_impl.go).
 State = dict[str, dict[str, list[str]]]
 SAVE_TABLES = ("filter", "nat", "mangle", "raw")
+
+#: Every chain Istio creates is named ISTIO_<something> (ISTIO_INBOUND, ISTIO_OUTPUT, ISTIO_DROP ...).
+#: The underscore is part of the test on purpose: Istio's own residue check and cleanup test
+#: `ISTIO_` (https://github.com/istio/istio/blob/master/tools/istio-iptables/pkg/capture/helper.go),
+#: so a chain named e.g. ISTIOFOO belongs to someone else and is neither reported nor removed.
+ISTIO_PREFIX = "ISTIO_"
+
+
+def is_istio_chain(name: str) -> bool:
+    return name.startswith(ISTIO_PREFIX)
+
+
+def jumps_to_istio(words: Sequence[str]) -> bool:
+    """The rule's words (`-A X ... -j ISTIO_Y`, or a Rule's args) jump to one of Istio's chains."""
+    return any(a in ("-j", "--jump") and is_istio_chain(b) for a, b in zip(words, words[1:]))
+
+
+def ours_live(state: State) -> bool:
+    """Any Istio chain, or a jump to one: rules from some istio-iptables run are in place."""
+    return any(is_istio_chain(chain) or any(jumps_to_istio(line.split()) for line in lines)
+               for chains in state.values() for chain, lines in chains.items())
 
 
 # ---- render -------------------------------------------------------------------------------------
 
 def render(rules: Sequence[Rule]) -> str:
-    """One family's restore document: `* table`, the -N lines, the rules, `COMMIT` (§3)."""
+    """One family's restore document, as Istio's BuildV4Restore/BuildV6Restore writes it: per table
+    (sorted) `* table`, the -N line of every non-built-in chain, the rules, `COMMIT`."""
     tables: dict[str, list[str]] = {"filter": [], "nat": [], "mangle": []}
     seen: set[tuple[str, str]] = set()
     for rule in rules:
@@ -59,15 +80,13 @@ def delete_args(rule: Rule) -> list[str]:
     return ["-t", rule.table, "-D", rule.chain, *rule.args]
 
 
-def _jumps_to_istio(rule: Rule) -> bool:
-    return any(a == "-j" and b.startswith("ISTIO_") for a, b in zip(rule.args, rule.args[1:]))
-
-
 def cleanup_commands(rules: Sequence[Rule]) -> list[list[str]]:
-    """§5.5: deletes in reverse (skipping rules inside ISTIO_ chains unless they jump to one),
-    then flush and delete every non-built-in chain in order of first appearance."""
+    """Istio's cleanup, one command at a time (BuildCleanupV4/V6 in
+    https://github.com/istio/istio/blob/master/tools/istio-iptables/pkg/builder/iptables_builder_impl.go):
+    deletes in reverse (skipping rules inside Istio chains unless they jump to one), then flush and
+    delete every non-built-in chain in order of first appearance."""
     reversed_rules = list(reversed(rules))
-    commands = [delete_args(r) for r in reversed_rules if not r.chain.startswith("ISTIO_") or _jumps_to_istio(r)]
+    commands = [delete_args(r) for r in reversed_rules if not is_istio_chain(r.chain) or jumps_to_istio(r.args)]
     chains: list[tuple[str, str]] = []
     for r in reversed_rules:
         if r.chain not in BUILTIN and (r.table, r.chain) not in chains:
@@ -79,30 +98,51 @@ def cleanup_commands(rules: Sequence[Rule]) -> list[list[str]]:
 
 # ---- parse --------------------------------------------------------------------------------------
 
-def parse_save(text: str) -> State:
-    """iptables-save (or a restore document) -> table -> chain -> rule lines, as Istio's §5.3:
-    only filter/nat/mangle/raw; `:ISTIO*` and `-N ISTIO*` create empty chains; every -A/-I line is
-    kept under its chain, built-in chains included."""
-    state: State = {}
+def document_blocks(text: str) -> dict[str, list[str]]:
+    """The one parser of restore/save documents: table -> its lines between `*table` and COMMIT,
+    stripped, in order, without comments, blank lines or anything outside a table."""
+    blocks: dict[str, list[str]] = {}
     table: str | None = None
     for raw in text.splitlines():
         line = raw.strip()
-        if not line or line.startswith("#") or line == "COMMIT":
+        if not line or line.startswith("#"):
             continue
         if line.startswith("*"):
-            name = line[1:].strip()
-            table = name if name in SAVE_TABLES else None
-            continue
-        if table is None:
+            table = line[1:].strip()
+            blocks[table] = []
+        elif line == "COMMIT":
+            table = None
+        elif table is not None:
+            blocks[table].append(line)
+    return blocks
+
+
+def join_blocks(blocks: dict[str, list[str]]) -> str:
+    """The inverse of document_blocks; tables without lines are left out."""
+    out = []
+    for table, lines in blocks.items():
+        if lines:
+            out += [f"*{table}", *lines, "COMMIT"]
+    return "".join(line + "\n" for line in out)
+
+
+def parse_save(text: str) -> State:
+    """iptables-save (or a restore document) -> table -> chain -> rule lines, as Istio's
+    GetStateFromSave: only filter/nat/mangle/raw; `:ISTIO_*` and `-N ISTIO_*` create empty
+    chains; every -A/-I line is kept under its chain, built-in chains included."""
+    state: State = {}
+    for table, lines in document_blocks(text).items():
+        if table not in SAVE_TABLES:
             continue
         chains = state.setdefault(table, {})
-        words = line.split()
-        if line.startswith(":ISTIO"):
-            chains.setdefault(words[0][1:], [])
-        elif words[0] in ("-N", "--new") and len(words) > 1 and words[1].startswith("ISTIO"):
-            chains.setdefault(words[1], [])
-        elif words[0] in ("-A", "--append", "-I", "--insert") and len(words) > 1:
-            chains.setdefault(words[1], []).append(line)
+        for line in lines:
+            words = line.split()
+            if line.startswith(":") and is_istio_chain(words[0][1:]):
+                chains.setdefault(words[0][1:], [])
+            elif words[0] in ("-N", "--new") and len(words) > 1 and is_istio_chain(words[1]):
+                chains.setdefault(words[1], [])
+            elif words[0] in ("-A", "--append", "-I", "--insert") and len(words) > 1:
+                chains.setdefault(words[1], []).append(line)
     return {t: c for t, c in state.items() if c}
 
 
@@ -118,7 +158,7 @@ def expected_state(rules: Sequence[Rule]) -> State:
             chain.append(line)
         else:
             chain.insert(rule.position - 1, line)
-        if rule.target and rule.target not in BUILTIN and rule.target.startswith("ISTIO"):
+        if rule.target and is_istio_chain(rule.target):
             chains.setdefault(rule.target, [])
     return state
 
@@ -134,7 +174,7 @@ _DEFAULT_TARGET_OPTIONS = {("--nfmask", "0xffffffff"), ("--ctmask", "0xffffffff"
 
 
 def _tokens(line: str) -> list[str]:
-    import shlex  # --verify only: imported when needed (start-up cost)
+    import shlex  # --verify only
 
     try:
         return shlex.split(line)
@@ -152,7 +192,7 @@ def _number(text: str) -> str:
 
 
 def _address(text: str) -> str:
-    import ipaddress  # --verify only: imported when needed (start-up cost)
+    import ipaddress  # --verify only
 
     try:
         return str(ipaddress.ip_network(text, strict=False))  # the kernel masks host bits
@@ -235,27 +275,22 @@ def diff(expected: State, live: State, owner_id: OwnerLookup | None = None) -> l
 
 def _table_diff(want: dict[str, list[str]], have: dict[str, list[str]], key: Callable[[str], str]) -> list[str]:
     lines: list[str] = []
-    for chain in [c for c in want if c.startswith("ISTIO")] + [c for c in have if c.startswith("ISTIO") and c not in want]:
+    for chain in [c for c in want if is_istio_chain(c)] + [c for c in have if is_istio_chain(c) and c not in want]:
         if chain not in have:
             lines.append(f"+:{chain} - [0:0]")
         elif chain not in want:
             lines.append(f"-:{chain} - [0:0]")
         lines += _ordered_diff(want.get(chain, []), have.get(chain, []), key)
-    for chain in [c for c in want if not c.startswith("ISTIO")] + [c for c in have if not c.startswith("ISTIO") and c not in want]:
+    for chain in [c for c in want if not is_istio_chain(c)] + [c for c in have if not is_istio_chain(c) and c not in want]:
         have_keys = {key(l) for l in have.get(chain, [])}
         want_keys = {key(l) for l in want.get(chain, [])}
         lines += [f"+{l}" for l in want.get(chain, []) if key(l) not in have_keys]
-        lines += [f"-{l}" for l in have.get(chain, []) if key(l) not in want_keys and _mentions_istio(l)]
+        lines += [f"-{l}" for l in have.get(chain, []) if key(l) not in want_keys and jumps_to_istio(l.split())]
     return lines
 
 
-def _mentions_istio(line: str) -> bool:
-    words = line.split()
-    return any(a == "-j" and b.startswith("ISTIO") for a, b in zip(words, words[1:]))
-
-
 def _ordered_diff(want: list[str], have: list[str], key: Callable[[str], str]) -> list[str]:
-    import difflib  # --verify only: imported when needed (start-up cost)
+    import difflib  # --verify only
 
     want_keys, have_keys = [key(l) for l in want], [key(l) for l in have]
     out: list[str] = []

@@ -1,17 +1,18 @@
-"""The one seam through which istio-iptables touches the kernel (Istio's `Dependencies`).
+"""The one seam through which istio-iptables touches the kernel (Istio's `Dependencies`,
+https://github.com/istio/istio/tree/master/tools/istio-iptables/pkg/dependencies).
 
-`Runner` is what the orchestrator (agent.iptables.apply) talks to; there are two:
+`Runner` declares everything the flow (agent.iptables.apply and agent.iptables.routes) asks of the
+outside world; there are two:
 
-* `RealRunner` picks the iptables binaries as spec §5.1 says (legacy vs nft, FORCE_IPTABLES_BINARY)
-  and runs them (`--wait=30` for legacy >= 1.6.2, §5.2).
-* `DryRunRecorder` runs nothing and records Istio's transcript (spec §4): restore input line by
-  line, any other call as `<binary> <args>`; saves return "" and everything succeeds. With
-  DRY_RUN_FILE_PATH the transcript so far is rewritten after each call (not truncated, as Istio).
+* `RealRunner` picks the iptables binaries as Istio's DetectIptablesVersion does (legacy when the
+  legacy tables hold rules, else nft; FORCE_IPTABLES_BINARY overrides) and runs them, with
+  `--wait=30` on writing commands of legacy >= 1.6.2 (the xtables lock; nft needs none).
+* `DryRunRecorder` (agent.iptables.recorder) runs nothing and records what it is asked.
 
 Process budget (issue 2: at most 4 on the common path). Istio's detection alone runs up to 12
 commands (`-save`, `-save --version`, a kernel probe `-A` and `-D`, for up to three candidates and
-two families). Here detection costs one process per family, and that process is also the state
-probe of spec §5.3, so nothing is spawned twice:
+two families). Here detection costs one process per family, and that process is also the flow's
+first read of the live rules, so nothing is spawned twice:
 
 * legacy "has existing rules" (Istio: its `-save` printed >= 3 lines) is read from
   /proc/net/ip_tables_names (ip6_tables_names): legacy `-save` prints a table block exactly when the
@@ -30,14 +31,9 @@ from __future__ import annotations
 
 import os
 import select
+from typing import Protocol
 
 from agent.iptables.logger import log
-
-TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs start-up time here
-if TYPE_CHECKING:
-    from typing import Protocol
-else:
-    Protocol = object  # the Runner below is a structural type for the checker only
 
 _BASE = {4: "iptables", 6: "ip6tables"}
 _PROC_TABLES = {4: "/proc/net/ip_tables_names", 6: "/proc/net/ip6_tables_names"}
@@ -54,8 +50,7 @@ class IptablesError(Exception):
 
 
 class Result:
-    """A finished command. (Plain classes, not dataclasses, on this path: each @dataclass costs
-    about a millisecond of start-up, and this runs in every pod's init container.)"""
+    """A finished command."""
 
     __slots__ = ("code", "stdout", "stderr")
 
@@ -71,19 +66,36 @@ class Result:
 
 
 class Runner(Protocol):
-    """What the orchestrator needs from the outside world (families are 4 / 6, as RuleSet.family)."""
+    """Everything the flow asks of the outside world (families are 4 / 6, as RuleSet.family)."""
 
-    def save(self, family: int) -> str: ...
+    #: True when reading state costs no process (the recorder). The flow then makes every read
+    #: Istio's flow makes (both families' state first, each family's final state last), so a
+    #: dry-run transcript lists the commands Istio's lists; the real runner reads only what a
+    #: decision needs.
+    free_reads: bool
+    #: The argv of every process started so far (logged at the end of a run).
+    spawned: list[list[str]]
 
-    def restore(self, family: int, text: str, *, quiet: bool = False, noflush: bool = True) -> None: ...
+    def save(self, family: int) -> str:
+        """The live rules, in iptables-save form."""
 
-    def check(self, family: int, text: str) -> int | None: ...
+    def restore(self, family: int, text: str, *, noflush: bool = True) -> None:
+        """Feed `text` to iptables-restore; IptablesError (with the failing line) when it fails."""
 
-    def iptables(self, family: int, args: list[str], *, quiet: bool = False) -> Result: ...
+    def check(self, family: int, text: str) -> int | None:
+        """Feed a document of `-C` lines: None when every rule exists, else the first line that fails."""
 
-    def run(self, argv: list[str], stdin: str | None = None) -> Result: ...
+    def iptables(self, family: int, args: list[str], *, quiet: bool = False) -> Result:
+        """One iptables command; IptablesError when it fails, unless `quiet`."""
 
-    def describe(self, family: int) -> str: ...
+    def run(self, argv: list[str], stdin: str | None = None) -> Result:
+        """Any other command (`ip`, for the routes)."""
+
+    def describe(self, family: int) -> str:
+        """The family's iptables binary, for messages."""
+
+    def explain(self, family: int) -> str:
+        """After a failed restore: why the binary cannot work here, or "" when no reason is known."""
 
 
 def restore_failed_line(stderr: str) -> int | None:
@@ -94,7 +106,7 @@ def restore_failed_line(stderr: str) -> int | None:
 
 
 def _error(argv: list[str], res: Result) -> str:
-    """Istio's wording (§5.2): exit 1-4 become `xtables ... problem: <stderr after first ':'>`."""
+    """Istio's wording: exit 1-4 become `xtables ... problem: <stderr after first ':'>`."""
     detail = res.stderr.strip()
     kind = _XTABLES_ERRORS.get(res.code)
     if kind:
@@ -115,7 +127,7 @@ class Binary:
 
     @property
     def wait(self) -> list[str]:
-        """§5.2: writing commands get --wait=30 on legacy >= 1.6.2 (nft needs no lock)."""
+        """Writing commands get --wait=30 on legacy >= 1.6.2 (the xtables lock; nft needs none)."""
         return ["--wait=30"] if self.variant == "legacy" and self.version >= (1, 6, 2) else []
 
 
@@ -203,6 +215,8 @@ class RealRunner:
     """Runs iptables/ip commands in the current netns. `force` is FORCE_IPTABLES_BINARY;
     `spawned` lists the argv of every process started (the process budget, logged at the end)."""
 
+    free_reads = False
+
     def __init__(self, force: str = "", env: dict[str, str] | None = None, lockfile: str = "") -> None:
         self.force, self.env, self.lockfile = force, env, lockfile
         self.spawned: list[list[str]] = []
@@ -210,19 +224,20 @@ class RealRunner:
         self._fresh_save: dict[int, str] = {}
 
     # -- process plumbing
-    def _spawn(self, argv: list[str], stdin: str | None = None, lock: "Binary | None" = None) -> Result:
+    def _spawn(self, argv: list[str], stdin: str | None = None, lock: Binary | None = None) -> Result:
         self.spawned.append(argv)
         log.debug("exec %s%s", " ".join(argv), f" <<EOF\n{stdin}EOF" if stdin else "")
         env = self.env
         if lock is not None and self.lockfile and lock.wait and lock.version >= (1, 8, 6):
-            # §5.2 CNI mode: a pod-scoped xtables lock (the netns path) instead of the node's
+            # CNI mode: a pod-scoped xtables lock (the netns path) instead of the node's, as Istio's
+            # UsePodScopedXtablesLock
             env = {**(os.environ if env is None else env), "XTABLES_LOCKFILE": self.lockfile}
         return spawn(argv, stdin, env)
 
     def run(self, argv: list[str], stdin: str | None = None) -> Result:
         return self._spawn(argv, stdin)
 
-    # -- detection (§5.1)
+    # -- detection (Istio's DetectIptablesVersion, with the shortcuts of the module docstring)
     def binary(self, family: int) -> Binary:
         if family not in self._bins:
             self._bins[family] = b = self._detect(family)
@@ -253,7 +268,7 @@ class RealRunner:
             raise DetectError(f"iptables binary {name} is not usable: {res.stderr.strip() or res.code}")
         version = _parse_version(res.stdout.split("\n", 1)[0]) if res.stdout.startswith("#") else ()
         if not variant or (variant == "legacy" and not version):
-            # Unknown variant (plain `iptables`) or legacy without a header: ask the binary (§5.1).
+            # Unknown variant (plain `iptables`) or legacy without a header: ask the binary.
             ver = self._spawn([f"{name}-save", "--version"])
             if ver.ok and "unrecognized option" not in ver.stderr:
                 version = _parse_version(ver.stdout)
@@ -265,7 +280,7 @@ class RealRunner:
         return Binary(name, variant, version, res.stdout)
 
     def _kernel_probe(self, b: Binary) -> None:
-        """§5.1 step 3: a throwaway nat rule proves kernel support; removed again at once."""
+        """Istio's kernel-support check: a throwaway nat rule proves it; removed again at once."""
         args = ["-t", "nat", "-A", "INPUT", "-p", "255", "-j", "RETURN", *b.wait]
         res = self._spawn([b.name, *args])
         if not res.ok or "does not exist" in res.stderr:
@@ -294,14 +309,13 @@ class RealRunner:
             self._fresh_save[family] = res.stdout
         return self._fresh_save[family]
 
-    def restore(self, family: int, text: str, *, quiet: bool = False, noflush: bool = True) -> None:
+    def restore(self, family: int, text: str, *, noflush: bool = True) -> None:
         b = self.binary(family)
         argv = [f"{b.name}-restore", *(["--noflush"] if noflush else []), *b.wait]
         res = self._spawn(argv, stdin=text, lock=b)
         self._fresh_save.pop(family, None)
         if not res.ok:
-            if not quiet:
-                log.debug("restore input:\n%s", text)
+            log.debug("restore input:\n%s", text)
             raise IptablesError(_error(argv, res), restore_failed_line(res.stderr))
 
     def check(self, family: int, text: str) -> int | None:
@@ -323,51 +337,3 @@ class RealRunner:
         if not res.ok and not quiet:
             raise IptablesError(_error(argv, res))
         return res
-
-
-# ---- dry run ------------------------------------------------------------------------------------
-
-class DryRunRecorder:
-    """Records Istio's dry-run transcript (spec §4.1) and runs nothing.
-
-    Binaries are named plainly (`iptables`, `ip6tables-save`, ...), as Istio's stub detects them.
-    `file_path` is DRY_RUN_FILE_PATH: after every call the whole transcript so far is written to it
-    without truncating (§4.3). `run()` (routes) records nothing: dry-run never touches routes.
-    """
-
-    def __init__(self, file_path: str = "") -> None:
-        self.file_path = file_path
-        self.lines: list[str] = []
-
-    def _record(self, new: list[str]) -> None:
-        self.lines.extend(new)
-        if self.file_path:
-            fd = os.open(self.file_path, os.O_WRONLY | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, "".join(line + "\n" for line in self.lines).encode())
-            finally:
-                os.close(fd)
-
-    def save(self, family: int) -> str:
-        self._record([f"{_BASE[family]}-save"])
-        return ""
-
-    def restore(self, family: int, text: str, *, quiet: bool = False, noflush: bool = True) -> None:
-        self._record(text.splitlines())
-
-    def check(self, family: int, text: str) -> int | None:
-        return None
-
-    def iptables(self, family: int, args: list[str], *, quiet: bool = False) -> Result:
-        self._record([" ".join([_BASE[family], *args])])
-        return Result(0)
-
-    def run(self, argv: list[str], stdin: str | None = None) -> Result:
-        return Result(0)
-
-    def describe(self, family: int) -> str:
-        return _BASE[family]
-
-    @property
-    def transcript(self) -> str:
-        return "".join(line + "\n" for line in self.lines)

@@ -9,7 +9,6 @@ Properties, for any argv/env built from the flag table with generated values:
 """
 from __future__ import annotations
 
-import contextlib
 import io
 from unittest import mock
 
@@ -18,7 +17,7 @@ from hypothesis import strategies as st
 
 from agent import flags
 from agent.exitcodes import Exit
-from agent.iptables import command, host
+from agent.iptables import apply, command, host
 from agent.iptables import config as cfgmod
 from tests.property.strategies import NASTY, TRIED, VALUE, mutated_argv
 
@@ -46,10 +45,7 @@ def _run(argv, env, applied: list | None = None) -> tuple[int, str, str]:
         record.append(cfg)
         return Exit.OK
 
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(command, "_apply", stub))
-        if hasattr(command, "_validate"):  # --run-validation listens and waits; not what this test is about
-            stack.enter_context(mock.patch.object(command, "_validate", lambda *a, **k: Exit.OK))
+    with mock.patch.object(apply, "main", stub):  # the one flow, dry-run or not (and --run-validation in it)
         code = command.run(argv, env, stdout=out, stderr=err, gather=fake_gather)
     return code, out.getvalue(), err.getvalue()
 

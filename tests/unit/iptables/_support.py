@@ -1,11 +1,13 @@
 """Shared helpers for the pure istio-iptables tests: build a config/rule set with injected host facts."""
 from __future__ import annotations
 
+import io
 from typing import Mapping, Sequence
 
 from agent import flags
-from agent.iptables import command, config, rules
+from agent.iptables import apply, command, config, rules
 from agent.iptables.host import HostFacts
+from agent.iptables.recorder import DryRunRecorder
 
 USERS = {"istio-proxy": 1337, "root": 0, "app": 1000}
 GROUPS = {"istio-proxy": 1337, "root": 0, "java": 2000, "ftp": 21}
@@ -17,7 +19,11 @@ def load(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> conf
     return config.load(parsed, env, user_id=USERS.get, group_id=GROUPS.get)
 
 
-def transcript(argv: Sequence[str], env: Mapping[str, str] | None = None, facts: HostFacts | None = None) -> str:
+def transcript(argv: Sequence[str], env: Mapping[str, str] | None = None, facts: HostFacts | None = None,
+               kernel: dict[int, str] | None = None) -> str:
+    """The dry-run transcript of the one flow against a recorder whose kernel holds `kernel`."""
     cfg = load(argv, env)
-    ruleset = rules.build(cfg, facts or HostFacts())
-    return "".join(line + "\n" for line in command.transcript(cfg, ruleset))
+    facts = facts or HostFacts()
+    recorder = DryRunRecorder(kernel=kernel)
+    apply.main(cfg, rules.build(cfg, facts), facts, recorder, io.StringIO())
+    return recorder.transcript

@@ -73,9 +73,12 @@ def test_skip_rule_apply_records_nothing():
     assert rc == 0 and out == ""
 
 
-def test_cleanup_only_dry_run():
-    rc, out, _ = run(["-n", "--cleanup-only", *INIT])
-    assert rc == 0 and out.splitlines()[2] == "iptables -t nat -D ISTIO_OUTPUT -j ISTIO_REDIRECT"
+def test_cleanup_only_dry_run_shows_the_real_cleanup_of_an_empty_kernel():
+    """The recorder answers as an empty kernel; the real cleanup looks first and finds nothing to
+    remove, so the transcript holds the reads only (Istio's blind deletes are its fallback)."""
+    rc, out, err = run(["-n", "--cleanup-only", *INIT])
+    assert rc == 0 and out == "iptables-save\nip6tables-save\niptables-save\n"
+    assert "nothing to clean up" in err
 
 
 def test_dns_needs_resolv_conf_only_when_not_capturing_all():
@@ -205,7 +208,8 @@ def test_dry_run_spawns_nothing_and_needs_no_binary(extra, monkeypatch):
         raise AssertionError(f"dry-run spawned {a}")
 
     monkeypatch.setattr(subprocess, "Popen", refuse)
-    monkeypatch.setattr(os, "execv", refuse)
+    for name in ("execv", "posix_spawn", "posix_spawnp", "fork"):  # RealRunner spawns with posix_spawnp
+        monkeypatch.setattr(os, name, refuse)
     monkeypatch.setenv("PATH", "/nonexistent")
     rc, out, _ = run(["-n", *INIT, *extra], host=Host(HostFacts(enable_ipv6=True)))
     assert rc == (1 if "--verify" in extra else 0)  # verify: nothing is in place in an empty (recorded) kernel
