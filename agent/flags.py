@@ -12,6 +12,7 @@ pflag rules kept on purpose (Istio's injected command lines depend on them):
 """
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,8 +35,12 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"invalid boolean {text!r}")
 
 
-#: Go's duration units, longer names first so that "ms" is not read as "m" followed by "s".
-_UNITS = (("ns", 1e-9), ("us", 1e-6), ("µs", 1e-6), ("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+#: Go's duration units in seconds.
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: <decimal number><unit>, e.g. 1h, 1.5s, .5m, 1.ms; "ms" is tried before "m" and "s".
+_PART = r"(\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h)"
+_DURATION = re.compile(f"(?:{_PART})+")
+_DURATION_PART = re.compile(_PART)
 
 
 def parse_duration(text: str) -> float:
@@ -45,20 +50,9 @@ def parse_duration(text: str) -> float:
     s = s.lstrip("+-")
     if s == "0":
         return 0.0
-    if not s:
+    if not _DURATION.fullmatch(s):
         raise ValueError(f"invalid duration {text!r}")
-    pos, total = 0, 0.0
-    while pos < len(s):  # <number><unit>, repeated; the number is decimal, e.g. 1, 1.5, .5, 1.
-        start = pos
-        while pos < len(s) and (s[pos].isdecimal() or s[pos] == "."):
-            pos += 1
-        unit = next(((name, scale) for name, scale in _UNITS if s.startswith(name, pos)), None)
-        number = s[start:pos]
-        if unit is None or not number or number == "." or number.count(".") > 1:
-            raise ValueError(f"invalid duration {text!r}")
-        total += float(number) * unit[1]
-        pos += len(unit[0])
-    return sign * total
+    return sign * sum(float(number) * _UNITS[unit] for number, unit in _DURATION_PART.findall(s))
 
 
 def format_duration(seconds: float) -> str:
