@@ -18,6 +18,7 @@ from google.rpc import status_pb2
 
 from agent.mesh import sds, uds
 from tests.mesh.sds_fakes import SPIFFE_ID, FakeProvider, short_tmp
+from tests.mesh.streams import Stream, nothing_within
 
 NODE = base_pb2.Node(id="sidecar~198.18.0.10~productpage-v1.ns1~ns1.svc.cluster.local")
 
@@ -57,43 +58,6 @@ def secrets_of(response) -> list[secret_pb2.Secret]:
         assert resource.Unpack(secret)
         out.append(secret)
     return out
-
-
-class Stream:
-    """A client stream whose reads can time out without cancelling the RPC (grpc.aio cancels the call
-    when a pending read() is cancelled)."""
-
-    def __init__(self, call) -> None:
-        self.call = call
-        self._inbox: asyncio.Queue = asyncio.Queue()
-        self._task = asyncio.create_task(self._pump())
-
-    async def _pump(self) -> None:
-        try:
-            while (message := await self.call.read()) is not grpc.aio.EOF:
-                self._inbox.put_nowait(message)
-        except grpc.aio.AioRpcError as e:
-            self._inbox.put_nowait(e)
-
-    async def write(self, message) -> None:
-        await self.call.write(message)
-
-    async def read(self, timeout: float = 5.0):
-        item = await asyncio.wait_for(self._inbox.get(), timeout)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def cancel(self) -> None:
-        self.call.cancel()
-
-
-async def nothing_within(stream: Stream, seconds=0.3) -> bool:
-    try:
-        await stream.read(seconds)
-    except asyncio.TimeoutError:
-        return True
-    return False
 
 
 async def test_default_and_rootca_then_ack_nack_and_rotation(served):

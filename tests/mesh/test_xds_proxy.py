@@ -1,0 +1,300 @@
+"""The xDS proxy between a grpcio client (standing in for Envoy) and the test istiod, over real
+sockets: a Unix socket downstream, TLS with the bearer JWT upstream."""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+
+import grpc
+import grpc.aio
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from agent.mesh import uds, upstream
+from agent.mesh.protos import nds_pb2
+from agent.mesh.upstream import AuthPolicy, UpstreamOptions
+from agent.mesh.xds_proxy import XdsProxy, XdsProxyOptions
+from agent.mesh.xds_relay import HEALTH_TYPE
+from tests.mesh.ca_server import TestPKI
+from tests.mesh.istiod import CLUSTER, LISTENER, NAME_TABLE, TestIstiod
+from tests.mesh.sds_fakes import short_tmp
+from tests.mesh.streams import Stream, nothing_within
+
+NODE = base_pb2.Node(id="sidecar~198.18.0.10~productpage-v1.ns1~ns1.svc.cluster.local")
+
+
+def clusters(*names: str, padding: int = 0) -> list[cluster_pb2.Cluster]:
+    return [cluster_pb2.Cluster(name=n, type=cluster_pb2.Cluster.STATIC, alt_stat_name="x" * padding)
+            for n in names]
+
+
+def name_table() -> nds_pb2.NameTable:
+    table = nds_pb2.NameTable()
+    table.table["reviews.ns1.svc.cluster.local"].ips.append("198.18.0.20")
+    return table
+
+
+@pytest.fixture(scope="module")
+def pki():
+    return TestPKI()
+
+
+@pytest.fixture
+def files(pki):
+    d = short_tmp("xds")
+    pki.write_root(os.path.join(d, "root-cert.pem"))
+    with open(os.path.join(d, "istio-token"), "w") as f:
+        f.write(pki.token("ns1", "productpage") + "\n")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def upstream_options(files, istiod, **kw) -> UpstreamOptions:
+    kw.setdefault("address", f"localhost:{istiod.port}")
+    return UpstreamOptions(root_cert_path=f"{files}/root-cert.pem", token_path=f"{files}/istio-token",
+                           cluster_id="Kubernetes", headers=(("X-Tenant", "blue"),), connect_timeout=3, **kw)
+
+
+@pytest.fixture
+async def mesh(pki, files):
+    """(istiod, proxy, stub, tables): the proxy asks for NDS; tables collects the callback's NameTables."""
+    istiod = await TestIstiod(pki).start()
+    tables: list[nds_pb2.NameTable] = []
+    proxy = XdsProxy(upstream_options(files, istiod),
+                     XdsProxyOptions(socket_path=f"{files}/etc/istio/proxy/XDS", request_name_table=True),
+                     on_name_table=tables.append)
+    await proxy.start()
+    channel = grpc.aio.insecure_channel(uds.grpc_target(proxy.path))
+    yield istiod, proxy, ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel), tables
+    await channel.close()
+    await proxy.stop(0)
+    await istiod.stop()
+
+
+def sotw(type_url, nonce="", version="", node=False):
+    request = discovery_pb2.DiscoveryRequest(type_url=type_url, response_nonce=nonce, version_info=version)
+    if node:
+        request.node.CopyFrom(NODE)
+    return request
+
+
+async def test_sotw_relayed_both_ways_with_credentials_and_nds_kept_local(mesh):
+    istiod, proxy, stub, tables = mesh
+    istiod.set(CLUSTER, clusters("outbound|9080||reviews.ns1.svc.cluster.local"))
+    istiod.set(NAME_TABLE, [name_table()])
+    envoy = Stream(stub.StreamAggregatedResources())
+    await envoy.write(sotw(CLUSTER, node=True))
+    cds = await envoy.read()
+    assert cds.type_url == CLUSTER and len(cds.resources) == 1
+    (stream,) = istiod.streams
+    assert stream.metadata["clusterid"] == "Kubernetes" and stream.metadata["x-tenant"] == "blue"
+    assert stream.metadata["authorization"].startswith("Bearer ey") and stream.node_id == NODE.id
+    assert proxy.state.connected and proxy.unreachable_reason() is None
+
+    await envoy.write(sotw(CLUSTER, cds.nonce, cds.version_info))
+    await istiod.wait_for(lambda: istiod.acks(CLUSTER), what="CDS ACK relayed")
+    assert not istiod.requests(NAME_TABLE), "NDS is asked for only after the first LDS request"
+
+    await envoy.write(sotw(LISTENER))
+    await istiod.wait_for(lambda: istiod.acks(NAME_TABLE), what="NDS ACK from the proxy")
+    kinds = [(s.type_url, s.kind) for s in stream.seen]
+    assert kinds.index((LISTENER, "request")) < kinds.index((NAME_TABLE, "request"))
+    assert proxy.name_table == name_table() and tables == [name_table()]
+    assert await nothing_within(envoy), "the NDS response never reaches Envoy (no LDS resources exist)"
+
+    istiod.set(CLUSTER, clusters("a", "b"))
+    pushed = await envoy.read()
+    assert pushed.type_url == CLUSTER and len(pushed.resources) == 2
+    assert proxy.counters.xds_proxy_responses == 3 and proxy.counters.xds_proxy_requests == 5
+    envoy.cancel()
+    await istiod.wait_for(lambda: stream.closed, what="upstream stream closed after Envoy left")
+    await istiod.wait_for(lambda: proxy.counters.envoy_connection_terminations["cancelled"] == 1)
+
+
+async def test_delta_relayed_both_ways_and_nds_injected(mesh):
+    istiod, proxy, stub, tables = mesh
+    istiod.set(CLUSTER, clusters("c1", "c2"))
+    istiod.set(NAME_TABLE, [name_table()])
+    envoy = Stream(stub.DeltaAggregatedResources())
+    await envoy.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, node=NODE))
+    first = await envoy.read()
+    assert sorted(r.name for r in first.resources) == ["c1", "c2"]
+    await envoy.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, response_nonce=first.nonce))
+    await envoy.write(discovery_pb2.DeltaDiscoveryRequest(type_url=LISTENER))
+    await istiod.wait_for(lambda: istiod.acks(NAME_TABLE), what="delta NDS ACK")
+    assert istiod.acks(CLUSTER) and tables == [name_table()]
+    istiod.set(CLUSTER, clusters("c1"))
+    removal = await envoy.read()
+    assert list(removal.removed_resources) == ["c2"] and not removal.resources
+    assert await nothing_within(envoy)
+    assert istiod.streams[0].delta
+    envoy.cancel()
+
+
+async def test_error_on_either_side_closes_the_other(mesh):
+    istiod, proxy, stub, _ = mesh
+    istiod.set(CLUSTER, clusters("c"))
+    envoy = Stream(stub.StreamAggregatedResources())
+    await envoy.write(sotw(CLUSTER, node=True))
+    await envoy.read()
+    istiod.fail_streams(grpc.StatusCode.INTERNAL, "istiod exploded")
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await envoy.read()
+    assert (e.value.code(), e.value.details()) == (grpc.StatusCode.INTERNAL, "istiod exploded")
+    assert proxy.counters.istiod_connection_terminations["error"] == 1
+    assert proxy.unreachable_reason() == "control plane unreachable: INTERNAL: istiod exploded"
+
+    envoy = Stream(stub.StreamAggregatedResources())
+    await envoy.write(sotw(CLUSTER, node=True))
+    await envoy.read()
+    assert proxy.unreachable_reason() is None
+    upstream_stream = istiod.open_streams()[0]
+    await envoy.call.done_writing()  # Envoy ends its side: the istiod stream ends too
+    await istiod.wait_for(lambda: upstream_stream.closed, what="upstream closed after Envoy's end")
+
+
+async def test_istiod_restart_next_envoy_stream_reconnects(mesh):
+    istiod, proxy, stub, _ = mesh
+    istiod.set(CLUSTER, clusters("c"))
+    envoy = Stream(stub.StreamAggregatedResources())
+    await envoy.write(sotw(CLUSTER, node=True))
+    await envoy.read()
+    await istiod.stop()
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await envoy.read()
+    assert e.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
+
+    down = Stream(stub.StreamAggregatedResources())
+    await down.write(sotw(CLUSTER, node=True))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await down.read()
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert e.value.details().startswith(f"failed to connect to upstream localhost:{istiod.port}")
+    assert proxy.unreachable_reason().startswith("control plane unreachable: failed to connect to upstream")
+    assert proxy.counters.istiod_connection_failures == 1
+
+    await istiod.start()  # same port
+    again = Stream(stub.StreamAggregatedResources())
+    await again.write(sotw(CLUSTER, node=True))
+    assert len((await again.read()).resources) == 1
+    assert proxy.unreachable_reason() is None and proxy.state.connected
+    again.cancel()
+
+
+async def test_stream_without_valid_token_is_refused(mesh, files, pki):
+    istiod, proxy, stub, _ = mesh
+    with open(f"{files}/istio-token", "w") as f:
+        f.write(pki.token("ns1", "productpage", audience="someone-else"))
+    envoy = Stream(stub.StreamAggregatedResources())
+    await envoy.write(sotw(CLUSTER, node=True))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await envoy.read()
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and "authentication failure" in e.value.details()
+    assert "UNAUTHENTICATED" in proxy.unreachable_reason() and not istiod.streams
+
+    os.remove(f"{files}/istio-token")  # no token at all: refused the same way
+    envoy = Stream(stub.StreamAggregatedResources())
+    await envoy.write(sotw(CLUSTER, node=True))
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await envoy.read()
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and istiod.refused[-1] == "no bearer token"
+
+
+async def test_health_after_first_lds_and_foreign_types_dropped(mesh):
+    istiod, proxy, stub, _ = mesh
+    istiod.set("type.googleapis.com/istio.mesh.v1alpha1.MeshConfig", [name_table()])
+    envoy = Stream(stub.StreamAggregatedResources())
+    proxy.send_health(False, "app not ready")
+    await envoy.write(sotw("type.googleapis.com/istio.mesh.v1alpha1.MeshConfig", node=True))
+    await istiod.wait_for(lambda: istiod.responses_sent == 1)
+    assert await nothing_within(envoy), "a non-Envoy type is not forwarded"
+    assert not istiod.requests(HEALTH_TYPE), "no health report before the first LDS request"
+    await envoy.write(sotw(LISTENER))
+    (health,) = await istiod.wait_for(lambda: istiod.requests(HEALTH_TYPE), what="health report")
+    assert health.request.error_detail.code == 13 and health.request.error_detail.message == "app not ready"
+    proxy.send_health(True)
+    await istiod.wait_for(lambda: len(istiod.requests(HEALTH_TYPE)) == 2)
+    assert not istiod.requests(HEALTH_TYPE)[-1].request.HasField("error_detail")
+    envoy.cancel()
+
+
+async def test_slow_envoy_back_pressures_istiod(mesh):
+    """Envoy reads nothing while istiod pushes 24 responses of 1 MB: the proxy holds at most a few."""
+    istiod, proxy, stub, _ = mesh
+    istiod.set(CLUSTER, clusters("c0", padding=1000))
+    envoy = stub.StreamAggregatedResources()  # raw call: nothing reads it
+    await envoy.write(sotw(CLUSTER, node=True))
+    await istiod.wait_for(lambda: istiod.responses_sent == 1)
+    for i in range(1, 24):
+        istiod.set(CLUSTER, clusters(*(f"c{i}-{j}" for j in range(1000)), padding=1000))
+        await asyncio.sleep(0.03)
+    await asyncio.sleep(1.0)
+    held = istiod.responses_sent
+    assert held < 12, f"{held} responses of 1 MB left istiod while Envoy read nothing"
+    reader = Stream(envoy)
+    latest = str(istiod.versions[CLUSTER])
+    while (await reader.read(10)).version_info != latest:
+        pass  # they arrive once Envoy reads again, the latest last
+    envoy.cancel()
+
+
+async def test_start_up_errors_are_one_line(files, pki):
+    opts = UpstreamOptions(root_cert_path=f"{files}/missing.pem")
+    with pytest.raises(upstream.UpstreamError, match=f"^root CA file for XDS does not exist {files}/missing.pem$"):
+        await XdsProxy(opts, XdsProxyOptions(socket_path=f"{files}/XDS")).start()
+    long_path = f"{files}/{'p' * 110}/XDS"
+    with pytest.raises(uds.UdsError) as e:
+        await XdsProxy(UpstreamOptions(root_cert_path=f"{files}/root-cert.pem"),
+                       XdsProxyOptions(socket_path=long_path)).start()
+    assert str(e.value) == (f'failed to start xds proxy: xds proxy socket path "{long_path}" is '
+                            f"{len(long_path)} bytes; the kernel allows at most 107 (sun_path)")
+
+
+def test_tls_server_name_and_the_15012_rule():
+    assert UpstreamOptions(address="istiod.istio-system.svc:15012", auth_policy=AuthPolicy.NONE).tls
+    assert not UpstreamOptions(address="istiod.istio-system.svc:15010", auth_policy=AuthPolicy.NONE).tls
+    assert UpstreamOptions(address="10.0.0.1:443").tls
+    assert UpstreamOptions(address="localhost:15012").server_name == "istiod.istio-system.svc"
+    assert UpstreamOptions(address="10.0.0.1:15012", istiod_san="istiod.x.svc").server_name == "istiod.x.svc"
+    assert UpstreamOptions(address="[2001:db8::1]:15012").host == "2001:db8::1"
+
+
+async def test_plaintext_policy_none_off_15012_sends_the_token_too(pki, files):
+    async with TestIstiod(pki, plaintext=True) as istiod:
+        istiod.set(CLUSTER, clusters("c"))
+        proxy = XdsProxy(upstream_options(files, istiod, address=f"127.0.0.1:{istiod.port}",
+                                          auth_policy=AuthPolicy.NONE),
+                         XdsProxyOptions(socket_path=f"{files}/XDS"))
+        await proxy.start()
+        async with grpc.aio.insecure_channel(uds.grpc_target(proxy.path)) as channel:
+            envoy = Stream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources())
+            await envoy.write(sotw(CLUSTER, node=True))
+            assert len((await envoy.read()).resources) == 1
+            assert istiod.streams[0].metadata["authorization"].startswith("Bearer ")
+            envoy.cancel()
+        await proxy.stop(0)
+
+
+async def test_port_15012_means_tls_even_with_policy_none(pki, files):
+    try:
+        istiod = await TestIstiod(pki, port=15012).start()
+    except RuntimeError:
+        pytest.skip("127.0.0.1:15012 is taken on this host")
+    try:
+        istiod.set(CLUSTER, clusters("c"))
+        proxy = XdsProxy(upstream_options(files, istiod, address="localhost:15012", auth_policy=AuthPolicy.NONE),
+                         XdsProxyOptions(socket_path=f"{files}/XDS"))
+        await proxy.start()
+        async with grpc.aio.insecure_channel(uds.grpc_target(proxy.path)) as channel:
+            envoy = Stream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources())
+            await envoy.write(sotw(CLUSTER, node=True))
+            assert len((await envoy.read()).resources) == 1, "TLS to 15012 although the policy says NONE"
+            envoy.cancel()
+        await proxy.stop(0)
+    finally:
+        await istiod.stop()
+
+
