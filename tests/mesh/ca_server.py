@@ -155,9 +155,10 @@ class TestCA:
     __test__ = False
 
     def __init__(self, pki: TestPKI, *, validity: float = 60.0, port: int = 0, plaintext: bool = False,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", require_client_cert: bool = False):
         self.pki, self.servicer = pki, CAServicer(pki, validity)
         self.host, self.port, self.plaintext = host, port, plaintext
+        self.require_client_cert = require_client_cert  # mTLS with a certificate from pki (PROV_CERT)
         self._server: grpc.aio.Server | None = None
 
     @property
@@ -177,7 +178,10 @@ class TestCA:
         if self.plaintext:
             self.port = self._server.add_insecure_port(bind)
         else:
-            creds = grpc.ssl_server_credentials([(self.pki.server_key_pem, _pem(self.pki.server_cert))])
+            creds = grpc.ssl_server_credentials(
+                [(self.pki.server_key_pem, _pem(self.pki.server_cert))],
+                root_certificates=self.pki.root_pem if self.require_client_cert else None,
+                require_client_auth=self.require_client_cert)
             self.port = self._server.add_secure_port(bind, creds)
         await self._server.start()
         return self

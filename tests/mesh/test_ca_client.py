@@ -204,3 +204,31 @@ def test_root_lookup_order():
 def test_token_path_for_every_jwt_policy():
     for policy in ("third-party-jwt", "first-party-jwt", "other"):
         assert ca_client.token_path(policy) == "./var/run/secrets/tokens/istio-token"
+
+
+def _provision(pki: TestPKI, directory, seconds: float) -> None:
+    """A VM's pre-provisioned certificate (PROV_CERT): key.pem + cert-chain.pem from the mesh CA."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = pki.issue(key.public_key(), x509.UniformResourceIdentifier(IDENTITY.spiffe_uri), seconds)
+    directory.mkdir(exist_ok=True)
+    (directory / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (directory / "cert-chain.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+@pytest.mark.parametrize("seconds,accepted", [(3600, True), (-2, False)])
+async def test_prov_cert_is_the_client_certificate_unless_expired(pki, files, seconds, accepted):
+    _provision(pki, files / "prov", seconds)
+    async with TestCA(pki, require_client_cert=True) as ca:
+        client = CAClient(_options(files, ca.address, client_cert_dir=str(files / "prov"),
+                                   retry=RetryPolicy(attempts=1)))
+        csr = generate_key_and_csr(KeyOptions(ecc_signature_algorithm="ECDSA"), IDENTITY)
+        if accepted:
+            chain = await client.create_certificate(csr.csr_pem, 60)
+            _verify(chain, pki, csr.private_key_pem, IDENTITY.spiffe_uri)
+        else:  # expired: no client certificate is sent, and this CA insists on one
+            with pytest.raises(CAError, match="Unavailable"):
+                await client.create_certificate(csr.csr_pem, 60)
+        await client.close()

@@ -231,3 +231,15 @@ async def test_trust_anchors_from_istiod_merge_into_rootca_and_renew(pki, files)
         await manager.stop()
     assert extra.encode() in root.root_cert and pki.root_pem in root.root_cert
     assert changed == ["default", "ROOTCA", "ROOTCA", "default"]
+
+
+async def test_output_certs_in_the_mounted_dir_does_not_stop_rotation(pki, files):
+    certs = files / "etc-certs"
+    mounted = _mount(pki, certs)
+    async with TestCA(pki) as ca:
+        manager = SecretManager(_options(files, output_certs=str(certs)), _client(files, ca.address))
+        manager.start()
+        item = await manager.secret("default")
+        await manager.stop()
+    assert len(ca.calls) == 1 and _leaf(item.cert_chain) != mounted
+    assert (certs / "cert-chain.pem").read_bytes() == item.cert_chain
