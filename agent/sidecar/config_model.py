@@ -1,4 +1,5 @@
-"""The resolved sidecar configuration (a frozen dataclass) and Istio's ProxyConfig defaults.
+"""The resolved sidecar configuration (a frozen dataclass), what it must satisfy (`validate`), and
+Istio's ProxyConfig defaults.
 
 The defaults are those of Istio's DefaultProxyConfig
 (https://github.com/istio/istio/blob/master/pkg/config/mesh/mesh.go).
@@ -7,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from agent import flags
+from agent.sidecar.config_parse import ConfigError, check_host_port, shown
 
 DEFAULT_BINARY = "/usr/local/bin/envoy"
 
@@ -117,3 +121,62 @@ class SidecarConfig:
     unknown_flags: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
+
+def validate(cfg: SidecarConfig) -> None:
+    """What a resolved configuration must satisfy before anything starts: every problem, in one
+    ConfigError line."""
+    problems = []
+    if not cfg.config_path:
+        problems.append("configPath must be set")
+    if not cfg.binary_path:
+        problems.append("binaryPath must be set")
+    for name, path in (("configPath", cfg.config_path), ("binaryPath", cfg.binary_path),
+                       ("customConfigFile", cfg.custom_config_file)):
+        if "\x00" in path:
+            problems.append(f"invalid {name}: {shown(path)} (a NUL character)")
+    if cfg.drain_duration < 0.001 or cfg.drain_duration != int(cfg.drain_duration):
+        problems.append(f"invalid drainDuration: {flags.format_duration(cfg.drain_duration)!r} (whole seconds, >= 1s)")
+    # discoveryAddress is always checked (an explicit `--discoveryAddress=` too); zipkinAddress "" = no tracing.
+    for name, value in (("discoveryAddress", cfg.discovery_address), ("zipkinAddress", cfg.zipkin_address)):
+        if (value or name == "discoveryAddress") and (problem := check_host_port(name, value)):
+            problems.append(problem)
+    if not 0 < cfg.admin_port < 65536:
+        problems.append(f"invalid proxyAdminPort: {cfg.admin_port}")
+    if not 0 < cfg.status_port < 65536:
+        problems.append(f"invalid statusPort: {cfg.status_port}")
+    if cfg.control_plane_auth_policy not in ("NONE", "MUTUAL_TLS"):
+        problems.append(f"invalid controlPlaneAuthPolicy: {shown(cfg.control_plane_auth_policy)} (NONE or MUTUAL_TLS)")
+    if cfg.restart_budget < 0:
+        problems.append(f"invalid --envoy-restart-budget: {cfg.restart_budget} (>= 0)")
+    if cfg.restart_window <= 0 or cfg.restart_backoff < 0:
+        problems.append("invalid --envoy-restart-window/--envoy-restart-backoff (window > 0, backoff >= 0)")
+    for name in ("termination_drain_duration", "minimum_drain_duration"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"invalid {name}: negative")
+    # Envoy's own constraints on the clusters these feed (Duration gt 0 / gt 1ms).
+    if cfg.connect_timeout <= 0:
+        problems.append(f"invalid connectTimeout: {flags.format_duration(cfg.connect_timeout)!r} (> 0)")
+    if cfg.dns_refresh_rate <= 0.001:
+        problems.append(f"invalid dnsRefreshRate: {flags.format_duration(cfg.dns_refresh_rate)!r} (> 1ms)")
+    if not 0 <= cfg.concurrency < 2**32:
+        problems.append(f"invalid concurrency: {shown(cfg.concurrency, 24)} (0..{2**32 - 1})")
+    if cfg.file_flush_interval_ms < 0:
+        problems.append(f"invalid fileFlushInterval: {cfg.file_flush_interval_ms}ms (>= 0)")
+    problems += log_level_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
+
+
+def log_level_problems(cfg: SidecarConfig) -> list[str]:
+    """Envoy refuses to start on an unknown level; say so before starting it."""
+    problems = []
+    for flag, text in (("proxyLogLevel", cfg.proxy_log_level), ("proxyComponentLogLevel", cfg.proxy_component_log_level)):
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            level = part.rpartition(":")[2]
+            if level not in ENVOY_LOG_LEVELS or part.startswith(":"):
+                problems.append(f"invalid {flag}: {shown(text)} (level {shown(level, 40)}; one of {', '.join(ENVOY_LOG_LEVELS)})")
+                break
+    return problems

@@ -10,7 +10,6 @@ from typing import Any
 from agent import __version__
 from agent.sidecar.config_model import SidecarConfig
 
-
 _APP_LABELS = ("app", "app.kubernetes.io/name", "service.istio.io/canonical-name")
 _CANONICAL_LABELS = ("service.istio.io/canonical-name", "app.kubernetes.io/name", "app")
 

@@ -4,8 +4,7 @@ import json
 import pytest
 
 from agent import flags
-from agent.sidecar import config
-from agent.sidecar import config_env
+from agent.sidecar import config, config_env
 from agent.sidecar.config import load
 from agent.sidecar.config_parse import ConfigError
 
