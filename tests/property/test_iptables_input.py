@@ -9,9 +9,6 @@ Properties, for any argv/env built from the flag table with generated values:
 """
 from __future__ import annotations
 
-import io
-from unittest import mock
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,43 +16,20 @@ from agent import flags
 from agent.exitcodes import Exit
 from agent.iptables import apply, command, host
 from agent.iptables import config as cfgmod
-from tests.property.strategies import NASTY, TRIED, VALUE, mutated_argv
+from tests.property.oracles import IPTABLES_ENV, IPTABLES_FLAGS, run_iptables
+from tests.property.strategies import TRIED, VALUE, mutated_argv
 
-ALL_FLAGS = command.all_flags()
-#: DRY_RUN_FILE_PATH is left out: a generated path would be a real file written by the dry run.
-ENV_VARS = sorted(({v for f in cfgmod.FLAGS for v in f.env} | {name for name, _, _ in cfgmod.ENV_ONLY})
-                  - {"DRY_RUN_FILE_PATH"})
 FAST = settings(max_examples=600, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-
-ENV = st.dictionaries(st.sampled_from(ENV_VARS), st.one_of(VALUE, NASTY), max_size=3)
-ARGV = mutated_argv(ALL_FLAGS)
-
-
-def fake_gather(*, dual_stack: bool, need_dns: bool) -> host.HostFacts:
-    return host.HostFacts(enable_ipv6=False, host_ip="198.18.0.10", dns_v4=("198.18.0.20",))
-
-
-def _run(argv, env, applied: list | None = None) -> tuple[int, str, str]:
-    """run() with fake host facts and the apply step stubbed (records the config it was given)."""
-    out, err = io.StringIO(), io.StringIO()
-    record = applied if applied is not None else []
-
-    def stub(cfg, *rest, **kw):
-        record.append(cfg)
-        return Exit.OK
-
-    with mock.patch.object(apply, "main", stub):  # the one flow, dry-run or not (and --run-validation in it)
-        code = command.run(argv, env, stdout=out, stderr=err, gather=fake_gather)
-    return code, out.getvalue(), err.getvalue()
+ARGV = mutated_argv(IPTABLES_FLAGS)
 
 
 @FAST
-@given(argv=ARGV, env=ENV)
+@given(argv=ARGV, env=IPTABLES_ENV)
 def test_pure_layers_raise_only_declared_errors(argv, env):
     TRIED["iptables: pure layers (flags.parse + config.load)"] += 1
     try:
-        parsed = flags.parse(ALL_FLAGS, argv, env, allow_unknown=False)
+        parsed = flags.parse(IPTABLES_FLAGS, argv, env, allow_unknown=False)
     except flags.UsageError as e:
         assert "\n" not in str(e), f"usage error is not one line: {str(e)!r}"
         return
@@ -68,11 +42,11 @@ def test_pure_layers_raise_only_declared_errors(argv, env):
 
 
 @FAST
-@given(argv=ARGV, env=ENV)
+@given(argv=ARGV, env=IPTABLES_ENV)
 def test_run_rejects_with_error_lines_and_never_applies(argv, env):
     TRIED["iptables: run() in-process"] += 1
     applied: list = []
-    code, out, err = _run(argv, env, applied)
+    code, out, err = run_iptables(argv, env, applied)
     assert code in set(Exit), code
     assert "Traceback" not in err
     if code == Exit.USAGE:
@@ -90,7 +64,7 @@ def test_one_bad_value_is_one_line(flag, value, form):
                [f"-{flag.short}", value] if flag.short else [f"--{flag.name}={value}"]][form]
     if flag.kind == "bool" and form == 1:
         spelled = [f"--{flag.name}={value}"]
-    code, _, err = _run([*spelled, "--dry-run"], {})
+    code, _, err = run_iptables([*spelled, "--dry-run"], {})
     if code in (Exit.USAGE, Exit.FAILURE) and err.startswith("Error: "):
         lines = err.splitlines()
         assert len(lines) == 1, f"{spelled!r}: {len(lines)} lines: {err!r}"

@@ -14,7 +14,7 @@ from agent.exitcodes import Exit
 from agent.iptables import command
 from agent.iptables import config as ipcfg
 from tests.property.strategies import TRIED
-from tests.property.test_iptables_input import fake_gather
+from tests.property.oracles import SIDECAR_BASE, check_sidecar, fake_gather
 
 BREAKS = ("\n", "\r", "\u2028")
 IPTABLES_VALUE_FLAGS = [f for f in ipcfg.FLAGS if f.kind != "bool" and f.name not in ("network-namespace",)]
@@ -46,7 +46,6 @@ def test_iptables_env_value_with_line_break(var, brk):
     assert len(err.splitlines()) == 1, f"{var}: {err!r}"
 
 
-SIDECAR_BASE = ["sidecar", "--controlPlaneAuthPolicy", "NONE", "--discoveryAddress", "127.0.0.1:15010"]
 SIDECAR_CASES = [
     (["--proxyAdminPort=1{b}2"], {}), (["--drainDuration", "5{b}s"], {}), (["--concurrency=2{b}"], {}),
     (["--discoveryAddress", "a{b}b:15010"], {}), (["--controlPlaneAuthPolicy", "NONE{b}"], {}),
@@ -61,11 +60,9 @@ SIDECAR_CASES = [
 @pytest.mark.parametrize("argv,env", SIDECAR_CASES, ids=[" ".join(a) + ",".join(e) for a, e in SIDECAR_CASES])
 def test_sidecar_value_with_line_break(argv, env, brk):
     TRIED["line breaks: proxy sidecar (fixed table)"] += 1
-    from tests.property.test_sidecar_input import check
-
     argv = [a.format(b=brk) for a in argv]
     env = {k: v.format(b=brk) for k, v in env.items()}
     try:
-        check([*SIDECAR_BASE, *argv], env, {})
+        check_sidecar([*SIDECAR_BASE, *argv], env, {})
     except AssertionError as e:
         pytest.fail(f"{argv} {env}: {e}")

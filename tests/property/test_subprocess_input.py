@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from agent.exitcodes import Exit
 from tests.support.netns import Netns
 from tests.support.process import PILOT_AGENT
-from tests.property import test_iptables_input as ipt
-from tests.property import test_sidecar_input as sct
+from agent.sidecar import config as sc
+from tests.property.oracles import (IPTABLES_ENV, IPTABLES_FLAGS, SIDECAR_BASE, SIDECAR_ENV, check_sidecar,
+                                    run_iptables)
 from tests.property.strategies import TRIED, mutated_argv
 
 #: No shrinking: each example is a process start (up to the 15 s timeout when something is wrong),
@@ -67,10 +68,10 @@ def _one_line_or_error_lines(stderr: str) -> None:
 
 
 @SLOW
-@given(argv=mutated_argv(ipt.ALL_FLAGS), env=ipt.ENV)
+@given(argv=mutated_argv(IPTABLES_FLAGS), env=IPTABLES_ENV)
 def test_istio_iptables_bad_input_changes_nothing(ns, argv, env):
     assume(_argv_ok(argv, env))
-    code, _, _ = ipt._run(argv, env)
+    code, _, _ = run_iptables(argv, env)
     assume(code == Exit.USAGE)  # rejected in-process: now prove it through the real binary
     TRIED["subprocess: istio-iptables in a netns"] += 1
     before = kernel_state(ns)
@@ -87,16 +88,16 @@ def _netns_pids(ns: Netns) -> list[int]:
 
 
 @SLOW
-@given(extra=mutated_argv(sct.sc.PROXY_FLAGS, max_flags=2), env=sct.ENV)
+@given(extra=mutated_argv(sc.PROXY_FLAGS, max_flags=2), env=SIDECAR_ENV)
 def test_sidecar_bad_input_starts_nothing_writes_nothing(ns, extra, env):
     with tempfile.TemporaryDirectory(prefix="pi-") as tmp:
         # --configPath goes *before* the generated flags (a generated flag missing its value must not
         # swallow it), and the run's cwd is the temp dir, so a relative configPath stays in there too.
         config_path = Path(tmp) / "proxy"
-        argv = [*sct.BASE, "--configPath", str(config_path), *extra]
+        argv = [*SIDECAR_BASE, "--configPath", str(config_path), *extra]
         assume(_argv_ok(argv, env))
         try:
-            verdict = sct.check(argv, env, {})
+            verdict = check_sidecar(argv, env, {})
         except AssertionError:
             verdict = "bug"  # reported by test_sidecar_input; here we only prove the rejections
         assume(verdict == "rejected")
