@@ -23,6 +23,7 @@ import aiohttp
 from yarl import URL
 
 from agent.sidecar import logs
+from agent.sidecar.http import plain_connector
 from agent.sidecar.probe_config import Prober
 from agent.sidecar.scrape import read_capped
 
@@ -119,7 +120,7 @@ class AppProber:
         host = f"[{self.dest}]" if ":" in self.dest else self.dest
         url = f"{prober.scheme}://{host}:{prober.port}{prober.path}"
         headers = forward_headers(incoming, self.status_port, prober.port)
-        connector = aiohttp.TCPConnector(local_addr=(self.source, 0), force_close=True, ssl=False)
+        connector = plain_connector(local_addr=(self.source, 0), force_close=True)
         timeout = aiohttp.ClientTimeout(total=prober.timeout or None)
         try:
             async with aiohttp.ClientSession(connector=connector, timeout=timeout,

@@ -16,6 +16,7 @@ edge's `ExitStack` (agent.sidecar.command), which outlives this object.
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -25,6 +26,7 @@ from agent.sidecar import drain, envoy, logs
 from agent.sidecar.admin import AdminClient, ReadinessProbe
 from agent.sidecar.config_model import SidecarConfig
 from agent.sidecar.drainer import Drainer, MonotonicClock
+from agent.sidecar.http import plain_connector
 from agent.sidecar.metrics import AgentMetrics, MetricsMerger
 from agent.sidecar.probes import AppProber
 from agent.sidecar.reaper import EnvoyHandle
@@ -64,7 +66,7 @@ class Sidecar:
 
     async def startup(self) -> None:
         cfg = self.cfg
-        session = aiohttp.ClientSession(auto_decompress=True)
+        session = aiohttp.ClientSession(connector=plain_connector(), auto_decompress=True)
         self.on_shutdown("HTTP session", session.close)
         self.metrics = AgentMetrics(envoy_pid=lambda: self.envoy.pid)
         admin = AdminClient(cfg.admin_port, session)
@@ -83,6 +85,10 @@ class Sidecar:
             await server.start()
             self.on_shutdown("status server", server.stop)
             log.info("status server listening", port=cfg.status_port)
+        # The edge turned the cyclic collector off for start-up. What start-up built lives as long as
+        # the agent: frozen, the collector never scans it again (the first collection would walk all of it).
+        gc.freeze()
+        gc.enable()
 
     def _status_deps(self, session: aiohttp.ClientSession) -> StatusDeps:
         """The status server gets the readiness probe, the prober, the metrics and two callbacks; no more."""
