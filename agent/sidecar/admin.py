@@ -1,4 +1,5 @@
-"""Envoy's admin API (adapter) and Istio's readiness prober built on it (spec §6.2).
+"""Envoy's admin API (adapter) and Istio's readiness prober built on it (Istio's is
+https://github.com/istio/istio/blob/master/pilot/cmd/pilot-agent/status/ready/probe.go).
 
 The readiness reasons and stats parsing are pure functions in agent.sidecar.envoy; this module only
 fetches text over HTTP and keeps the prober's small amount of state (what is cached forever, what

@@ -7,8 +7,8 @@ inbound listener (and it still works under STRICT mTLS, which kubelet's plain pr
 
 gRPC probes speak just enough cleartext HTTP/2 (h2c, prior knowledge) to call the standard
 `grpc.health.v1.Health/Check`: the request headers are sent as HPACK literals and only the DATA frame
-of the answer is read (HealthCheckResponse field 1 = SERVING), so no HPACK decoder is needed. grpcio
-stays a test-only dependency.
+of the answer is read (HealthCheckResponse field 1 = SERVING), so no HPACK decoder is needed. Not
+grpcio: its channels cannot bind the source address 127.0.0.6 that keeps the probe out of Envoy.
 """
 from __future__ import annotations
 
