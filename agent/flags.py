@@ -223,7 +223,7 @@ def _shown(text: str) -> str:
 
 
 def parse_command(usage_line: str, table: Sequence[Flag], argv: Sequence[str],
-                  environ: Mapping[str, str]) -> "Parsed | int":
+                  environ: Mapping[str, str]) -> Parsed | int:
     """parse() for a small subcommand: the Parsed flags, or the exit code once `--help` (0) or a bad
     command line (`Error: ...` on stderr, 255, pilot-agent's os.Exit(-1)) has been handled."""
     try:

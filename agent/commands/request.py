@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import urllib.error
 import urllib.request
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from agent import flags
 from agent.exitcodes import Exit

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import platform
 import sys
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from agent import __version__, flags
 from agent.exitcodes import Exit

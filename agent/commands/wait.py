@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from agent import flags
 from agent.exitcodes import Exit

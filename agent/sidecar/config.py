@@ -146,7 +146,7 @@ def load(
     *,
     read_file: ReadFile = read_text_or_none,
     path_exists: PathExists = os.path.exists,
-    find_wheel_envoy: Callable[[], "str | None"] = wheel_envoy_path,
+    find_wheel_envoy: Callable[[], str | None] = wheel_envoy_path,
     host_ips: Sequence[str] = (),
 ) -> SidecarConfig:
     """argv after `proxy` (e.g. ["sidecar", "--domain", ...]) and the environment -> SidecarConfig.
@@ -244,7 +244,7 @@ def _proxy_config(parsed: flags.Parsed, environ: Environment, read_file: ReadFil
 
 
 def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFile, path_exists: PathExists,
-             find_wheel_envoy: Callable[[], "str | None"], host_ips: Sequence[str]) -> SidecarConfig:
+             find_wheel_envoy: Callable[[], str | None], host_ips: Sequence[str]) -> SidecarConfig:
     proxy_type = parsed.positional[0] if parsed.positional else "sidecar"
     if proxy_type not in PROXY_TYPES:
         raise ConfigError(f"invalid proxy Type: {proxy_type if proxy_type.isprintable() else shown(proxy_type)}")
@@ -305,7 +305,7 @@ def _identity(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any], mes
 
 
 def _envoy(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any], path_exists: PathExists,
-           find_wheel_envoy: Callable[[], "str | None"]) -> dict[str, Any]:
+           find_wheel_envoy: Callable[[], str | None]) -> dict[str, Any]:
     v = parsed.values
     flush = pc.get("fileFlushInterval")
     return {

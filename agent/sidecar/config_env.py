@@ -180,7 +180,8 @@ class Environment:
 
     def family(self, *prefixes: str) -> list[tuple[str, str]]:
         """(name, text) of every variable of the declared prefix families, sorted by name."""
-        assert all(_BY_NAME[p].prefix for p in prefixes), prefixes
+        if not all(_BY_NAME[p].prefix for p in prefixes):
+            raise KeyError(f"not a declared prefix family: {prefixes}")
         return sorted((k, v) for k, v in self.raw.items() if k.startswith(prefixes))
 
 
@@ -323,7 +324,7 @@ def termination_drain(pc: Mapping[str, Any], env: Environment) -> float:
     return to_duration("ProxyConfig.terminationDrainDuration", pc.get("terminationDrainDuration", "5s"))
 
 
-def binary_path(pc: Mapping[str, Any], path_exists: PathExists, find_wheel_envoy: Callable[[], "str | None"]) -> str:
+def binary_path(pc: Mapping[str, Any], path_exists: PathExists, find_wheel_envoy: Callable[[], str | None]) -> str:
     path = scalar_text("ProxyConfig.binaryPath", pc.get("binaryPath"))
     if path == DEFAULT_BINARY and not path_exists(path):
         return find_wheel_envoy() or path
