@@ -1,5 +1,6 @@
-"""istio-iptables settings: the flag table (spec §1.3), env-only settings (§1.4), the frozen config
-and its validation (§1.6, made stricter as issue 2 item 8 asks).
+"""istio-iptables settings: the flag table, the env-only settings, the frozen config and its
+validation (Istio's, made stricter: see below). Istio's flags and their env vars:
+https://github.com/istio/istio/blob/master/tools/istio-iptables/pkg/cmd/root.go
 
 Pure: no environment reads, no host lookups. The edge passes the environment in, and user/group
 name lookups are injected (see agent.iptables.host), so every rule here is a table-driven test.
@@ -14,11 +15,10 @@ Two kinds of problems, as the exit codes tell them apart:
 from __future__ import annotations
 
 from agent.flags import Flag
-from agent.record import Record
+from agent.iptables.record import Record
 
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
-if TYPE_CHECKING:
-    from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 F = Flag
 FLAGS: tuple[Flag, ...] = (
@@ -86,7 +86,8 @@ FLAGS: tuple[Flag, ...] = (
 )
 del F
 
-#: Settings with no flag (§1.4): read from the environment only, so no flag overrides them.
+#: Settings with no flag (Istio reads them with env.Register): from the environment only, so no
+#: flag overrides them.
 ENV_ONLY: tuple[tuple[str, str, str], ...] = (
     ("ISTIO_OUTBOUND_OWNER_GROUPS", "*", "groups (names or GIDs, comma list) whose outbound traffic is captured; '*' = all"),
     ("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "", "groups whose outbound traffic is not captured (only when the include list is '*')"),
@@ -100,7 +101,8 @@ DEFAULT_LOOPBACK_CIDR = "127.0.0.1/32"
 
 
 class IptablesConfig(Record):
-    """Every setting, validated. Lists are tuples of items as given (§1.7: split on ',', empties dropped).
+    """Every setting, validated. Lists are tuples of items as given (split on ',', empty items
+    dropped, no trimming: Istio's config.Split).
 
     `inbound_ports == ("*",)` and `service_cidrs == ("*",)` are the wildcards. CIDRs are in canonical
     form without host-bit masking (`2001:DB8::/32` -> `2001:db8::/32`, `10.0.0.1/8` stays).
@@ -139,7 +141,7 @@ class IptablesConfig(Record):
     native_nftables: bool = False
     force_iptables_binary: str = ""
     verify: bool = False
-    # env-only (§1.4)
+    # env-only
     owner_groups_include: tuple[str, ...] | None = None  # None = '*' (all groups)
     owner_groups_exclude: tuple[str, ...] = ()
     loopback_cidr: str = "127.0.0.1/32"
@@ -190,7 +192,7 @@ def split_list(text: str) -> tuple[str, ...]:
 
 def parse_prefix(text: str) -> str:
     """Go's netip.ParsePrefix, returning the canonical text without masking host bits."""
-    import ipaddress  # here, not at the top: most pods pass no CIDR at all (start-up cost)
+    import ipaddress  # only for CIDR flags (see agent/iptables/__init__.py)
 
     addr_text, slash, bits_text = text.partition("/")
     if not slash:
@@ -310,7 +312,7 @@ def _mode(check: _Checker) -> bool:
 
 def _proxy_ids(check: _Checker, user_id: Callable[[str], int | None],
                group_id: Callable[[str], int | None]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """§1.5 steps 2-3: empty -u is ENVOY_USER's uid (1337 if unknown); empty -g is the -u value."""
+    """As Istio: empty -u is ENVOY_USER's uid (1337 if unknown); empty -g is the -u value."""
     uid_text = check.value("proxy_uid")
     if not uid_text:
         uid = user_id(check.env.get("ENVOY_USER", "istio-proxy"))
@@ -331,7 +333,8 @@ def _proxy_ids(check: _Checker, user_id: Callable[[str], int | None],
 
 
 def _env_only(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[Problem]]:
-    """§1.4/§1.6: owner groups and the loopback CIDR. Istio exits 1 on these, and so do we."""
+    """The env-only settings: owner groups and the loopback CIDR. Istio exits 1 on their problems
+    (config.Validate), and so do we."""
     problems = []
     include = environ.get("ISTIO_OUTBOUND_OWNER_GROUPS", "*")
     groups = None if include == "*" else split_list(include)

@@ -1,4 +1,5 @@
-"""Host facts istio-iptables works out at run time (spec §1.5), and the name lookups it needs.
+"""Host facts istio-iptables works out at run time (Istio: pkg/capture's HostIP/EnableIPv6 detection
+and resolv.conf), and the name lookups it needs.
 
 The adapter half reads the current network namespace and files, spawning no process: interface
 addresses come from one rtnetlink RTM_GETADDR dump (the same call Go's net.InterfaceAddrs makes,
@@ -11,10 +12,10 @@ from __future__ import annotations
 import struct
 
 # The C module under `socket`: the netlink dump and inet_pton/inet_ntop need nothing of socket.py's
-# wrappers, and socket.py imports enum and selectors (start-up time in every pod's init container).
+# wrappers (why not socket.py: agent/iptables/__init__.py).
 import _socket
 
-from agent.record import Record
+from agent.iptables.record import Record
 
 RESOLV_CONF = "/etc/resolv.conf"
 
@@ -64,7 +65,8 @@ def _text(packed: bytes) -> str:
 
 
 def detect_ip(addresses: list[str], dual_stack: bool) -> tuple[bool, str]:
-    """(EnableIPv6, HostIP) from the interface addresses, in dump order (§1.5 step 4)."""
+    """(EnableIPv6, HostIP) from the interface addresses, in dump order, as Istio: the first usable
+    address is HostIP; IPv6 is on when it is IPv6, or (dual stack) when any usable one is."""
     usable = [packed for packed in map(_packed, addresses) if _usable(packed)]
     if not usable:
         raise HostError("no valid local IP address found")
@@ -154,7 +156,8 @@ def interface_addresses() -> list[str]:
 
 def usable_addresses() -> list[str]:
     """The namespace's addresses without loopback and link-local ones, IPv4-mapped unwrapped, no
-    duplicates: the pod's own IPs (also the sidecar's interface addresses, pilot-agent spec §4.1)."""
+    duplicates: the pod's own IPs (also the sidecar's interface addresses, which pilot-agent puts
+    in the proxy's metadata as INSTANCE_IPS)."""
     out: list[str] = []
     for packed in map(_packed, interface_addresses()):
         if _usable(packed) and _text(packed) not in out:

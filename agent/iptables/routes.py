@@ -1,4 +1,5 @@
-"""TPROXY policy routing and the IPv6 passthrough address (spec §5.6), with iproute2.
+"""TPROXY policy routing and the IPv6 passthrough address, with iproute2 (Istio's ConfigureRoutes,
+https://github.com/istio/istio/blob/master/tools/common/tproxy/run_linux.go).
 
 What Istio does through netlink, done here with `ip` and made idempotent by looking first:
 

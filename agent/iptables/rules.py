@@ -1,14 +1,18 @@
-"""The rule builder: config + host facts -> the IPv4 and IPv6 rule lists (spec §2.3, quirks of §9).
+"""The rule builder: config + host facts -> the IPv4 and IPv6 rule lists.
 
-Pure. The step numbers in the comments are the spec's; the order of every rule is Istio's, which
-the conformance goldens check line by line.
+Pure. The order of every rule is Istio's (IptablesConfigurator.Run in
+https://github.com/istio/istio/blob/master/tools/istio-iptables/pkg/capture/run.go), which the
+conformance goldens check line by line; the step numbers in the comments count the stages of that
+function in order (0: DNS on or off, 1: excluded interfaces ... 17: TPROXY mark plumbing).
+Istio's quirks are kept where the goldens show them, each marked "quirk" below.
 """
 from __future__ import annotations
 
 from agent.iptables.config import IptablesConfig
-from agent.record import Record
+from agent.iptables.record import Record
 
-TYPE_CHECKING = False  # annotations only; typing is not imported at run time (start-up cost)
+from typing import TYPE_CHECKING
+
 if TYPE_CHECKING:  # the facts are plain data; the adapter module that reads them is not needed here
     from agent.iptables.host import HostFacts
 
@@ -51,7 +55,8 @@ class RuleSet(Record):
 
 
 class _Lists:
-    """The five ways of adding a rule (§2.1)."""
+    """The five ways Istio's rule builder adds a rule: IPv4 only, IPv6 only, both, or both with a
+    family-specific address (pkg/builder/iptables_builder_impl.go)."""
 
     def __init__(self, ipv6: bool) -> None:
         self.ipv6 = ipv6
@@ -80,7 +85,7 @@ def _family(cidr: str) -> int:
 
 
 def _is_loopback(cidr: str) -> bool:
-    import ipaddress  # only for -i CIDR lists (start-up cost)
+    import ipaddress  # only for -i CIDR lists
 
     addr = ipaddress.ip_address(cidr.split("/")[0])
     if addr.version == 6 and addr.ipv4_mapped is not None:
@@ -89,7 +94,7 @@ def _is_loopback(cidr: str) -> bool:
 
 
 def dns_enabled(cfg: IptablesConfig, facts: HostFacts) -> bool:
-    """§2.3 step 0: --redirect-dns with no resolvers and no --capture-all-dns is silently off."""
+    """Step 0: --redirect-dns with no resolvers and no --capture-all-dns is off (Istio warns)."""
     return cfg.redirect_dns and (cfg.capture_all_dns or bool(facts.dns_v4 or facts.dns_v6))
 
 
@@ -174,7 +179,7 @@ def _owners(r: _Lists, cfg: IptablesConfig, lo4: str, dns: bool, includes_loopba
     tunnel = cfg.inbound_tunnel_port
     for kind, ids in (("--uid-owner", cfg.proxy_uids), ("--gid-owner", cfg.proxy_gids)):
         for owner in ids:
-            if dns and kind == "--uid-owner":  # quirk §9.1: the gid loop never uses multiport
+            if dns and kind == "--uid-owner":  # quirk: Istio's gid loop never uses multiport
                 ports = ("-m", "multiport", "!", "--dports", f"{DNS_PORT},{tunnel}")
             else:
                 ports = ("!", "--dport", tunnel)
@@ -200,7 +205,7 @@ def _dns(r: _Lists, cfg: IptablesConfig, facts: HostFacts) -> None:
     for _, add, found, _ in servers:
         if all_dns or found:
             add("nat", "ISTIO_OUTPUT", "-j", "ISTIO_OUTPUT_DNS")
-    for proto, to in (("tcp", "--to-ports"), ("udp", "--to-port")):  # quirk §9.2
+    for proto, to in (("tcp", "--to-ports"), ("udp", "--to-port")):  # quirk: Istio's udp rule says --to-port
         if all_dns:
             r.both("nat", "ISTIO_OUTPUT_DNS", "-p", proto, "--dport", DNS_PORT, "-j", "REDIRECT", to, AGENT_DNS_PORT)
             continue

@@ -9,7 +9,7 @@ outside world; there are two:
   `--wait=30` on writing commands of legacy >= 1.6.2 (the xtables lock; nft needs none).
 * `DryRunRecorder` (agent.iptables.recorder) runs nothing and records what it is asked.
 
-Process budget (issue 2: at most 4 on the common path). Istio's detection alone runs up to 12
+Process budget (at most 4 on the common path). Istio's detection alone runs up to 12
 commands (`-save`, `-save --version`, a kernel probe `-A` and `-D`, for up to three candidates and
 two families). Here detection costs one process per family, and that process is also the flow's
 first read of the live rules, so nothing is spawned twice:

@@ -1,4 +1,4 @@
-"""`--run-validation` (spec §6), extended: prove each capture path with a real connection.
+"""`--run-validation` (Istio's pkg/validation), extended: prove each capture path with a real connection.
 
 Istio proves one path: a connection from the proxy uid over lo to 127.0.0.6:<probe-port> must
 land on the inbound port (the uid-owner ISTIO_IN_REDIRECT rule). We prove, and report by name:
@@ -52,7 +52,7 @@ FAILED_MESSAGE = (
 
 
 class Path:
-    """One capture path to prove. (Plain classes here, not dataclasses: start-up cost.)"""
+    """One capture path to prove."""
 
     def __init__(self, name: str, family: int, listen_port: int, dest: str, port: int, source: str | None,
                  uid: int | None, gid: int | None) -> None:
