@@ -11,6 +11,8 @@ cannot block every later certificate request.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import random
 import re
@@ -150,10 +152,27 @@ def read_token(path: str) -> str:
     """The token, whitespace trimmed; "" (with a warning) when the file cannot be read."""
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read().strip()
+            token = f.read().strip()
     except (OSError, UnicodeDecodeError) as err:
         log.warning(f"failed to fetch token from file: {err}")
         return ""
+    if (expiry := token_expiry(token)) is not None and expiry <= time.time():
+        # Sent anyway (the CA may accept a client certificate), but the refusal that
+        # follows would otherwise not say why.
+        log.warning(f"the token in {path} expired at "
+                    f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(expiry))}; the CA will refuse it")
+    return token
+
+
+def token_expiry(token: str) -> float | None:
+    """The JWT's ``exp`` claim, read without verifying the token (None if there is none)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+        return float(exp) if isinstance(exp, int | float) else None
+    except (IndexError, ValueError):
+        return None
 
 
 def _one_line(text: str) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import grpc
 import pytest
@@ -11,7 +12,8 @@ from cryptography import x509
 from agent.mesh import ca_client
 from agent.mesh.ca_client import CAClient, CAClientOptions, CAConfigError, CAError, RetryPolicy
 from agent.mesh.keys import KeyOptions, WorkloadIdentity, generate_key_and_csr
-from tests.mesh.ca_server import TestCA, TestPKI, free_port
+from agent.mesh.protos import ca_pb2
+from tests.mesh.ca_server import CAServicer, TestCA, TestPKI, free_port
 
 FAST = RetryPolicy(initial_wait=0.01)
 IDENTITY = WorkloadIdentity("cluster.local", "ns1", "productpage")
@@ -231,4 +233,36 @@ async def test_prov_cert_is_the_client_certificate_unless_expired(pki, files, se
         else:  # expired: no client certificate is sent, and this CA insists on one
             with pytest.raises(CAError, match="Unavailable"):
                 await client.create_certificate(csr.csr_pem, 60)
+        await client.close()
+
+
+def test_token_expiry_is_read_without_verifying(pki):
+    token = pki.token("ns1", "sa", lifetime=-60)
+    assert ca_client.token_expiry(token) < time.time()
+    assert ca_client.token_expiry("not-a-jwt") is None
+    assert ca_client.token_expiry("a.!!!.c") is None
+
+
+async def test_expired_token_is_warned_and_refused(pki, files, capsys):
+    (files / "istio-token").write_text(pki.token("ns1", "productpage", lifetime=-60))
+    async with TestCA(pki) as ca:
+        client = CAClient(_options(files, ca.address))
+        csr = generate_key_and_csr(KeyOptions(ecc_signature_algorithm="ECDSA"), IDENTITY)
+        with pytest.raises(CAError, match="Unauthenticated: request authenticate failure: Signature has expired"):
+            await client.create_certificate(csr.csr_pem, 60)
+        await client.close()
+    assert f"the token in {files / 'istio-token'} expired at" in capsys.readouterr().out
+
+
+async def test_a_ca_answering_nonsense_is_an_error_not_a_crash(pki, files):
+    class OnlyLeaf(CAServicer):
+        async def CreateCertificate(self, request, context):
+            return ca_pb2.IstioCertificateResponse(cert_chain=["just one"])
+
+    ca = TestCA(pki)
+    ca.servicer = OnlyLeaf(pki)
+    async with ca:
+        client = CAClient(_options(files, ca.address))
+        with pytest.raises(CAError, match="invalid empty CertChain"):
+            await client.create_certificate(b"csr", 60)
         await client.close()

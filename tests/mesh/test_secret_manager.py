@@ -17,7 +17,8 @@ from agent.mesh.keys import KeyOptions, WorkloadIdentity
 from agent.mesh.secret_files import CertPaths
 from agent.mesh.secret_manager import Backoff, SecretManager, SecretOptions
 from agent.mesh.secrets import RotationPolicy, SecretError
-from tests.mesh.ca_server import TestCA, TestPKI, free_port
+from agent.mesh.protos import ca_pb2
+from tests.mesh.ca_server import CAServicer, TestCA, TestPKI, free_port
 
 IDENTITY = WorkloadIdentity("cluster.local", "ns1", "productpage")
 SPIFFE = IDENTITY.spiffe_uri
@@ -243,3 +244,19 @@ async def test_output_certs_in_the_mounted_dir_does_not_stop_rotation(pki, files
         await manager.stop()
     assert len(ca.calls) == 1 and _leaf(item.cert_chain) != mounted
     assert (certs / "cert-chain.pem").read_bytes() == item.cert_chain
+
+
+async def test_a_chain_that_is_not_pem_is_a_logged_failure(pki, files):
+    class NotPem(CAServicer):
+        async def CreateCertificate(self, request, context):
+            return ca_pb2.IstioCertificateResponse(cert_chain=["leaf?", "root?"])
+
+    ca = TestCA(pki)
+    ca.servicer = NotPem(pki)
+    async with ca:
+        manager = SecretManager(_options(files), _client(files, ca.address))
+        manager.start()
+        await _until(lambda: manager.stats.issue_failures >= 1)
+        await manager.stop()
+    assert manager.last_error.startswith("failed to extract expire time from server certificate in CSR response")
+    assert manager.cache.current is None
