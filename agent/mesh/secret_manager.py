@@ -10,6 +10,7 @@ Istio's code: https://github.com/istio/istio/blob/master/security/pkg/nodeagent/
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import Callable
@@ -142,18 +143,21 @@ class SecretManager:
 
     # --- the workload certificate --------------------------------------------------------
 
+    def _is_output(self, path: str) -> bool:
+        """Whether ``path`` is in OUTPUT_CERTS: the agent's own output must not be read
+        back as mounted certificates, or it would never renew."""
+        out = self.options.output_certs
+        return bool(out) and os.path.abspath(os.path.dirname(path)) == os.path.abspath(out)
+
     def _default_from_files(self) -> bool:
-        """A mounted cert + key pair serves ``default`` (unless it is OUTPUT_CERTS's own output)."""
+        """A mounted cert + key pair serves ``default`` instead of the CA."""
         f = self.options.files
-        if self.options.output_certs and CertPaths.in_dir(self.options.output_certs).cert_chain == f.cert_chain:
-            return False
-        return secret_files.non_empty(f.cert_chain) and secret_files.non_empty(f.key)
+        return (not self._is_output(f.cert_chain) and secret_files.non_empty(f.cert_chain)
+                and secret_files.non_empty(f.key))
 
     def _root_from_file(self) -> bool:
         f = self.options.files
-        if self.options.output_certs and CertPaths.in_dir(self.options.output_certs).root == f.root:
-            return False
-        return secret_files.non_empty(f.root)
+        return not self._is_output(f.root) and secret_files.non_empty(f.root)
 
     async def _workload_item(self, resource: Resource) -> SecretItem:
         f = self.options.files
@@ -177,6 +181,7 @@ class SecretManager:
             if self._default_from_files():  # mounted files win; look again later
                 await asyncio.sleep(self.options.file_poll_interval)
                 continue
+            self._renew_now.clear()  # a trust-bundle change during the request renews again
             try:
                 await self._issue()
             except Exception as err:  # CAError, CSRError, PEMError...: one logged line, then retried
@@ -184,7 +189,6 @@ class SecretManager:
                 await self._failed(str(err) or type(err).__name__, failures)
                 continue
             failures = 0
-            self._renew_now.clear()
             delay = self.cache.seconds_to_rotation(self._clock())
             try:
                 await asyncio.wait_for(self._renew_now.wait(), delay)
