@@ -52,11 +52,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(name)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _helper_script_copies():
-    """Helper scripts run as another uid come from a world-readable copy (tests/support/process.py);
-    it goes at the end of the session."""
-    yield
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Helper scripts run as another uid come from a world-readable copy (tests/support/process.py,
+    made when a suite is imported); it goes at the end of the session, --collect-only included."""
     remove_script_copies()
 
 
