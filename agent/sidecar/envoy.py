@@ -56,15 +56,14 @@ def envoy_args(
     drain_duration: float = 45.0,
     node_ips: Sequence[str] = (),
     file_flush_interval_ms: int = 1000,
-    file_flush_min_size_kb: int = 0,
     proxy_log_level: str = "warning",
     proxy_component_log_level: str = "",
     skip_deprecated_logs: bool = True,
     enable_core_dump: bool = False,
-    config_yaml: str | None = None,
     concurrency: int = 0,
 ) -> list[str]:
-    """Envoy's command line in Istio's exact order (pkg/envoy/proxy.go)."""
+    """Envoy's command line in Istio's exact order (pkg/envoy/proxy.go). No `--config-yaml`: the
+    ISTIO_BOOTSTRAP_OVERRIDE file is merged into the bootstrap itself (agent.sidecar.bootstrap)."""
     args = [binary, "-c", bootstrap_path,
             "--drain-time-s", str(int(drain_duration)),
             "--drain-strategy", "immediate",
@@ -72,8 +71,6 @@ def envoy_args(
             "--file-flush-interval-msec", str(int(file_flush_interval_ms)),
             "--disable-hot-restart",
             "--allow-unknown-static-fields"]
-    if file_flush_min_size_kb > 0:
-        args += ["--file-flush-min-size-kb", str(file_flush_min_size_kb)]
     level, components = split_log_level(proxy_log_level, proxy_component_log_level)
     if level:
         args += ["-l", level]
@@ -83,8 +80,6 @@ def envoy_args(
         args.append("--skip-deprecated-logs")
     if enable_core_dump:
         args.append("--enable-core-dump")
-    if config_yaml:
-        args += ["--config-yaml", config_yaml]
     if concurrency > 0:
         args += ["--concurrency", str(concurrency)]
     return args

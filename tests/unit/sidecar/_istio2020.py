@@ -1,4 +1,4 @@
-"""The sidecar command line Istio 1.5's injector wrote (issue 3), and the pod it ran in."""
+"""The sidecar command line Istio 1.5's injector wrote, and the pod it ran in."""
 
 ISTIO_2020 = (
     "sidecar --domain ns1.svc.cluster.local --configPath /etc/istio/proxy --binaryPath /usr/local/bin/envoy "

@@ -349,7 +349,7 @@ def test_config_error_is_a_usage_error():
     assert issubclass(ConfigError, flags.UsageError)
 
 
-def test_flag_table_covers_the_issue_and_today():
+def test_flag_table_covers_istio_1_5_and_today():
     names = {f.name for f in config.PROXY_FLAGS}
     for arg in ISTIO_2020:
         if arg.startswith("--"):

@@ -12,7 +12,7 @@ TYPICAL = ("envoy -c etc/istio/proxy/envoy-rev.json --drain-time-s 45 --drain-st
            "--skip-deprecated-logs --concurrency 2").split()
 
 
-def test_typical_sidecar_matches_spec_exactly():
+def test_typical_sidecar_matches_istio_exactly():
     got = envoy.envoy_args("envoy", "etc/istio/proxy/envoy-rev.json", drain_duration=45.0,
                            node_ips=["10.0.0.1"], proxy_log_level="warning",
                            proxy_component_log_level="misc:error", concurrency=2)
@@ -21,12 +21,10 @@ def test_typical_sidecar_matches_spec_exactly():
 
 @pytest.mark.parametrize("kwargs, present, absent", [
     ({}, ["--skip-deprecated-logs", "-l"], ["--concurrency", "--enable-core-dump", "--config-yaml",
-                                           "--file-flush-min-size-kb", "--component-log-level"]),
+                                           "--component-log-level"]),
     ({"concurrency": 0}, [], ["--concurrency"]),
     ({"skip_deprecated_logs": False}, [], ["--skip-deprecated-logs"]),
     ({"enable_core_dump": True}, ["--enable-core-dump"], []),
-    ({"file_flush_min_size_kb": 64}, ["--file-flush-min-size-kb"], []),
-    ({"config_yaml": "{}"}, ["--config-yaml"], []),
 ])
 def test_optional_flags(kwargs, present, absent):
     got = envoy.envoy_args("envoy", "b.json", **kwargs)
@@ -37,13 +35,12 @@ def test_optional_flags(kwargs, present, absent):
 
 
 def test_order_of_all_optional_flags():
-    got = envoy.envoy_args("e", "b", file_flush_min_size_kb=1, proxy_log_level="info,misc:error",
-                           enable_core_dump=True, config_yaml="{}", concurrency=3)
+    got = envoy.envoy_args("e", "b", proxy_log_level="info,misc:error", enable_core_dump=True, concurrency=3)
     flags_only = [a for a in got if a.startswith("-")]
     assert flags_only == ["-c", "--drain-time-s", "--drain-strategy", "--local-address-ip-version",
                           "--file-flush-interval-msec", "--disable-hot-restart", "--allow-unknown-static-fields",
-                          "--file-flush-min-size-kb", "-l", "--component-log-level", "--skip-deprecated-logs",
-                          "--enable-core-dump", "--config-yaml", "--concurrency"]
+                          "-l", "--component-log-level", "--skip-deprecated-logs", "--enable-core-dump",
+                          "--concurrency"]
 
 
 @pytest.mark.parametrize("seconds, text", [(45.0, "45"), (5.9, "5"), (0.0, "0"), (120.0, "120")])
