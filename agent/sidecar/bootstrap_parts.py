@@ -10,6 +10,7 @@ import ipaddress
 from typing import Any
 
 from agent.sidecar.config_model import SidecarConfig
+from agent.sidecar.config_parse import is_ip
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
@@ -56,18 +57,10 @@ REQUIRED_REGEXPS = (r"vhost\..*\.route\..*",)
 def ip_family(cfg: SidecarConfig) -> tuple[str, str, str]:
     """(localhost, wildcard, dns_lookup_family): IPv6 values only when every node IP is IPv6, as
     Istio's template decides for a dual-stack pod (IPv4 wins)."""
-    versions = {ipaddress.ip_address(ip).version for ip in cfg.instance_ips if _valid(ip)}
+    versions = {ipaddress.ip_address(ip).version for ip in cfg.instance_ips if is_ip(ip)}
     if versions == {6}:
         return "::1", "::", "V6_ONLY"
     return "127.0.0.1", "0.0.0.0", "V4_ONLY"
-
-
-def _valid(ip: str) -> bool:
-    try:
-        ipaddress.ip_address(ip)
-        return True
-    except ValueError:
-        return False
 
 
 def seconds(value: float) -> str:
