@@ -399,6 +399,21 @@ def test_an_empty_variable_is_its_declared_default(var):
     assert config_env.Environment({var.name: ""})[var.name] == var.default
 
 
+BAD_TEXT = {config_env.Kind.BOOL: ("yes", "invalid boolean for {}: 'yes'"),
+            config_env.Kind.INT: ("2x", "invalid integer for {}: '2x'"),
+            config_env.Kind.PORT: ("0", "invalid port for {}: '0'"),
+            config_env.Kind.DURATION: ("5", "invalid duration for {}: '5'"),
+            config_env.Kind.SECONDS: ("-1", "invalid {}: '-1'")}
+
+
+@pytest.mark.parametrize("var", [v for v in config_env.ENV_VARS if v.kind in BAD_TEXT], ids=lambda v: v.name)
+def test_a_bad_value_is_one_line_naming_the_variable(var):
+    text, message = BAD_TEXT[var.kind]
+    with pytest.raises(ConfigError) as e:
+        run([], {var.name: text}, {ROOT: ""})
+    assert str(e.value) == message.format(var.name)
+
+
 def test_proxy_help_lists_flags_and_environment_variables():
     text = config.usage()
     assert "--drainDuration duration" in text and "Environment variables:" in text
