@@ -2,7 +2,7 @@
 
     /opt/agent/bin/python bench/sidecar_prometheus.py [-n 15] [--clusters 1000]
 
-In a netns of its own: the test ADS server (tests/xds/server.py, in this process) serves N STATIC
+In a netns of its own: the test ADS server (tests/support/ads.py, in this process) serves N STATIC
 clusters and one listener; the agent runs with the 2020 control-plane flags (`--discoveryAddress
 127.0.0.1:15012 --controlPlaneAuthPolicy NONE`). Once Envoy ACKed the clusters and the agent is ready:
 
@@ -56,7 +56,7 @@ def main() -> int:
     args = ap.parse_args()
     if (code := in_own_netns()) is not None:
         return code
-    from tests.xds.server import CLUSTER, AdsServer, many_clusters, tcp_listener
+    from tests.support.ads import CLUSTER, AdsServer, many_clusters, tcp_listener
 
     with AdsServer("127.0.0.1", 15012) as ads:
         ads.set(clusters=many_clusters(args.clusters), listeners=[tcp_listener("front", "127.0.0.1", 10000, "cluster-00000")])

@@ -1,8 +1,8 @@
 """Fault matrix, control plane: down when the agent starts, then up; then gone after ready.
 
 The agent runs the 2020 control-plane command line (`--discoveryAddress 127.0.0.1:15012
---controlPlaneAuthPolicy NONE`) against the test ADS server (tests/sidecar/ads_main.py over
-tests/xds/server.py), inside the test's own namespace.
+--controlPlaneAuthPolicy NONE`) against the test ADS server (`python -m tests.support.ads`), inside
+the test's own namespace.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ ENV = {"POD_NAME": "app-0", "POD_NAMESPACE": "default", "INSTANCE_IP": "127.0.0.
 
 
 def _control_plane(ns) -> subprocess.Popen:
-    ads = subprocess.Popen(ns.argv([PY, "-m", "tests.sidecar.ads_main", "--port", "15012", "--backend-port", "8080",
+    ads = subprocess.Popen(ns.argv([PY, "-m", "tests.support.ads", "--port", "15012", "--backend-port", "8080",
                                     "--listener-port", "10000"]),
                            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=BASE_ENV)
     ns.procs.append(ads)

@@ -1,4 +1,4 @@
-"""Issue 3's 2020 injected command line, pointed at the test ADS control plane (tests/xds) inside a netns:
+"""Issue 3's 2020 injected command line, pointed at the test ADS control plane (tests/support/ads.py) inside a netns:
 readiness is 503 (config not received) while the control plane holds back, 200 once it serves a
 listener and a cluster, and the served listener carries traffic. Then SIGTERM drains and exits 0."""
 import shutil
@@ -26,7 +26,7 @@ def test_readiness_follows_the_control_plane(netns_factory):
     work = Path(tempfile.mkdtemp(prefix="sidecar-rt-"))
     try:
         ns.spawn([PY, APP, "--http", "8080"], wait_ready=True)
-        ads = subprocess.Popen(ns.argv([PY, "-m", "tests.sidecar.ads_main", "--port", "15012"]), cwd=REPO,
+        ads = subprocess.Popen(ns.argv([PY, "-m", "tests.support.ads", "--port", "15012"]), cwd=REPO,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=BASE_ENV)
         ns.procs.append(ads)
         assert ads.stdout.readline().strip() == "ready"

@@ -3,20 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from typing import Callable, Iterator
+from typing import Iterator
 
 from agent.sidecar import bootstrap, config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.process import free_port, wait_until
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -25,20 +18,6 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
-
-
-def wait_for(check: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except OSError as e:
-            last = e
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not met within {timeout}s (last: {last!r})")
 
 
 def control_plane_config(tmp_path, ads_port: int, extra_argv=(), env=None) -> config.SidecarConfig:
@@ -61,7 +40,7 @@ def running_envoy(cfg: config.SidecarConfig, log_path) -> Iterator[subprocess.Po
                                  "--drain-time-s", "1", "-l", "warning"], stdout=log, stderr=subprocess.STDOUT)
     try:
         admin = f"http://127.0.0.1:{cfg.admin_port}"
-        wait_for(lambda: proc.poll() is not None or http_get(f"{admin}/server_info")[0] == 200, 30, "Envoy admin")
+        wait_until(lambda: proc.poll() is not None or http_get(f"{admin}/server_info")[0] == 200, 30, what="Envoy admin")
         assert proc.poll() is None, open(log_path).read()[-3000:]
         yield proc
     finally:

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from agent.sidecar import identity
-from tests.xds.envoy_proc import (control_plane_config, dynamic_listener_names, free_port, http_get,
-                                  running_envoy, stat, wait_for)
-from tests.xds.server import CLUSTER, LISTENER, AdsServer, many_clusters, static_cluster, tcp_listener
+from tests.support.ads import CLUSTER, LISTENER, AdsServer, many_clusters, static_cluster, tcp_listener
+from tests.support.process import free_port, wait_until
+from tests.xds.envoy_proc import control_plane_config, dynamic_listener_names, http_get, running_envoy, stat
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_envoy_gets_listener_and_cluster_over_ads(tmp_path, backend):
             ads.release()
             ads.wait_acked(CLUSTER)
             ads.wait_acked(LISTENER)
-            wait_for(lambda: http_get(f"{admin}/ready") == (200, "LIVE\n"), 30, "Envoy LIVE")
+            wait_until(lambda: http_get(f"{admin}/ready") == (200, "LIVE\n"), 30, what="Envoy LIVE")
             assert "front" in dynamic_listener_names(admin)
             assert "front::127.0.0.1:%d" % front in http_get(f"{admin}/listeners")[1]
             # And it carries traffic: front listener -> backend cluster -> the real HTTP server.
@@ -90,7 +90,7 @@ def test_thousand_clusters(tmp_path):
             start = time.monotonic()
             version = ads.set(clusters=many_clusters(1000))
             ads.wait_acked(CLUSTER, version, timeout=60)
-            wait_for(lambda: stat(admin, "cluster_manager.active_clusters") == static + 1000, 60, "1000 clusters")
+            wait_until(lambda: stat(admin, "cluster_manager.active_clusters") == static + 1000, 60, what="1000 clusters")
             print(f"\n1000 clusters pushed and active in {time.monotonic() - start:.2f}s")
 
 
@@ -121,7 +121,7 @@ def test_mutual_tls_verifies_root_and_istiod_san(tmp_path, san, connects):
         with running_envoy(cfg, tmp_path / "envoy.log"):
             if connects:
                 ads.wait_acked(LISTENER)
-                wait_for(lambda: http_get(f"{admin}/ready")[0] == 200, 30, "Envoy LIVE")
+                wait_until(lambda: http_get(f"{admin}/ready")[0] == 200, 30, what="Envoy LIVE")
             else:
                 with pytest.raises(TimeoutError):
                     ads.wait_connected(timeout=3)

@@ -18,8 +18,10 @@ with the full snapshot of that type; ACK = same version and nonce, NACK = error_
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 import queue
+import sys
 import threading
 import time
 from concurrent import futures
@@ -275,3 +277,30 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.responses_sent += 1
         return discovery_pb2.DiscoveryResponse(version_info=self.version, type_url=type_url, nonce=nonce,
                                                resources=self._resources[type_url])
+
+
+def main() -> int:
+    """`python -m tests.support.ads --port 15012 --backend-port 8080 --listener-port 10000`: the control
+    plane as a process (e.g. inside a netns), one cluster and one TCP listener to it. Holds back until
+    it reads `release` on stdin; prints `ready`, then `released`, `acked`."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, default=15012)
+    ap.add_argument("--backend-port", type=int, default=8080)
+    ap.add_argument("--listener-port", type=int, default=10000)
+    args = ap.parse_args()
+    with AdsServer("127.0.0.1", args.port, hold=True) as ads:
+        ads.set(clusters=[static_cluster("backend", "127.0.0.1", args.backend_port)],
+                listeners=[tcp_listener("front", "127.0.0.1", args.listener_port, "backend")])
+        print("ready", flush=True)
+        for line in sys.stdin:
+            if line.strip() == "release":
+                ads.release()
+                print("released", flush=True)
+                ads.wait_acked(CLUSTER)
+                ads.wait_acked(LISTENER)
+                print("acked", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
