@@ -10,6 +10,7 @@ import pytest
 from agent import cli
 from agent.iptables import command, config
 from agent.iptables.host import HostError, HostFacts
+from tests.support.process import ISTIO_IPTABLES, PILOT_AGENT
 
 from ._support import transcript
 
@@ -166,8 +167,8 @@ def test_cli_usage_error(capsys):
 
 
 def test_console_scripts_are_installed():
-    assert os.access("/opt/agent/bin/istio-iptables", os.X_OK)
-    assert os.access("/opt/agent/bin/pilot-agent", os.X_OK)
+    assert os.access(ISTIO_IPTABLES, os.X_OK)
+    assert os.access(PILOT_AGENT, os.X_OK)
 
 
 def test_readme_tables_are_generated_from_the_flag_table():
