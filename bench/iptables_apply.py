@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.netns.harness import IP, PILOT_AGENT, Pod, Shims  # noqa: E402
+from tests.support.netns import IP, PILOT_AGENT, Pod, Shims  # noqa: E402
 
 INIT_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
              "-b", "*", "-d", "15090,15020"]

@@ -9,11 +9,8 @@ turns those raw facts into `HostFacts`, so tests can build any host without a na
 """
 from __future__ import annotations
 
+import socket
 import struct
-
-# The C module under `socket`: the netlink dump and inet_pton/inet_ntop need nothing of socket.py's
-# wrappers (why not socket.py: agent/iptables/__init__.py).
-import _socket
 
 from agent.iptables.record import Record
 
@@ -45,7 +42,7 @@ _LOOPBACK6 = bytes(15) + b"\x01"  # ::1
 def _packed(text: str) -> bytes:
     """4 bytes for IPv4 (IPv4-mapped IPv6 included, as Go's To4), else 16. ValueError if bad."""
     try:
-        packed = _socket.inet_pton(_socket.AF_INET6 if ":" in text else _socket.AF_INET, text)
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
     except OSError:
         raise ValueError(f"invalid IP address {text!r}") from None
     return packed[12:] if packed[:12] == _V4_MAPPED else packed
@@ -61,7 +58,7 @@ def _usable(packed: bytes) -> bool:
 
 
 def _text(packed: bytes) -> str:
-    return _socket.inet_ntop(_socket.AF_INET if len(packed) == 4 else _socket.AF_INET6, packed)
+    return socket.inet_ntop(socket.AF_INET if len(packed) == 4 else socket.AF_INET6, packed)
 
 
 def detect_ip(addresses: list[str], dual_stack: bool) -> tuple[bool, str]:
@@ -104,10 +101,10 @@ _IFA_ADDRESS, _IFA_LOCAL = 1, 2
 
 def _netlink_addresses() -> list[str]:
     """One RTM_GETADDR dump of the current netns, as Go's net.InterfaceAddrs does."""
-    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, _socket.NETLINK_ROUTE)
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     try:
         sock.bind((0, 0))
-        body = struct.pack("BBBBI", _socket.AF_UNSPEC, 0, 0, 0, 0)
+        body = struct.pack("BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)
         sock.send(struct.pack("=IHHII", 16 + len(body), _RTM_GETADDR, _NLM_F_REQUEST_DUMP, 1, 0) + body)
         out: list[str] = []
         while True:
@@ -139,12 +136,12 @@ def _parse_ifaddr(msg: bytes) -> list[str]:
         attrs[atype] = msg[pos + 4: pos + alen]
         pos += (alen + 3) & ~3
     # Go prefers IFA_LOCAL for IPv4 (point-to-point peers put the peer in IFA_ADDRESS).
-    raw = attrs.get(_IFA_LOCAL) if family == _socket.AF_INET else None
+    raw = attrs.get(_IFA_LOCAL) if family == socket.AF_INET else None
     raw = raw or attrs.get(_IFA_ADDRESS)
     if raw is None:
         return []
-    fam = _socket.AF_INET if family == _socket.AF_INET else _socket.AF_INET6
-    return [_socket.inet_ntop(fam, raw)]
+    fam = socket.AF_INET if family == socket.AF_INET else socket.AF_INET6
+    return [socket.inet_ntop(fam, raw)]
 
 
 def interface_addresses() -> list[str]:

@@ -30,7 +30,7 @@ So a fresh pod netns with default flags spawns: `iptables-nft-save`, `iptables-n
 from __future__ import annotations
 
 import os
-import select
+import subprocess
 from typing import Protocol
 
 from agent.iptables.logger import log
@@ -160,55 +160,14 @@ def legacy_has_tables(family: int, proc_path: str | None = None) -> bool:
 
 # ---- the real runner ----------------------------------------------------------------------------
 
-_SIGPIPE = 13  # Linux; Python ignores SIGPIPE and children would inherit that (subprocess resets it too)
-
-
 def spawn(argv: list[str], stdin: str | None = None, env: dict[str, str] | None = None) -> Result:
-    """Run argv (looked up in PATH), feed stdin, collect stdout/stderr. posix_spawn and pipes
-    rather than subprocess: the same work without subprocess's import cost on this path."""
-    fds = [os.pipe(), os.pipe(), os.pipe()]  # stdin, stdout, stderr; all close-on-exec
-    (in_r, in_w), (out_r, out_w), (err_r, err_w) = fds
-    actions = [(os.POSIX_SPAWN_DUP2, in_r, 0), (os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2)]
+    """Run argv (looked up in PATH), feed stdin, collect stdout/stderr. A binary that cannot be
+    started is a Result with code 127, as a shell reports it, not an exception."""
     try:
-        pid = os.posix_spawnp(argv[0], argv, os.environ if env is None else env, file_actions=actions,
-                              setsigdef=(_SIGPIPE,))
+        cp = subprocess.run(argv, input=stdin or "", capture_output=True, text=True, errors="replace", env=env)
     except OSError as e:  # not installed / not executable
-        for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
-            os.close(fd)
         return Result(127, "", f"{argv[0]}: {e.strerror or e}")
-    for fd in (in_r, out_w, err_w):
-        os.close(fd)
-    out = _communicate(in_w, (stdin or "").encode(), out_r, err_r)
-    _, status = os.waitpid(pid, 0)
-    return Result(os.waitstatus_to_exitcode(status), out[out_r].decode(errors="replace"),
-                  out[err_r].decode(errors="replace"))
-
-
-def _communicate(in_w: int, data: bytes, out_r: int, err_r: int) -> dict[int, bytes]:
-    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
-    writers = [in_w] if data else []
-    if not data:
-        os.close(in_w)
-    readers = [out_r, err_r]
-    while readers or writers:
-        readable, writable, _ = select.select(readers, writers, [])
-        for fd in writable:
-            try:
-                sent = os.write(fd, data[:65536])
-            except BrokenPipeError:
-                sent = len(data)
-            data = data[sent:]
-            if not data:
-                os.close(fd)
-                writers = []
-        for fd in readable:
-            chunk = os.read(fd, 65536)
-            if chunk:
-                chunks[fd].append(chunk)
-            else:
-                os.close(fd)
-                readers.remove(fd)
-    return {fd: b"".join(parts) for fd, parts in chunks.items()}
+    return Result(cp.returncode, cp.stdout, cp.stderr)
 
 
 class RealRunner:

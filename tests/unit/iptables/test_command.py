@@ -209,7 +209,7 @@ def test_dry_run_spawns_nothing_and_needs_no_binary(extra, monkeypatch):
         raise AssertionError(f"dry-run spawned {a}")
 
     monkeypatch.setattr(subprocess, "Popen", refuse)
-    for name in ("execv", "posix_spawn", "posix_spawnp", "fork"):  # RealRunner spawns with posix_spawnp
+    for name in ("execv", "posix_spawn", "posix_spawnp", "fork"):  # any other way to start a process
         monkeypatch.setattr(os, name, refuse)
     monkeypatch.setenv("PATH", "/nonexistent")
     rc, out, _ = run(["-n", *INIT, *extra], host=Host(HostFacts(enable_ipv6=True)))
