@@ -117,7 +117,8 @@ class Relay:
                 return self._failed(f"failed to connect to upstream {opts.address}: timed out after "
                                     f"{opts.connect_timeout:g}s")
             except grpc.aio.AioRpcError as e:
-                return self._failed(f"failed to connect to upstream {opts.address}: {e.details()}", e.code())
+                return self._failed(f"failed to connect to upstream {opts.address}: {e.code().name}: {e.details()}",
+                                    e.code())
             kind = "delta upstream" if self.delta else "upstream"
             log.info(f"connected to {kind} XDS server: {opts.address}", id=self.id)
             proxy.state.connected, proxy.state.since, proxy.state.last_error = True, proxy.clock(), ""
@@ -180,9 +181,10 @@ class Relay:
             self.proxy.counters.xds_proxy_requests += 1
             try:
                 await call.write(request)
-            except grpc.aio.AioRpcError as e:
-                return End("upstream", e.code(), e.details() or "")
-            except asyncio.InvalidStateError:  # the call already ended: its status says why
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                # The call ended under the write. Its status is istiod's, unless grpcio saw the write
+                # fail before the status arrived: it then reports INTERNAL "Internal error from Core"
+                # and istiod's own status (e.g. a refused token) is lost.
                 return End("upstream", await call.code(), await call.details() or "")
 
     async def _from_istiod(self, call) -> End:
