@@ -122,7 +122,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("HOST_IP", Kind.TEXT, "", "replaces `$(HOST_IP)` in the `ISTIO_BOOTSTRAP_OVERRIDE` file (IPv6 bracketed)"),
     EnvVar("ISTIO_CPU_LIMIT", Kind.INT, 0, "Envoy's concurrency when ProxyConfig sets none"),
     # ProxyConfig and node metadata.
-    EnvVar("PROXY_CONFIG", Kind.STRUCTURED, None, "ProxyConfig, over the mesh config's `defaultConfig`",
+    EnvVar("PROXY_CONFIG", Kind.STRUCTURED, None, "ProxyConfig over the mesh config's `defaultConfig`, under the "
+           "pod's `proxy.istio.io/config` annotation",
            parse=lambda text: proxy_config_layer("PROXY_CONFIG", text)),
     EnvVar("ISTIO_META_", Kind.TEXT, None, "node metadata `<KEY>` (a string); also from ProxyConfig `proxyMetadata`",
            prefix=True),
@@ -130,15 +131,16 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "`STATIC_LABELS`); not a JSON object: a warning", prefix=True),
     # The status server.
     EnvVar("ISTIO_KUBE_APP_PROBERS", Kind.JSON, None, "app probes the status server answers "
-           "(`/app-health/<container>/livez|readyz|startupz`)", parse=parse_app_probers),
+           "(`/app-health/<container>/livez`, `readyz`, `startupz`)", parse=parse_app_probers),
     EnvVar("ISTIO_PROMETHEUS_ANNOTATIONS", Kind.JSON, None, "app metrics scrape config (`scrape`, `path`, `port`, "
            "`targets`) merged into the agent's metrics", parse=parse_prometheus_annotations),
     EnvVar("PILOT_AGENT_MERGE_ENVOY_STATS", Kind.BOOL, True, "include Envoy's stats in the agent's merged metrics"),
     EnvVar("METRICS_LOCALHOST_ACCESS_ONLY", Kind.BOOL, False, "metrics only for loopback clients; also binds 15090 "
            "to 127.0.0.1"),
-    EnvVar("ENABLE_PROBE_KEEPALIVE_CONNECTIONS", Kind.BOOL, False, "app HTTP probes reuse their connections"),
-    EnvVar("REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION", Kind.BOOL, False, "app probes to localhost go to the pod "
-           "IP instead"),
+    EnvVar("ENABLE_PROBE_KEEPALIVE_CONNECTIONS", Kind.BOOL, False, "Istio's probe connection reuse; accepted and "
+           "checked, but app HTTP probes here always send `Connection: close`"),
+    EnvVar("REWRITE_PROBE_LEGACY_LOCALHOST_DESTINATION", Kind.BOOL, False, "send app probes to `localhost` instead "
+           "of the pod IP (`INSTANCE_IP`)"),
     # Draining.
     EnvVar("TERMINATION_DRAIN_DURATION_SECONDS", Kind.SECONDS, None, "overrides ProxyConfig "
            "`terminationDrainDuration` (5s)"),
@@ -204,8 +206,8 @@ def _rows(flag_table: Sequence[flags.Flag]) -> list[tuple[str, str, str, str]]:
     rows = [(v.shown_name(), v.kind.value, v.default_text(), v.help) for v in ENV_VARS]
     for f in flag_table:
         for var in f.env:
-            rows.append((var, f.kind, f.default_text(), f"same as `--{f.name}`; a value that does not parse is "
-                         "an error (Istio ignores it)"))
+            strict = "; a value that does not parse is an error (Istio ignores it)" if f.kind != "str" else ""
+            rows.append((var, f.kind, f.default_text(), f"same as `--{f.name}`{strict}"))
     return rows
 
 

@@ -423,6 +423,14 @@ def test_proxy_help_lists_flags_and_environment_variables():
     assert "  MINIMUM_DRAIN_DURATION duration " in text and "(default 5s)" in text
 
 
+def test_readme_env_table_is_current():
+    """README.md embeds config_env.markdown_table(PROXY_FLAGS); regenerate it when a variable changes."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    assert config_env.markdown_table(config.PROXY_FLAGS) in doc
+
+
 def test_readme_flag_table_is_current():
     """README.md embeds flags.markdown_table(PROXY_FLAGS); regenerate it when flags change."""
     from pathlib import Path
