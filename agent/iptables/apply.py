@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from agent.exitcodes import Exit
-from agent.iptables import documents, restore
+from agent.iptables import documents, host, restore
 from agent.iptables.config import IptablesConfig
 from agent.iptables.host import HostFacts
 from agent.iptables.logger import DEBUG, log
@@ -251,7 +251,8 @@ class Applier:
     def verify(self) -> int:
         lines: list[str] = []
         for fam in self.families:
-            diff = restore.diff(restore.expected_state(fam.rules), fam.live)
+            # owner names (-u istio-proxy) resolved: iptables-save prints the numeric ids
+            diff = restore.diff(restore.expected_state(fam.rules), fam.live, host.owner_id)
             if diff:
                 lines += [f"# {fam.label} ({self.runner.describe(fam.number)}): - live only, + missing", *diff]
         from agent.iptables import routes
