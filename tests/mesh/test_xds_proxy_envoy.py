@@ -83,10 +83,12 @@ async def start_backend(pki: TestPKI, workdir: str) -> tuple[asyncio.Server, int
     return await asyncio.start_server(answer, "127.0.0.1", port, ssl=context), port
 
 
-async def through_envoy(port: int) -> str:
+async def through_envoy(port: int) -> tuple[str, int]:
+    """(identity, serial number) of the client certificate Envoy presented to the backend."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        return (await asyncio.wait_for(reader.readline(), 5)).decode().strip()
+        uri, _, serial = (await asyncio.wait_for(reader.readline(), 5)).decode().strip().partition(" ")
+        return uri, int(serial, 16)
     finally:
         writer.close()
 
@@ -147,7 +149,7 @@ async def check_envoy(istiod, proxy, provider, admin, listen_port, workdir, delt
     assert (await stat(admin, "listener_manager.total_listeners_active")) == 1
 
     answer = await through_envoy(listen_port)
-    assert answer == f"{APP} {provider.serials[0]:X}", "Envoy presented the certificate SDS served"
+    assert answer == (APP, provider.serials[0]), "Envoy presented the certificate SDS served"
     _, certs = await admin_get(admin, "/certs")
     assert f"{provider.serials[0]:x}" in certs.lower()
 
@@ -158,7 +160,7 @@ async def check_envoy(istiod, proxy, provider, admin, listen_port, workdir, delt
 
     provider.rotate()
     answer = await until(lambda: _rotated(listen_port, provider), 20, "the rotated certificate in use", workdir)
-    assert answer == f"{APP} {provider.serials[1]:X}"
+    assert answer == (APP, provider.serials[1])
     expiry = datetime.datetime.fromtimestamp(provider.items["default"].expires_at, datetime.timezone.utc)
     assert expiry > datetime.datetime.now(datetime.timezone.utc)
 
@@ -167,6 +169,6 @@ async def at_least(admin: int, name: str, value: int) -> bool:
     return await stat(admin, name) >= value
 
 
-async def _rotated(port: int, provider: PkiProvider) -> str | None:
+async def _rotated(port: int, provider: PkiProvider) -> tuple[str, int] | None:
     answer = await through_envoy(port)
-    return answer if answer.endswith(f"{provider.serials[-1]:X}") else None
+    return answer if answer[1] == provider.serials[-1] else None
