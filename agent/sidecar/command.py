@@ -27,6 +27,7 @@ from agent import flags
 from agent.exitcodes import Exit
 from agent.sidecar import config as sidecar_config
 from agent.sidecar.config_model import SidecarConfig
+from agent.sidecar.config_parse import ConfigError
 from agent.sidecar.reaper import EnvoyHandle
 from agent.sidecar.startup import StartupError, StartupPlan, prepare
 
@@ -81,11 +82,11 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
 def _run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     if "-h" in argv or "--help" in argv:
-        sys.stdout.write(flags.usage("pilot-agent proxy [sidecar|router] [flags]", sidecar_config.PROXY_FLAGS))
+        sys.stdout.write(sidecar_config.usage())
         return Exit.OK
     try:
         cfg = load_config(argv, environ)
-    except (sidecar_config.ConfigError, flags.UsageError) as e:
+    except (ConfigError, flags.UsageError) as e:
         return _fail(str(e))
     except Exception as e:  # a config bug must still be one line and exit 255, not a traceback
         return _fail(f"invalid configuration: {type(e).__name__}: {e}")
