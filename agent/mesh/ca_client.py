@@ -97,6 +97,22 @@ def ca_address(ca_addr: str, discovery_address: str) -> str:
     return ca_addr or discovery_address
 
 
+def check_ca_provider(ca_provider: str = "Citadel", ca_addr: str = "") -> None:
+    """``CA_PROVIDER``: only Citadel (any CA speaking Istio's API, istiod included) is
+    built in, as in open-source Istio; an address at googleapis.com means Google's CA."""
+    provider = "GoogleCA" if "googleapis.com" in ca_addr else ca_provider
+    if provider != "Citadel":
+        raise CAConfigError(f'CA provider "{provider}" not registered')
+
+
+def check_credential_fetcher(fetcher_type: str = "JWT") -> None:
+    """``CREDENTIAL_FETCHER_TYPE``: the token file ("JWT", or unset) is the only source here."""
+    if fetcher_type == "GoogleComputeEngine":
+        raise CAConfigError("CREDENTIAL_FETCHER_TYPE=GoogleComputeEngine is not supported by this agent")
+    if fetcher_type not in ("", "JWT"):
+        raise CAConfigError(f"invalid credential fetcher type {fetcher_type}")
+
+
 def is_plaintext(address: str) -> bool:
     """Istio's plaintext port 15010 is dialled without TLS; everything else uses TLS."""
     return address.endswith(PLAINTEXT_PORT_SUFFIX)

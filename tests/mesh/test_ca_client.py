@@ -266,3 +266,17 @@ async def test_a_ca_answering_nonsense_is_an_error_not_a_crash(pki, files):
         with pytest.raises(CAError, match="invalid empty CertChain"):
             await client.create_certificate(b"csr", 60)
         await client.close()
+
+
+def test_ca_provider_and_credential_fetcher_checks():
+    ca_client.check_ca_provider("Citadel", "istiod.istio-system.svc:15012")
+    with pytest.raises(CAConfigError, match='CA provider "GoogleCA" not registered'):
+        ca_client.check_ca_provider("Citadel", "meshca.googleapis.com:443")
+    with pytest.raises(CAConfigError, match='CA provider "Vault" not registered'):
+        ca_client.check_ca_provider("Vault")
+    ca_client.check_credential_fetcher("")
+    ca_client.check_credential_fetcher("JWT")
+    with pytest.raises(CAConfigError, match="invalid credential fetcher type X"):
+        ca_client.check_credential_fetcher("X")
+    with pytest.raises(CAConfigError, match="GoogleComputeEngine is not supported"):
+        ca_client.check_credential_fetcher("GoogleComputeEngine")
