@@ -72,6 +72,7 @@ class TestPKI:
         self.server_key = ec.generate_private_key(ec.SECP256R1())
         self.server_cert = self.issue(self.server_key.public_key(), x509.DNSName(server_san), 86400,
                                       (ExtendedKeyUsageOID.SERVER_AUTH,))
+        self.server_cert_pem = _pem(self.server_cert)
         self.server_key_pem = _key_pem(self.server_key)
         self.token_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
@@ -179,7 +180,7 @@ class TestCA:
             self.port = self._server.add_insecure_port(bind)
         else:
             creds = grpc.ssl_server_credentials(
-                [(self.pki.server_key_pem, _pem(self.pki.server_cert))],
+                [(self.pki.server_key_pem, self.pki.server_cert_pem)],
                 root_certificates=self.pki.root_pem if self.require_client_cert else None,
                 require_client_auth=self.require_client_cert)
             self.port = self._server.add_secure_port(bind, creds)
