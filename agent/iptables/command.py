@@ -11,7 +11,7 @@ Exit paths:
 One flow (agent.iptables.apply) whatever the mode; only the runner differs, as in Istio's
 ProgramIptables (https://github.com/istio/istio/blob/master/tools/istio-iptables/pkg/cmd/root.go):
 the real one, or with --dry-run a recorder, whose transcript goes to stdout once the flow is done
-(logs go to stderr).
+(after the difference, with --verify; logs go to stderr).
 """
 from __future__ import annotations
 
@@ -51,29 +51,46 @@ def env_only_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+class _Stop(Exception):
+    """The run ends before the flow, with this exit code (help printed, or a bad command line)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _load(argv: Sequence[str], environ: Mapping[str, str], out: TextIO, err: TextIO) -> IptablesConfig:
+    """The config, with the log configured; or _Stop: --help, or one `Error:` line per problem."""
+    try:
+        parsed = flags.parse(all_flags(), argv, environ, allow_unknown=False)
+    except flags.UsageError as e:
+        err.write(f"Error: {e}\n")
+        raise _Stop(Exit.USAGE) from None
+    if parsed.help:
+        out.write(help_text())
+        raise _Stop(Exit.OK)
+    try:
+        level = log_level(parsed.values["log_output_level"])
+    except ValueError as e:
+        err.write(f'Error: invalid value "{parsed.values["log_output_level"]}" for --log_output_level: {e}\n')
+        raise _Stop(Exit.USAGE) from None
+    try:
+        cfg = cfgmod.load(parsed, environ, user_id=host.user_id, group_id=host.group_id)
+    except ConfigError as e:
+        err.writelines(f"Error: {p}\n" for p in e.problems)
+        raise _Stop(Exit.USAGE if e.usage else Exit.FAILURE) from None
+    log.configure(level, parsed.values["log_as_json"], err)  # stderr: the dry-run transcript owns stdout
+    return cfg
+
+
 def run(argv: Sequence[str], environ: Mapping[str, str], *, stdout: TextIO | None = None,
         stderr: TextIO | None = None, gather: Callable[..., host.HostFacts] = host.gather) -> int:
     """The mode's entry point (agent.cli). Tests inject stdout/stderr and the host-facts reader."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
-        parsed = flags.parse(all_flags(), argv, environ, allow_unknown=False)
-    except flags.UsageError as e:
-        err.write(f"Error: {e}\n")
-        return Exit.USAGE
-    if parsed.help:
-        out.write(help_text())
-        return Exit.OK
-    try:
-        level = log_level(parsed.values["log_output_level"])
-    except ValueError as e:
-        err.write(f'Error: invalid value "{parsed.values["log_output_level"]}" for --log_output_level: {e}\n')
-        return Exit.USAGE
-    try:
-        cfg = cfgmod.load(parsed, environ, user_id=host.user_id, group_id=host.group_id)
-    except ConfigError as e:
-        err.writelines(f"Error: {p}\n" for p in e.problems)
-        return Exit.USAGE if e.usage else Exit.FAILURE
-    log.configure(level, parsed.values["log_as_json"], err)  # stderr: the dry-run transcript owns stdout
+        cfg = _load(argv, environ, out, err)
+    except _Stop as stop:
+        return stop.code
     if cfg.native_nftables:
         log.error("--native-nftables is not supported by this implementation; use the iptables backend")
         return Exit.FAILURE
