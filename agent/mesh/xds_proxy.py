@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import grpc.aio
-from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
 from agent.mesh import upstream, uds
@@ -111,7 +111,7 @@ class XdsProxy:
             ("grpc.max_concurrent_streams", o.max_concurrent_streams),
             ("grpc.max_receive_message_length", o.max_receive_message_length),
             ("grpc.max_send_message_length", -1)])
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Service(self), server)
+        server.add_generic_rpc_handlers([_handlers(self)])
         try:
             uds.listen(server, self.path, "xds proxy socket")
         except uds.UdsError as e:
@@ -182,13 +182,16 @@ class XdsProxy:
         return None
 
 
-class _Service(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, proxy: XdsProxy) -> None:
-        self._proxy = proxy
+def _handlers(proxy: XdsProxy) -> grpc.GenericRpcHandler:
+    """ADS with Envoy's requests decoded and istiod's responses written as the bytes received."""
 
-    async def StreamAggregatedResources(self, request_iterator, context):  # noqa: N802 (gRPC name)
-        await Relay(self._proxy, False, request_iterator, context).run()
+    def method(delta: bool):
+        async def relay(requests, context) -> None:
+            await Relay(proxy, delta, requests, context).run()
 
-    async def DeltaAggregatedResources(self, request_iterator, context):  # noqa: N802
-        await Relay(self._proxy, True, request_iterator, context).run()
+        request = discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest
+        return grpc.stream_stream_rpc_method_handler(relay, request_deserializer=request.FromString,
+                                                     response_serializer=None)
 
+    return grpc.method_handlers_generic_handler("envoy.service.discovery.v3.AggregatedDiscoveryService", {
+        "StreamAggregatedResources": method(False), "DeltaAggregatedResources": method(True)})

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
-from agent.mesh import upstream
+from agent.mesh import upstream, wire
 from agent.sidecar import logs
 
 if TYPE_CHECKING:
@@ -36,6 +36,17 @@ WORKLOAD_TYPE = "type.googleapis.com/istio.workload.Workload"
 _EXPECTED_TEXT = ("stream terminated by RST_STREAM with error code: NO_ERROR",
                   "received prior goaway: code: NO_ERROR", "GOAWAY received", "Received RST_STREAM with error code 0")
 _EXPECTED_UNAVAILABLE = ("client disconnected", "error reading from server: EOF", "transport is closing")
+
+
+_SERVICE = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
+
+
+def method_path(delta: bool) -> str:
+    return _SERVICE + ("DeltaAggregatedResources" if delta else "StreamAggregatedResources")
+
+
+def _serialize(message) -> bytes:
+    return message.SerializeToString()
 
 
 def forwardable(type_url: str) -> bool:
@@ -108,9 +119,8 @@ class Relay:
         except upstream.UpstreamError as e:
             return self._failed(f"failed to connect to upstream {opts.address}: {e}")
         try:
-            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-            method = stub.DeltaAggregatedResources if self.delta else stub.StreamAggregatedResources
-            call = method(metadata=metadata)
+            call = channel.stream_stream(method_path(self.delta), request_serializer=_serialize,
+                                         response_deserializer=None)(metadata=metadata)
             try:
                 await asyncio.wait_for(call.wait_for_connection(), opts.connect_timeout)
             except asyncio.TimeoutError:
@@ -188,25 +198,32 @@ class Relay:
                 return End("upstream", await call.code(), await call.details() or "")
 
     async def _from_istiod(self, call) -> End:
+        """istiod's responses stay serialized (see agent/mesh/wire.py): only their type URL is read."""
         while True:
             try:
-                response = await call.read()
+                data = await call.read()
             except grpc.aio.AioRpcError as e:
                 return End("upstream", e.code(), e.details() or "")
-            if response is grpc.aio.EOF:
+            if data is grpc.aio.EOF:
                 return End("upstream", await call.code(), await call.details() or "")
             self.proxy.counters.xds_proxy_responses += 1
-            if response.type_url in self.proxy.local_types():
-                self._answer_locally(response)
-            elif not forwardable(response.type_url):
-                log.error(f"Skipping forwarding type url {response.type_url} to Envoy as is not a valid "
-                          "Envoy type", id=self.id)
-            elif (end := await self._to_envoy(response)) is not None:
+            try:
+                type_url = wire.string_field(data, wire.TYPE_URL_FIELD)
+            except ValueError as e:
+                return End("upstream", grpc.StatusCode.INTERNAL, f"malformed response from istiod: {e}")
+            if type_url in self.proxy.local_types():
+                self._answer_locally(data)
+            elif not forwardable(type_url):
+                log.error(f"Skipping forwarding type url {type_url} to Envoy as is not a valid Envoy type",
+                          id=self.id)
+            elif (end := await self._to_envoy(data, type_url)) is not None:
                 return end
 
-    def _answer_locally(self, response) -> None:
+    def _answer_locally(self, data: bytes) -> None:
         """Consume an NDS/PCDS response and ACK it (NACK when it does not decode). Empty responses are
         ACKed too, so istiod does not keep waiting on them (Istio ignores them)."""
+        response = (discovery_pb2.DeltaDiscoveryResponse if self.delta else discovery_pb2.DiscoveryResponse)()
+        response.ParseFromString(data)
         value = None
         if response.resources:
             first = response.resources[0]
@@ -216,14 +233,14 @@ class Relay:
         self._queue.put_nowait(self._request(type_url=response.type_url, response_nonce=response.nonce,
                                              version_info=version, error_detail=error))
 
-    async def _to_envoy(self, response) -> End | None:
+    async def _to_envoy(self, data: bytes, type_url: str) -> End | None:
         started = time.monotonic()
         try:
-            await self._context.write(response)
+            await self._context.write(data)
         except Exception as e:  # noqa: BLE001 (Envoy gone mid-write: end the stream, never crash)
-            return End("downstream", grpc.StatusCode.CANCELLED, f"send error for type url {response.type_url}: {e}")
+            return End("downstream", grpc.StatusCode.CANCELLED, f"send error for type url {type_url}: {e}")
         if (took := time.monotonic() - started) > self.proxy.options.slow_send_warning:
-            log.warning(f"sending {response.type_url} to Envoy took {took:.1f}s", id=self.id)
+            log.warning(f"sending {type_url} to Envoy took {took:.1f}s", id=self.id)
         return None
 
     # -- accounting -----------------------------------------------------------------------------------
