@@ -16,7 +16,6 @@ World or Delta) the proxy opens one upstream stream of the same flavour with the
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable

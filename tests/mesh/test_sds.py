@@ -1,7 +1,6 @@
 """The SDS server over a real Unix socket, driven by a grpcio client stream as Envoy drives it."""
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket

@@ -307,3 +307,41 @@ async def test_port_15012_means_tls_even_with_policy_none(pki, files):
         await istiod.stop()
 
 
+
+
+async def test_proxy_config_trust_bundle_and_malformed_nds_is_nacked(pki, files):
+    from agent.mesh.protos import proxy_config_pb2
+    from agent.mesh.xds_relay import PROXY_CONFIG_TYPE
+
+    bundles: list[list[str]] = []
+    async with TestIstiod(pki) as istiod:
+        istiod.set(PROXY_CONFIG_TYPE, [proxy_config_pb2.ProxyConfig(ca_certificates_pem=["-----PEM A-----"])])
+        istiod.set(NAME_TABLE, [cluster_pb2.Cluster(name="not a name table")])
+        proxy = XdsProxy(upstream_options(files, istiod),
+                         XdsProxyOptions(socket_path=f"{files}/XDS", request_name_table=True,
+                                         request_proxy_config=True), on_trust_bundle=bundles.append)
+        await proxy.start()
+        async with grpc.aio.insecure_channel(uds.grpc_target(proxy.path)) as channel:
+            envoy = Stream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources())
+            await envoy.write(discovery_pb2.DeltaDiscoveryRequest(type_url=LISTENER, node=NODE))
+            await istiod.wait_for(lambda: istiod.acks(PROXY_CONFIG_TYPE), what="PCDS ACK")
+            (nack,) = await istiod.wait_for(lambda: istiod.requests(NAME_TABLE, "nack"), what="NDS NACK")
+            assert bundles == [["-----PEM A-----"]] and proxy.name_table is None
+            assert nack.request.error_detail.code == 13 and nack.request.error_detail.message
+            assert await nothing_within(envoy), "neither reaches Envoy"
+            envoy.cancel()
+        await proxy.stop(0)
+
+
+async def test_a_newer_envoy_stream_replaces_the_previous_one(mesh):
+    istiod, proxy, stub, _ = mesh
+    istiod.set(CLUSTER, clusters("c"))
+    first = Stream(stub.StreamAggregatedResources())
+    await first.write(sotw(CLUSTER, node=True))
+    await first.read()
+    second = Stream(stub.StreamAggregatedResources())
+    await second.write(sotw(CLUSTER, node=True))
+    await second.read()
+    assert await first.read() is grpc.aio.EOF, "the previous stream is closed (OK) when a newer one registers"
+    await istiod.wait_for(lambda: len(istiod.open_streams()) == 1, what="its upstream stream closed too")
+    second.cancel()
