@@ -119,6 +119,7 @@ async def test_real_envoy_gets_config_through_the_proxy_and_certificates_over_sd
     backend, backend_port = await start_backend(pki, workdir)
     listen_port, admin = free_port(), free_port()
     async with TestIstiod(pki) as istiod:
+        istiod.backend_port = backend_port
         istiod.set(CLUSTER, [mtls_cluster(OUTBOUND, backend_port, BACKEND)])
         istiod.set(LISTENER, [tcp_listener("outbound_9443", listen_port, OUTBOUND)])
         istiod.set(NAME_TABLE, [])
@@ -163,6 +164,27 @@ async def check_envoy(istiod, proxy, provider, admin, listen_port, workdir, delt
     assert answer == (APP, provider.serials[1])
     expiry = datetime.datetime.fromtimestamp(provider.items["default"].expires_at, datetime.timezone.utc)
     assert expiry > datetime.datetime.now(datetime.timezone.utc)
+    await restart_istiod(istiod, proxy, admin, listen_port, workdir)
+
+
+async def restart_istiod(istiod, proxy, admin, listen_port, workdir):
+    """istiod goes away: Envoy keeps serving, the proxy says why it cannot reach istiod; istiod comes
+    back on the same port: Envoy's next stream through the proxy gets the config istiod now has."""
+    updates = await stat(admin, "cluster_manager.cds.update_success")
+    await istiod.stop()
+    reason = await until(lambda: _reason(proxy), 20, "the proxy reporting istiod unreachable", workdir)
+    assert reason.startswith("control plane unreachable: ")
+    assert (await through_envoy(listen_port))[0] == APP, "Envoy keeps serving without istiod"
+    istiod.set(CLUSTER, [mtls_cluster(OUTBOUND, istiod.backend_port, BACKEND),
+                         mtls_cluster("outbound|9444||ratings.ns1.svc.cluster.local", 9, BACKEND)])
+    await istiod.start()
+    await until(lambda: at_least(admin, "cluster_manager.cds.update_success", updates + 1), 40,
+                "Envoy reconnected through the proxy and took the new CDS", workdir)
+    assert proxy.unreachable_reason() is None and len(istiod.open_streams()) == 1
+
+
+async def _reason(proxy) -> str | None:
+    return proxy.unreachable_reason()
 
 
 async def at_least(admin: int, name: str, value: int) -> bool:
