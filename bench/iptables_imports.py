@@ -13,7 +13,7 @@ another checkout, e.g. the tree before a change (`git worktree add /tmp/before <
   of the path's own imports (and the four idioms together, since they share dependencies);
 * the five istio-iptables value classes (IptablesConfig's 39 fields, Rule, RuleSet, HostFacts,
   Problem) declared as @dataclass(frozen=True, slots=True), import of dataclasses included, against
-  the same five declared as agent.record.Record subclasses.
+  the same five declared as agent.iptables.record.Record subclasses.
 
 The rule it decides (written out in agent/iptables/__init__.py): a construct that avoids an import
 stays only where it saves 5 ms or more of the istio-iptables run; otherwise the standard-library
@@ -83,7 +83,7 @@ VARIANTS = {
         "import typing\n@typing.dataclass_transform()\nclass R: pass"),
     "5 classes as @dataclass(frozen=True, slots=True)": (
         "from dataclasses import dataclass\n" + classes("@dataclass(frozen=True, slots=True)", "")),
-    "5 classes as Record": "from agent.record import Record\n" + classes("", "(Record)"),
+    "5 classes as Record": "from agent.iptables.record import Record\n" + classes("", "(Record)"),
 }
 
 
