@@ -115,8 +115,12 @@ def channel(opts: UpstreamOptions) -> grpc.aio.Channel:
     """A new channel to istiod (TLS or plaintext), with keepalive and message limits."""
     options = [("grpc.keepalive_time_ms", int(opts.keepalive_time * 1000)),
                ("grpc.keepalive_timeout_ms", int(opts.keepalive_timeout * 1000)),
-               ("grpc.keepalive_permit_without_calls", 1),
-               ("grpc.http2.max_pings_without_data", 0),  # keep pinging an idle-but-open stream
+               # grpc core stops pinging after 2 pings with no data; grpc-go (Istio) keeps pinging a
+               # quiet stream, which is how a dead istiod connection is noticed between pushes.
+               ("grpc.http2.max_pings_without_data", 0),
+               # This grpc core times a keepalive ping out after the ping timeout (default 1 min),
+               # not after keepalive_timeout alone.
+               ("grpc.http2.ping_timeout_ms", int(opts.keepalive_timeout * 1000)),
                ("grpc.max_receive_message_length", opts.max_receive_message_length),
                ("grpc.enable_retries", 0)]
     if not opts.tls:

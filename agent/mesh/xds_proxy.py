@@ -106,7 +106,9 @@ class XdsProxy:
         server = grpc.aio.server(options=[
             ("grpc.keepalive_time_ms", int(o.keepalive_time * 1000)),
             ("grpc.keepalive_timeout_ms", int(o.keepalive_timeout * 1000)),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", int(o.min_ping_interval * 1000)),
+            ("grpc.http2.ping_timeout_ms", int(o.keepalive_timeout * 1000)),  # see upstream.channel
+            # The least interval between Envoy's pings the server accepts (grpc-go's EnforcementPolicy.MinTime).
+            ("grpc.http2.min_ping_interval_without_data_ms", int(o.min_ping_interval * 1000)),
             ("grpc.max_concurrent_streams", o.max_concurrent_streams),
             ("grpc.max_receive_message_length", o.max_receive_message_length),
             ("grpc.max_send_message_length", -1)])

@@ -345,3 +345,54 @@ async def test_a_newer_envoy_stream_replaces_the_previous_one(mesh):
     assert await first.read() is grpc.aio.EOF, "the previous stream is closed (OK) when a newer one registers"
     await istiod.wait_for(lambda: len(istiod.open_streams()) == 1, what="its upstream stream closed too")
     second.cancel()
+
+
+class FreezableTcpRelay:
+    """127.0.0.1:<port> -> istiod; freeze() stops passing bytes but keeps the connections open, as a
+    network partition looks to both ends."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port, self.frozen, self.port = target_port, asyncio.Event(), 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader, writer) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
+
+    async def _pipe(self, reader, writer) -> None:
+        while data := await reader.read(65536):
+            if self.frozen.is_set():
+                await asyncio.Event().wait()  # hold forever: nothing passes
+            writer.write(data)
+            await writer.drain()
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+async def test_keepalive_ends_the_stream_when_istiod_goes_silent(pki, files):
+    async with TestIstiod(pki) as istiod:
+        istiod.set(CLUSTER, clusters("c"))
+        relay = FreezableTcpRelay(istiod.port)
+        await relay.start()
+        proxy = XdsProxy(upstream_options(files, istiod, address=f"localhost:{relay.port}", keepalive_time=1,
+                                          keepalive_timeout=1), XdsProxyOptions(socket_path=f"{files}/XDS"))
+        await proxy.start()
+        async with grpc.aio.insecure_channel(uds.grpc_target(proxy.path)) as channel:
+            envoy = Stream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources())
+            await envoy.write(sotw(CLUSTER, node=True))
+            await envoy.read()
+            relay.freeze()
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await envoy.read(timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE, e.value.details()
+            assert proxy.unreachable_reason() is not None
+        await proxy.stop(0)
+        relay.close()
