@@ -50,8 +50,8 @@ def prepare(path: str, what: str = "unix socket") -> str:
     text = check_path(path, what)
     try:
         os.unlink(text)
-    except FileNotFoundError:
-        pass
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # nothing stale; the bind says what is wrong with the directory, if anything
     except OSError as e:
         raise UdsError(f'failed to remove stale {what} "{text}": {e.strerror}') from None
     parent = Path(text).parent

@@ -182,3 +182,13 @@ async def test_socket_path_too_long_is_one_clear_error(sock_dir):
     assert str(e.value) == (f'SDS socket path "{path}" is {len(path)} bytes; the kernel allows at most 107 '
                             "(sun_path)")
     assert not os.path.exists(os.path.dirname(path)), "nothing created"
+
+
+async def test_bind_failure_names_the_path_and_the_reason(sock_dir):
+    blocker = os.path.join(sock_dir, "not-a-dir")
+    with open(blocker, "w"):
+        pass
+    path = os.path.join(blocker, "socket")
+    with pytest.raises(uds.UdsError) as e:
+        await sds.SdsServer(FakeProvider(), sds.SdsOptions(socket_path=path)).start()
+    assert str(e.value) == f'failed to listen on SDS socket "{path}": Not a directory'
