@@ -194,3 +194,59 @@ async def at_least(admin: int, name: str, value: int) -> bool:
 async def _rotated(port: int, provider: PkiProvider) -> tuple[str, int] | None:
     answer = await through_envoy(port)
     return answer if answer[1] == provider.serials[-1] else None
+
+
+async def test_real_envoy_with_the_secret_manager_and_the_ca_on_istiods_port(workdir):
+    """The identity side for real: the secret manager gets its certificate by CSR from the CA on the
+    test istiod's one TLS port (the port the xDS proxy uses too), serves it over SDS, and renews it
+    halfway through its 6 s life; Envoy presents each in turn."""
+    from agent.mesh.ca_client import CAClient, CAClientOptions
+    from agent.mesh.keys import KeyOptions, WorkloadIdentity
+    from agent.mesh.secret_manager import SecretManager, SecretOptions
+
+    pki = TestPKI()
+    pki.write_root(os.path.join(workdir, "root-cert.pem"))
+    with open(os.path.join(workdir, "istio-token"), "w") as f:
+        f.write(pki.token("ns1", "productpage"))
+    backend, backend_port = await start_backend(pki, workdir)
+    listen_port, admin = free_port(), free_port()
+    async with TestIstiod(pki, validity=6) as istiod:
+        istiod.set(CLUSTER, [mtls_cluster(OUTBOUND, backend_port, BACKEND)])
+        istiod.set(LISTENER, [tcp_listener("outbound_9443", listen_port, OUTBOUND)])
+        ca = CAClient(CAClientOptions(address=f"localhost:{istiod.port}", root_cert_path=f"{workdir}/root-cert.pem",
+                                      token_path=f"{workdir}/istio-token", cluster_id="Kubernetes"))
+        manager = SecretManager(SecretOptions(identity=WorkloadIdentity("cluster.local", "ns1", "productpage"),
+                                              key=KeyOptions(ecc_signature_algorithm="ECDSA")), ca)
+        manager.start()
+        sds = SdsServer(manager, SdsOptions(socket_path=f"{workdir}/sds/socket"))
+        proxy = XdsProxy(UpstreamOptions(address=f"localhost:{istiod.port}", root_cert_path=f"{workdir}/root-cert.pem",
+                                         token_path=f"{workdir}/istio-token"),
+                         XdsProxyOptions(socket_path=f"{workdir}/proxy/XDS"))
+        await sds.start()
+        await proxy.start()
+        try:
+            with envoy(bootstrap(admin, delta=True, xds_pipe=proxy.path, sds_pipe=sds.path), workdir):
+                await until(lambda: at_least(admin, "cluster_manager.active_clusters", 3), 30,
+                            "the mTLS cluster active on the manager's secrets", workdir)
+                first = await current_serial(manager)
+                assert await through_envoy(listen_port) == (APP, first)
+                renewed = await until(lambda: _presented_other(listen_port, first), 20,
+                                      "the renewed certificate presented", workdir)
+                assert renewed == (APP, await current_serial(manager))
+                assert len(istiod.ca.calls) >= 2 and all(c.identity == APP for c in istiod.ca.calls)
+        finally:
+            await proxy.stop(0)
+            await sds.stop(0)
+            await manager.stop()
+            await ca.close()
+            backend.close()
+
+
+async def current_serial(manager) -> int:
+    item = await manager.secret("default")
+    return x509.load_pem_x509_certificate(item.cert_chain).serial_number
+
+
+async def _presented_other(port: int, serial: int) -> tuple[str, int] | None:
+    answer = await through_envoy(port)
+    return answer if answer[1] != serial else None
