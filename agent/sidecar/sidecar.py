@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
@@ -39,12 +39,14 @@ log = logs.get()
 
 class Sidecar:
     def __init__(self, cfg: SidecarConfig, plan: StartupPlan, envoy_handle: EnvoyHandle, *,
-                 process_start: float, early_signals: Sequence[int] = ()) -> None:
+                 process_start: float, early_signals: list[int] | None = None) -> None:
         self.cfg = cfg
         self.plan = plan
         self.envoy = envoy_handle
         self.process_start = process_start  # wall-clock time the agent's process started
-        self.early_signals = tuple(early_signals)
+        # The edge's recorder, read by the supervisor once its own handlers are in (a signal can land
+        # until then, so this is the live list, not a copy).
+        self.early_signals = early_signals if early_signals is not None else []
         self.services = contextlib.AsyncExitStack()
 
     async def serve(self) -> int:

@@ -52,7 +52,8 @@ class Supervision:
     budget: envoy.RestartBudget
     reap_all: bool = field(default_factory=lambda: os.getpid() == 1)
     stop_grace: float = 2.0
-    early_signals: tuple[int, ...] = ()  # recorded by the edge before the loop ran
+    # Recorded by the edge's handler until run() installs the loop's own: read only after that.
+    early_signals: list[int] = field(default_factory=list)
     clock: Clock = field(default_factory=MonotonicClock)
 
 
