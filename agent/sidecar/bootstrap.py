@@ -1,11 +1,13 @@
 """The Envoy bootstrap: `build_bootstrap(cfg) -> dict` (pure) and `write_bootstrap(cfg, data) -> path`.
 
 Control-plane mode follows Istio's default template
-(https://github.com/istio/istio/blob/master/tools/packaging/common/envoy_bootstrap.json) with Istio 1.5's
-connection model: Envoy dials `discoveryAddress` itself over ADS/gRPC (the `xds-grpc` cluster is
-STRICT_DNS to that host:port, plaintext for controlPlaneAuthPolicy NONE, TLS with the mounted root
-certificate and the istiod SAN for MUTUAL_TLS). Today's Istio instead points `xds-grpc` at the
-agent's Unix socket and the agent proxies to istiod; that is not implemented.
+(https://github.com/istio/istio/blob/master/tools/packaging/common/envoy_bootstrap.json) and
+pkg/bootstrap (https://github.com/istio/istio/blob/master/pkg/bootstrap/config.go). With
+`cfg.xds_proxy` (AGENT_XDS_PROXY) it is Istio's layout since 1.8: `xds-grpc` is a pipe to the agent's
+xDS proxy at `<configPath>/XDS` and the agent dials istiod. Without it, Istio 1.5's connection model
+remains: Envoy dials `discoveryAddress` itself (a DNS cluster, plaintext for controlPlaneAuthPolicy
+NONE, TLS with the mounted root certificate and the istiod SAN for MUTUAL_TLS), until the sidecar
+starts the xDS proxy. `sds-grpc` is a pipe to the agent's SDS server in both.
 
 Standalone mode (beyond Istio) builds a static configuration with no control plane: original-
 destination passthrough on 15001 (outbound) and 15006 (inbound, upstream bound to 127.0.0.6), so a
@@ -22,7 +24,7 @@ import os
 from typing import Any
 
 from agent import __version__
-from agent.sidecar import identity
+from agent.sidecar import bootstrap_services, identity
 from agent.sidecar.bootstrap_parts import (
     admin,
     application_log_config,
@@ -36,7 +38,10 @@ from agent.sidecar.bootstrap_parts import (
     seconds,
     socket_address,
     stats_config,
+    xds_type,
 )
+from agent.sidecar.bootstrap_services import host_port, http2_options
+from agent.sidecar.config_env import WORKLOAD_IDENTITY_DIR
 from agent.sidecar.config_model import SidecarConfig
 
 BOOTSTRAP_FILE = "envoy-rev.json"
@@ -60,33 +65,52 @@ def build_bootstrap(cfg: SidecarConfig, version: str = __version__) -> dict[str,
 
 
 def _node(cfg: SidecarConfig, version: str) -> dict[str, Any]:
-    node: dict[str, Any] = {"id": identity.node_id(cfg), "cluster": identity.service_cluster(cfg)}
-    if loc := identity.locality(cfg):
-        node["locality"] = loc
-    node["metadata"] = identity.node_metadata(cfg, version)
-    return node
+    return {"id": identity.node_id(cfg), "cluster": identity.service_cluster(cfg),
+            "locality": identity.locality(cfg), "metadata": identity.node_metadata(cfg, version)}
 
 
 def _control_plane(cfg: SidecarConfig, version: str) -> dict[str, Any]:
-    clusters = [*local_clusters(cfg), _sds_cluster(), _xds_cluster(cfg)]
+    xds = _xds_pipe_cluster(cfg) if cfg.xds_proxy else _xds_cluster(cfg)
+    clusters = [*local_clusters(cfg), _sds_cluster(cfg), xds, *bootstrap_services.collector_clusters(cfg)]
     data: dict[str, Any] = {
         "application_log_config": application_log_config(cfg),
         "node": _node(cfg, version),
         "layered_runtime": layered_runtime(cfg),
         "bootstrap_extensions": bootstrap_extensions(),
+    }
+    if cfg.stats_flush_interval:
+        data["stats_flush_interval"] = seconds(cfg.stats_flush_interval)
+    if cfg.stats_eviction_interval:
+        data["stats_eviction_interval"] = seconds(cfg.stats_eviction_interval)
+    data.update({
         "stats_config": stats_config(cfg),
         "admin": admin(cfg),
         "dynamic_resources": _dynamic_resources(cfg),
         "static_resources": {"clusters": clusters, "listeners": local_listeners(cfg)},
         "overload_manager": overload_manager(cfg),
-    }
-    if cfg.zipkin_address:
-        clusters.append(_zipkin_cluster(cfg))
-        data["tracing"] = {"http": _zipkin_tracer()}
-    if cfg.outlier_log_path:
-        data["cluster_manager"] = {"outlier_detection": {"event_log_path": cfg.outlier_log_path}}
+    })
+    if tracer := bootstrap_services.tracing(cfg):
+        data["tracing"] = {"http": tracer}
+    if sinks := bootstrap_services.stats_sinks(cfg):
+        data["stats_sinks"] = sinks
+    if manager := _cluster_manager(cfg):
+        data["cluster_manager"] = manager
     data["deferred_stat_options"] = {"enable_deferred_creation_stats": True}
     return data
+
+
+def _cluster_manager(cfg: SidecarConfig) -> dict[str, Any] | None:
+    """The outlier event log and load reporting (ISTIO_META_LOAD_STATS_CONFIG_JSON, an LRS
+    ApiConfigSource), with clusters created on first use, as Istio renders it when either is set."""
+    if not cfg.outlier_log_path and cfg.load_stats_config is None:
+        return None
+    manager: dict[str, Any] = {}
+    if cfg.outlier_log_path:
+        manager["outlier_detection"] = {"event_log_path": cfg.outlier_log_path}
+    if cfg.load_stats_config is not None:
+        manager["load_stats_config"] = cfg.load_stats_config
+    manager["enable_deferred_cluster_creation"] = True
+    return manager
 
 
 def _dynamic_resources(cfg: SidecarConfig) -> dict[str, Any]:
@@ -95,7 +119,7 @@ def _dynamic_resources(cfg: SidecarConfig) -> dict[str, Any]:
         "lds_config": dict(source),
         "cds_config": dict(source),
         "ads_config": {
-            "api_type": cfg.xds_type,
+            "api_type": xds_type(cfg),
             "set_node_on_first_message_only": True,
             "transport_api_version": "V3",
             "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
@@ -103,19 +127,10 @@ def _dynamic_resources(cfg: SidecarConfig) -> dict[str, Any]:
     }
 
 
-def _http2(max_requests_per_connection: int = 0) -> dict[str, Any]:
-    options: dict[str, Any] = {
-        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-        "explicit_http_config": {"http2_protocol_options": {}}}
-    if max_requests_per_connection:
-        options["common_http_protocol_options"] = {"max_requests_per_connection": max_requests_per_connection}
-    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": options}
-
-
 def _dns_cluster(cfg: SidecarConfig, name: str, address: str) -> dict[str, Any]:
     """A DNS cluster to host:port. Envoy 1.40 deprecates the STRICT_DNS type's cluster-level DNS fields
     in favour of the `envoy.cluster.dns` extension, which carries dns_refresh_rate (--dnsRefreshRate)."""
-    host, port = _host_port(address)
+    host, port = host_port(address)
     return {
         "name": name,
         "cluster_type": {"name": "envoy.cluster.dns", "typed_config": {
@@ -131,20 +146,36 @@ def _dns_cluster(cfg: SidecarConfig, name: str, address: str) -> dict[str, Any]:
     }
 
 
-def _host_port(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
+def _xds_limits() -> dict[str, Any]:
+    """No circuit breaking on the control-plane connection; TCP keepalive after 5 idle minutes."""
+    limits = {"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}
+    return {"circuit_breakers": {"thresholds": [{"priority": p, **limits} for p in ("DEFAULT", "HIGH")]},
+            "upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 300}}}
+
+
+def _pipe_cluster(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "alt_stat_name": f"{name};", "type": "STATIC", "connect_timeout": "1s",
+            "lb_policy": "ROUND_ROBIN", "load_assignment": {"cluster_name": name, "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": path}}}}]}]}}
+
+
+def _xds_pipe_cluster(cfg: SidecarConfig) -> dict[str, Any]:
+    """ADS to the agent's xDS proxy, `<configPath>/XDS`: no TLS on the local socket, the agent does
+    TLS, the token and ClusterID towards istiod. `max_requests_per_connection` at the cluster level
+    as Istio writes it (deprecated in Envoy 1.40 for the protocol options' field; Envoy refuses both
+    at once), so one stream per connection: a broken stream means a new connection."""
+    cluster = _pipe_cluster("xds-grpc", cfg.xds_socket_path)
+    cluster.update(_xds_limits())
+    cluster["max_requests_per_connection"] = 1
+    cluster["typed_extension_protocol_options"] = http2_options()
+    return cluster
 
 
 def _xds_cluster(cfg: SidecarConfig) -> dict[str, Any]:
     """ADS to discoveryAddress, dialled by Envoy (2020): connectTimeout and dnsRefreshRate apply here."""
-    limits = {"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}
     cluster = _dns_cluster(cfg, "xds-grpc", cfg.discovery_address)
-    cluster.update({
-        "circuit_breakers": {"thresholds": [{"priority": p, **limits} for p in ("DEFAULT", "HIGH")]},
-        "upstream_connection_options": {"tcp_keepalive": {"keepalive_time": 300}},
-        "typed_extension_protocol_options": _http2(max_requests_per_connection=1),
-    })
+    cluster.update(_xds_limits())
+    cluster["typed_extension_protocol_options"] = http2_options(max_requests_per_connection=1)
     if cfg.control_plane_auth_policy == "MUTUAL_TLS":
         cluster["transport_socket"] = _xds_tls(cfg)
     return cluster
@@ -168,32 +199,12 @@ def _xds_tls(cfg: SidecarConfig) -> dict[str, Any]:
             "typed_config": {"@type": TLS, "sni": cfg.istiod_san, "common_tls_context": common}}
 
 
-def _sds_cluster() -> dict[str, Any]:
-    """Kept so configuration pushed by istiod that names `sds-grpc` is accepted; nothing serves it yet."""
-    return {
-        "name": "sds-grpc",
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "alt_stat_name": "sds-grpc;",
-        "typed_extension_protocol_options": _http2(),
-        "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
-            "address": {"pipe": {"path": "./var/run/secrets/workload-spiffe-uds/socket"}}}}]}]},
-    }
-
-
-def _zipkin_cluster(cfg: SidecarConfig) -> dict[str, Any]:
-    return _dns_cluster(cfg, "zipkin", cfg.zipkin_address)
-
-
-def _zipkin_tracer() -> dict[str, Any]:
-    return {"name": "envoy.tracers.zipkin", "typed_config": {
-        "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
-        "collector_cluster": "zipkin",
-        "collector_endpoint": "/api/v2/spans",
-        "collector_endpoint_version": "HTTP_JSON",
-        "trace_id_128bit": True,
-        "shared_span_context": False,
-    }}
+def _sds_cluster(cfg: SidecarConfig) -> dict[str, Any]:
+    """The agent's SDS server (workload certificates), or whatever serves WORKLOAD_IDENTITY_SOCKET_FILE
+    (a SPIRE agent); relative to the working directory, as Istio writes it."""
+    cluster = _pipe_cluster("sds-grpc", f"{WORKLOAD_IDENTITY_DIR}/{cfg.workload_identity_socket_file}")
+    cluster["typed_extension_protocol_options"] = http2_options()
+    return cluster
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,7 +275,8 @@ def render(data: dict[str, Any]) -> str:
 
 
 def write_bootstrap(cfg: SidecarConfig, data: dict[str, Any]) -> str:
-    """Write <configPath>/envoy-rev.json atomically (temp file in the same directory + rename).
+    """Write <configPath>/envoy-rev.json atomically (temp file in the same directory + rename), and
+    the lightstep token file first when there is a lightstep tracer.
 
     On any error the temp file is removed and no partial envoy-rev.json exists. The directory is
     created 0700, as Istio does.
@@ -277,6 +289,8 @@ def write_bootstrap(cfg: SidecarConfig, data: dict[str, Any]) -> str:
     """
     text = render(data)
     os.makedirs(cfg.config_path, mode=0o700, exist_ok=True)
+    if cfg.tracer and cfg.tracer.kind == "lightstep":
+        _write_lightstep_token(cfg)
     path = os.path.join(cfg.config_path, BOOTSTRAP_FILE)
     tmp = os.path.join(cfg.config_path, f".envoy-rev.{os.getpid()}.tmp")
     try:
@@ -303,3 +317,12 @@ def prepare_bootstrap(cfg: SidecarConfig, version: str = __version__) -> str:
     if cfg.custom_config_file:
         return cfg.custom_config_file
     return write_bootstrap(cfg, build_bootstrap(cfg, version))
+
+
+def _write_lightstep_token(cfg: SidecarConfig) -> None:
+    """<configPath>/lightstep_access_token.txt, as Istio writes it for templates that read the token
+    from a file (ours passes it in the tracer's gRPC metadata)."""
+    path = bootstrap_services.lightstep_token_path(cfg)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(cfg.tracer.access_token if cfg.tracer else "")

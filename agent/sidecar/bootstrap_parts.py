@@ -52,6 +52,21 @@ _TAGS_AFTER = (
 REQUIRED_PREFIXES = ("cluster_manager", "listener_manager", "server", "cluster.xds-grpc", "wasm")
 REQUIRED_SUFFIXES = ("rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied")
 REQUIRED_REGEXPS = (r"vhost\..*\.route\..*",)
+FIPS_140_2 = "fips-140-2"
+#: What the Prometheus listener compresses: the text and protobuf exposition formats.
+STATS_CONTENT_TYPES = ("text/plain", "application/vnd.google.protobuf", "application/openmetrics-text",
+                       "application/openmetrics-protobuf")
+TYPED_STRUCT = "type.googleapis.com/udpa.type.v1.TypedStruct"
+
+
+def xds_type(cfg: SidecarConfig) -> str:
+    """ADS api_type: waypoints always speak delta (Istio's toTemplateParams)."""
+    return "DELTA_GRPC" if cfg.proxy_type == "waypoint" else cfg.xds_type
+
+
+def metadata_discovery(cfg: SidecarConfig) -> bool:
+    """Envoy's peer metadata discovery: asked for (or a waypoint), and only over delta xDS."""
+    return (cfg.metadata_discovery or cfg.proxy_type == "waypoint") and xds_type(cfg) == "DELTA_GRPC"
 
 
 def ip_family(cfg: SidecarConfig) -> tuple[str, str, str]:
@@ -81,6 +96,9 @@ def application_log_config(cfg: SidecarConfig) -> dict[str, Any]:
 def layered_runtime(cfg: SidecarConfig) -> dict[str, Any]:
     """Istio's defaults, then runtimeValues ("" deletes a default, "true"/"false" become booleans)."""
     layer = dict(RUNTIME_DEFAULTS)
+    if cfg.compliance_policy == FIPS_140_2:
+        # Keeps Envoy's Google gRPC client at TLS 1.2, the FIPS 140-2 maximum.
+        layer["envoy.reloadable_features.google_grpc_disable_tls_13"] = True
     for key, value in cfg.runtime_values.items():
         if value == "":
             layer.pop(key, None)
@@ -103,12 +121,18 @@ def stats_config(cfg: SidecarConfig) -> dict[str, Any]:
     tags += [{"tag_name": n, "regex": r} for n, r in _TAGS_AFTER]
     suffixes = list(REQUIRED_SUFFIXES) + (["downstream_cx_active"] if cfg.exit_on_zero_active_connections else [])
     patterns: list[dict[str, Any]] = [{"prefix": "reporter="}]
+    if metadata_discovery(cfg):
+        patterns.append({"prefix": "workload_discovery"})
     patterns += [{"prefix": p} for p in _expand(cfg.inclusion_prefixes, cfg) + list(REQUIRED_PREFIXES)]
     patterns += [{"suffix": s} for s in _expand(cfg.inclusion_suffixes, cfg) + suffixes]
     patterns += [{"safe_regex": {"regex": r}} for r in _expand(cfg.inclusion_regexps, cfg) + list(REQUIRED_REGEXPS)]
     patterns += [{"prefix": "component"}, {"prefix": "istio"}]
-    return {"use_all_default_tags": False, "stats_tags": tags,
-            "stats_matcher": {"inclusion_list": {"patterns": patterns}}}
+    out: dict[str, Any] = {"use_all_default_tags": False, "stats_tags": tags}
+    if cfg.histogram_buckets:
+        out["histogram_bucket_settings"] = [{"match": {"prefix": prefix}, "buckets": list(buckets)}
+                                            for prefix, buckets in cfg.histogram_buckets]
+    out["stats_matcher"] = {"inclusion_list": {"patterns": patterns}}
+    return out
 
 
 def admin(cfg: SidecarConfig) -> dict[str, Any]:
@@ -141,52 +165,82 @@ def local_clusters(cfg: SidecarConfig) -> list[dict[str, Any]]:
             static_cluster("agent", localhost, cfg.status_port)]
 
 
-def _hcm(stat_prefix: str, prefix: str, cluster: str, filters: list[dict[str, Any]]) -> dict[str, Any]:
+def _hcm(stat_prefix: str, routes: list[tuple[str, str]], filters: list[dict[str, Any]]) -> dict[str, Any]:
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
         "@type": HCM,
         "codec_type": "AUTO",
         "stat_prefix": stat_prefix,
         "route_config": {"virtual_hosts": [{"name": "backend", "domains": ["*"], "routes": [
-            {"match": {"prefix": prefix}, "route": {"cluster": cluster}}]}]},
+            {"match": {"prefix": prefix}, "route": {"cluster": cluster}} for prefix, cluster in routes]}]},
         "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
     }}
 
 
-def _compressor(name: str, library: str, type_url: str) -> dict[str, Any]:
-    # Istio also lists the OpenMetrics content types in common_config.content_type; Envoy 1.40
-    # deprecates that field (a warning per filter at every start), so Envoy's defaults (which include
-    # text/plain, the Prometheus text format) are used.
-    return {"name": name, "typed_config": {
+def _compressor(kind: str, type_url: str) -> dict[str, Any]:
+    # The content types are Istio's; Envoy 1.40 marks common_config.content_type deprecated (a warning,
+    # which --skip-deprecated-logs hides), and its default list lacks the OpenMetrics types.
+    return {"name": f"envoy.filters.http.compressor.{kind}", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor",
-        "compressor_library": {"name": library, "typed_config": {"@type": type_url}}}}
+        "compressor_library": {"name": f"stats_{kind}", "typed_config": {"@type": type_url}},
+        "response_direction_config": {"common_config": {"content_type": list(STATS_CONTENT_TYPES)}}}}
 
 
 def compressors() -> list[dict[str, Any]]:
     ext = "type.googleapis.com/envoy.extensions.compression"
-    return [_compressor("brotli", "text_optimized", f"{ext}.brotli.compressor.v3.Brotli"),
-            _compressor("zstd", "text_optimized", f"{ext}.zstd.compressor.v3.Zstd"),
-            _compressor("gzip", "text_optimized", f"{ext}.gzip.compressor.v3.Gzip")]
+    return [_compressor(kind, f"{ext}.{kind}.compressor.v3.{kind.capitalize()}") for kind in ("brotli", "zstd", "gzip")]
+
+
+def _listener(host: str, port: int, chain: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    # Never limited or overloaded: scrapes and readiness probes must get through a busy Envoy.
+    return {"name": f"{host}_{port}", "address": socket_address(host, port), "ignore_global_conn_limit": True,
+            "bypass_overload_manager": True, **extra, "filter_chains": [chain]}
 
 
 def local_listeners(cfg: SidecarConfig) -> list[dict[str, Any]]:
-    """0.0.0.0:15090 (Envoy's Prometheus stats) and 0.0.0.0:15021 (readiness forwarded to the agent)."""
-    _, wildcard, _ = ip_family(cfg)
-    metrics_host = "127.0.0.1" if cfg.metrics_localhost_access_only else wildcard
+    """<wildcard>:15090 (Envoy's Prometheus stats), the optional mTLS metrics listeners, and
+    <wildcard>:15021 (readiness forwarded to the agent), in the order of Istio's template."""
+    localhost, wildcard, _ = ip_family(cfg)
+    metrics_host = localhost if cfg.metrics_localhost_access_only else wildcard
     compress = cfg.proxy_config.get("statsCompression", True) is not False
-    out = []
-    for host, port, prefix, cluster, stat_prefix, filters in (
-        (metrics_host, cfg.envoy_prometheus_port, "/stats/prometheus", "prometheus_stats", "stats",
-         compressors() if compress else []),
-        (wildcard, cfg.envoy_status_port, "/healthz/ready", "agent", "agent", []),
+    out = [_listener(metrics_host, cfg.envoy_prometheus_port, {"filters": [_hcm(
+        "stats", [("/stats/prometheus", "prometheus_stats")], compressors() if compress else [])]})]
+    for port, stat_prefix, routes in (
+        (cfg.secure_metrics_port, "secure_stats", [("/stats/prometheus", "prometheus_stats")]),
+        (cfg.secure_merged_metrics_port, "secure_merged_stats", [("/stats/prometheus", "agent"), ("/metrics", "agent")]),
     ):
-        out.append({
-            "name": f"{host}_{port}",
-            "address": socket_address(host, port),
-            "ignore_global_conn_limit": True,
-            "bypass_overload_manager": True,
-            "filter_chains": [{"filters": [_hcm(stat_prefix, prefix, cluster, filters)]}],
-        })
+        if port and not cfg.standalone:  # standalone has no sds-grpc
+            out.append(_secure_metrics_listener(wildcard, port, stat_prefix, routes))
+    out.append(_listener(wildcard, cfg.envoy_status_port, {"filters": [_hcm(
+        "agent", [("/healthz/ready", "agent")], [])]}))
     return out
+
+
+def sds_secret(name: str, *, wait: bool = False) -> dict[str, Any]:
+    """A secret from the agent's SDS server (`sds-grpc`). `wait`: initial_fetch_timeout 0s, as
+    Istio's ConstructSdsSecretConfig gives `default` and `ROOTCA` (its template's listeners do not)."""
+    source: dict[str, Any] = {"api_config_source": {
+        "api_type": "GRPC", "set_node_on_first_message_only": True, "transport_api_version": "V3",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]}, "resource_api_version": "V3"}
+    if wait:
+        source["initial_fetch_timeout"] = "0s"
+    return {"name": name, "sds_config": source}
+
+
+def _secure_metrics_listener(wildcard: str, port: int, stat_prefix: str,
+                             routes: list[tuple[str, str]]) -> dict[str, Any]:
+    """Metrics over mTLS with the workload certificate: a scraper must present a mesh certificate."""
+    tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "require_client_certificate": True,
+        "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [sds_secret("default")],
+            "combined_validation_context": {"default_validation_context": {},
+                                            "validation_context_sds_secret_config": sds_secret("ROOTCA")}}}}
+    inspector = {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
+    chain = {"filter_chain_match": {"transport_protocol": "tls"}, "transport_socket": tls,
+             "filters": [_hcm(stat_prefix, routes, [])]}
+    return _listener(wildcard, port, chain, listener_filters=[inspector])
 
 
 def overload_manager(cfg: SidecarConfig) -> dict[str, Any]:
@@ -199,9 +253,13 @@ def overload_manager(cfg: SidecarConfig) -> dict[str, Any]:
 
 
 def bootstrap_extensions() -> list[dict[str, Any]]:
+    """The internal listener (istiod's HBONE and waypoint listeners use it), as a TypedStruct like
+    Istio's template. Istio's `metadata_discovery` extension (istio.workload.BootstrapExtension) is
+    left out: it exists only in Istio's own Envoy build, and upstream Envoy refuses the bootstrap."""
     return [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
-        "buffer_size_kb": 64}}]
+        "@type": TYPED_STRUCT,
+        "type_url": "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener",
+        "value": {"buffer_size_kb": 64}}}]
 
 
 def proto_merge(base: Any, overlay: Any) -> Any:

@@ -28,7 +28,7 @@ from typing import Any
 
 from agent import flags
 from agent.flags import LOG_FLAGS, Flag
-from agent.sidecar import config_env
+from agent.sidecar import config_env, config_telemetry
 from agent.sidecar.config_env import Environment, PathExists, ReadFile
 from agent.sidecar.config_model import (
     DEFAULT_BINARY,
@@ -42,7 +42,6 @@ from agent.sidecar.config_parse import (
     ConfigError,
     check_host_port,
     merge_proxy_config,
-    object_field,
     proxy_config_layer,
     scalar_text,
     shown,
@@ -67,11 +66,11 @@ PROXY_FLAGS: tuple[Flag, ...] = (
     Flag("zipkinAddress", help="host:port of a Zipkin collector; adds the zipkin cluster and tracer"),
     Flag("proxyLogLevel", default="warning", help="Envoy -l; may embed component levels: info,misc:error"),
     Flag("proxyComponentLogLevel", help="Envoy --component-log-level when --proxyLogLevel has none"),
-    Flag("connectTimeout", kind="duration", default=1.0, help="connect_timeout of the clusters the agent defines (xds-grpc, zipkin)"),
+    Flag("connectTimeout", kind="duration", default=1.0, help="connect_timeout of xds-grpc when Envoy dials discoveryAddress itself"),
     Flag("proxyAdminPort", kind="uint16", default=15000, help="Envoy admin port (bound to 127.0.0.1)"),
     Flag("concurrency", kind="int", default=0, help="Envoy worker threads; 0 = ProxyConfig / ISTIO_CPU_LIMIT / all CPUs"),
     Flag("controlPlaneAuthPolicy", default="MUTUAL_TLS", help="NONE (plaintext xDS) or MUTUAL_TLS (TLS with root cert + istiod SAN)"),
-    Flag("dnsRefreshRate", kind="duration", default=300.0, help="dns_refresh_rate of the agent's STRICT_DNS clusters"),
+    Flag("dnsRefreshRate", kind="duration", default=300.0, help="dns_refresh_rate of xds-grpc when Envoy dials discoveryAddress itself"),
     Flag("statusPort", kind="uint16", default=15020, help="the agent's status server port (readiness, app probes, metrics)"),
     Flag("trust-domain", env=("TRUST_DOMAIN",), default="cluster.local", help="SPIFFE trust domain (istiod SAN for MUTUAL_TLS)"),
     Flag("controlPlaneBootstrap", kind="bool", default=False, help="1.5 control-plane template mode; accepted, ignored"),
@@ -148,12 +147,13 @@ def load(
     path_exists: PathExists = os.path.exists,
     find_wheel_envoy: Callable[[], str | None] = wheel_envoy_path,
     host_ips: Sequence[str] = (),
+    cwd: Callable[[], str] = os.getcwd,
 ) -> SidecarConfig:
     """argv after `proxy` (e.g. ["sidecar", "--domain", ...]) and the environment -> SidecarConfig.
 
     Raises ConfigError (a flags.UsageError) for any bad input: command line (`--drainDuration 45x`),
     files or env vars. `host_ips` are the interface addresses the edge found (they follow INSTANCE_IP
-    in the node's IPs).
+    in the node's IPs); `cwd` is where Envoy and the agent resolve relative socket paths.
     """
     try:
         parsed = flags.parse(PROXY_FLAGS, argv, environ, allow_unknown=True)
@@ -165,7 +165,11 @@ def load(
             if var in environ and f.attr not in parsed.from_env:
                 raise ConfigError(f"invalid value for {var} ({f.kind}): {shown(environ[var])}")
     _check_flag_ranges(parsed, environ)
-    return _resolve(parsed, environ, read_file, path_exists, find_wheel_envoy, host_ips)
+    cfg = _resolve(parsed, environ, read_file, path_exists, find_wheel_envoy, host_ips)
+    if cfg.xds_proxy and not cfg.standalone:
+        path = config_env.unix_socket_path("configPath", os.path.join(cfg.config_path, "XDS"), cwd)
+        cfg = dataclasses.replace(cfg, xds_socket_path=path)
+    return cfg
 
 
 def _check_flag_ranges(parsed: flags.Parsed, environ: Mapping[str, str]) -> None:
@@ -192,8 +196,8 @@ def usage() -> str:
 
 def effective_config_summary(cfg: SidecarConfig) -> dict[str, Any]:
     """The once-at-start log record: scalar settings, durations as Go strings, secrets not included."""
-    skip = {"proxy_config", "flag_values", "app_probers", "bootstrap_override",
-            "labels", "annotations", "meta_env", "runtime_values"}
+    skip = {"proxy_config", "flag_values", "app_probers", "bootstrap_override", "labels", "annotations",
+            "meta_env", "static_labels", "runtime_values", "tracer", "metrics_service", "access_log_service"}
     out: dict[str, Any] = {}
     for field in dataclasses.fields(cfg):
         name, value = field.name, getattr(cfg, field.name)
@@ -235,7 +239,10 @@ def _proxy_config(parsed: flags.Parsed, environ: Environment, read_file: ReadFil
         if name in explicit:
             explicit[name] = flags.format_duration(explicit[name])
     if "zipkinAddress" in parsed.explicit:
-        explicit["tracing"] = {"zipkin": {"address": parsed.values["zipkinAddress"]}}
+        zipkin = parsed.values["zipkinAddress"]
+        if zipkin and (problem := check_host_port("zipkinAddress", zipkin)):
+            raise ConfigError(problem)
+        explicit["tracing"] = {"zipkin": {"address": zipkin}}
     pc = merge_proxy_config(pc, explicit)
     unknown = sorted(set(pc) - KNOWN_PROXY_CONFIG_FIELDS)
     if unknown:
@@ -257,17 +264,21 @@ def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFi
             warnings.append("bootstrap templates are not supported; the built-in bootstrap is used")
     if parsed.unknown:
         warnings.append(f"unknown flags ignored: {' '.join(parsed.unknown)}")
-    meta = config_env.meta_env(pc, env, warnings)
-    stats = _stats(pc, annotations)
+    meta, static_labels = config_env.meta_env(pc, env, warnings)
+    stats = _stats(pc, annotations, warnings)
     cfg = SidecarConfig(
         proxy_type=proxy_type,
         labels=labels,
         annotations=annotations,
         meta_env=meta,
+        static_labels=static_labels,
         bootstrap_override=config_env.bootstrap_override(env, read_file, warnings),
         **_identity(parsed, env, pc, mesh, host_ips),
         **_envoy(parsed, env, pc, path_exists, find_wheel_envoy),
         **_control_plane(parsed, env, pc, path_exists),
+        **_mesh_identity(env, meta),
+        **_telemetry(env, pc),
+        load_stats_config=config_env.load_stats_config(meta),
         **_lifecycle(parsed, env, pc),
         **_status(parsed, env, pc),
         **stats,
@@ -319,6 +330,8 @@ def _envoy(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any], path_e
         "admin_port": to_int("proxyAdminPort", pc.get("proxyAdminPort")),
         "envoy_status_port": env["ENVOY_STATUS_PORT"],
         "envoy_prometheus_port": env["ENVOY_PROMETHEUS_PORT"],
+        "secure_metrics_port": env["ENVOY_SECURE_METRICS_PORT"],
+        "secure_merged_metrics_port": env["ENVOY_SECURE_MERGED_METRICS_PORT"],
         "sts_port": v["stsPort"],
         "concurrency": config_env.concurrency(pc, parsed, env),
         "drain_duration": to_duration("drainDuration", pc.get("drainDuration", "45s")),
@@ -338,16 +351,40 @@ def _control_plane(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any]
                    path_exists: PathExists) -> dict[str, Any]:
     v = parsed.values
     discovery = scalar_text("ProxyConfig.discoveryAddress", pc.get("discoveryAddress"))
-    zipkin = object_field("ProxyConfig.tracing", object_field("ProxyConfig", pc, "tracing"), "zipkin")
+    xds_proxy = env["AGENT_XDS_PROXY"]
+    # Istio's default is delta (ISTIO_DELTA_XDS=true), but only through the agent's xDS proxy for now:
+    # a control plane dialled directly may speak only the state of the world.
+    delta = env["ISTIO_DELTA_XDS"]
     return {
+        "xds_proxy": xds_proxy,
         "discovery_address": discovery,
         "control_plane_auth_policy": scalar_text("ProxyConfig.controlPlaneAuthPolicy", pc.get("controlPlaneAuthPolicy")),
         "xds_root_cert": config_env.xds_root_cert(env, path_exists),
         "istiod_san": config_env.istiod_san(env, discovery),
-        "xds_type": "DELTA_GRPC" if env["ISTIO_DELTA_XDS"] else "GRPC",
+        "xds_type": "DELTA_GRPC" if (xds_proxy if delta is None else delta) else "GRPC",
         "connect_timeout": v["connectTimeout"],
         "dns_refresh_rate": v["dnsRefreshRate"],
-        "zipkin_address": scalar_text("ProxyConfig.tracing.zipkin.address", zipkin.get("address")),
+    }
+
+
+def _mesh_identity(env: Environment, meta: Mapping[str, Any]) -> dict[str, Any]:
+    discovery = env["PEER_METADATA_DISCOVERY"]
+    if discovery is None:  # Istio: the value of ENABLE_HBONE (ambient) when not set explicitly
+        discovery = config_env.meta_bool(meta.get("ENABLE_HBONE"))
+    return {
+        "workload_identity_socket_file": env["WORKLOAD_IDENTITY_SOCKET_FILE"],
+        "metadata_discovery": discovery,
+        "compliance_policy": env["COMPLIANCE_POLICY"],
+    }
+
+
+def _telemetry(env: Environment, pc: Mapping[str, Any]) -> dict[str, Any]:
+    host_ip = env["HOST_IP"]
+    return {
+        "tracer": config_telemetry.tracer(pc, host_ip),
+        "metrics_service": config_telemetry.remote_service("ProxyConfig", pc, "envoyMetricsService", host_ip),
+        "access_log_service": config_telemetry.remote_service("ProxyConfig", pc, "envoyAccessLogService", host_ip),
+        "statsd_address": config_telemetry.statsd_address(pc, host_ip),
     }
 
 
@@ -376,8 +413,12 @@ def _status(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any]) -> di
     }
 
 
-def _stats(pc: Mapping[str, Any], annotations: Mapping[str, str]) -> dict[str, Any]:
+def _stats(pc: Mapping[str, Any], annotations: Mapping[str, str], warnings: list[str]) -> dict[str, Any]:
+    flush, eviction = config_telemetry.stats_intervals(annotations, warnings)
     return {
+        "histogram_buckets": config_telemetry.histogram_buckets(annotations, warnings),
+        "stats_flush_interval": flush,
+        "stats_eviction_interval": eviction,
         "extra_stat_tags": config_env.extra_stat_tags(pc, annotations),
         "inclusion_prefixes": config_env.stats_patterns(pc, annotations, "Prefixes"),
         "inclusion_suffixes": config_env.stats_patterns(pc, annotations, "Suffixes"),

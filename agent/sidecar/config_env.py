@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,8 @@ from agent.sidecar.config_parse import (
 ReadFile = Callable[[str], "str | None"]
 PathExists = Callable[[str], bool]
 PODINFO_DIR = "./etc/istio/pod"
+#: Where Envoy's sds-grpc pipe lives (Istio's security.WorkloadIdentityPath, relative to the working directory).
+WORKLOAD_IDENTITY_DIR = "./var/run/secrets/workload-spiffe-uds"
 
 
 def _port(name: str, text: str) -> int:
@@ -50,6 +53,21 @@ def _port(name: str, text: str) -> int:
     if not 0 < port < 65536:
         raise ConfigError(f"invalid port for {name}: {shown(text)}")
     return port
+
+
+def _port_or_zero(name: str, text: str) -> int:
+    port = to_int(name, text)
+    if not 0 <= port < 65536:
+        raise ConfigError(f"invalid port for {name}: {shown(text)} (0 disables)")
+    return port
+
+
+def _socket_file(text: str) -> str:
+    """WORKLOAD_IDENTITY_SOCKET_FILE: Istio refuses a path ("must be a filename, not a path")."""
+    if "/" in text or text in (".", "..") or "\x00" in text:
+        raise ConfigError(f"invalid WORKLOAD_IDENTITY_SOCKET_FILE: {shown(text)} (a file name in "
+                          f"{WORKLOAD_IDENTITY_DIR}, not a path)")
+    return text
 
 
 def _whole_seconds(name: str, text: str) -> float:
@@ -66,6 +84,7 @@ class Kind(enum.Enum):
     BOOL = "bool"
     INT = "int"
     PORT = "port"
+    PORT_OR_ZERO = "port or 0"
     DURATION = "duration"
     SECONDS = "int seconds"
     JSON = "JSON"
@@ -78,6 +97,7 @@ _PARSERS: dict[Kind, Callable[[str, str], Any]] = {
     Kind.BOOL: to_bool,
     Kind.INT: to_int,
     Kind.PORT: _port,
+    Kind.PORT_OR_ZERO: _port_or_zero,
     Kind.DURATION: to_duration,
     Kind.SECONDS: _whole_seconds,
 }
@@ -150,13 +170,27 @@ ENV_VARS: tuple[EnvVar, ...] = (
     # Envoy and its bootstrap.
     EnvVar("ENVOY_STATUS_PORT", Kind.PORT, 15021, "Envoy's health listener port"),
     EnvVar("ENVOY_PROMETHEUS_PORT", Kind.PORT, 15090, "Envoy's Prometheus listener port"),
+    EnvVar("ENVOY_SECURE_METRICS_PORT", Kind.PORT_OR_ZERO, 0, "an mTLS listener (workload certificate, client "
+           "certificate required) for Envoy's stats on this port; 0: none"),
+    EnvVar("ENVOY_SECURE_MERGED_METRICS_PORT", Kind.PORT_OR_ZERO, 0, "an mTLS listener for the merged metrics "
+           "(Envoy, app, agent: the status server's `/stats/prometheus`) on this port; 0: none"),
+    EnvVar("WORKLOAD_IDENTITY_SOCKET_FILE", Kind.TEXT, "socket", "file name of the SDS socket in "
+           "`./var/run/secrets/workload-spiffe-uds` (Envoy's `sds-grpc`; a SPIRE agent's socket, say); a path "
+           "is an error", parse=_socket_file),
+    EnvVar("PEER_METADATA_DISCOVERY", Kind.BOOL, None, "node metadata `METADATA_DISCOVERY` (unset: "
+           "`ISTIO_META_ENABLE_HBONE`); with delta xDS also Envoy's `metadata_discovery` stats prefix"),
+    EnvVar("COMPLIANCE_POLICY", Kind.TEXT, "", "`fips-140-2` limits Envoy's Google gRPC client to TLS 1.2 "
+           "(runtime `google_grpc_disable_tls_13`)"),
     EnvVar("ISTIO_BOOTSTRAP_OVERRIDE", Kind.TEXT, "", "YAML/JSON file merged into the bootstrap (protobuf merge: "
            "objects merge, lists append); not readable: a warning"),
     EnvVar("ENVOY_SKIP_DEPRECATED_LOGS", Kind.BOOL, True, "Envoy `--skip-deprecated-logs`"),
     EnvVar("ISTIO_ENVOY_ENABLE_CORE_DUMP", Kind.BOOL, False, "Envoy `--enable-core-dump`"),
     # The control plane.
-    EnvVar("ISTIO_DELTA_XDS", Kind.BOOL, False, "`true`: ADS `DELTA_GRPC`; else state-of-the-world `GRPC` (Istio's "
-           "default is delta since it proxies xDS itself)"),
+    EnvVar("AGENT_XDS_PROXY", Kind.BOOL, False, "`true`: Envoy's `xds-grpc` is the agent's xDS proxy socket "
+           "`<configPath>/XDS`, as Istio renders it; `false`: Envoy dials `discoveryAddress` itself (Istio 1.5). "
+           "Transitional, beyond Istio: the sidecar does not start the xDS proxy yet"),
+    EnvVar("ISTIO_DELTA_XDS", Kind.BOOL, None, "`true`: ADS `DELTA_GRPC`, `false`: state of the world `GRPC`; "
+           "unset: `DELTA_GRPC` with the agent in front (Istio's default), `GRPC` when Envoy dials istiod"),
     EnvVar("ISTIOD_SAN", Kind.TEXT, None, "the name Envoy checks in istiod's certificate (MUTUAL_TLS); unset: "
            "the host of discoveryAddress, `istiod.istio-system.svc` for `localhost`"),
     EnvVar("XDS_ROOT_CA", Kind.TEXT, None, "root certificate file for MUTUAL_TLS; unset: `./etc/certs/root-cert.pem` "
@@ -223,27 +257,64 @@ def instance_ips(instance_ip: str, host_ips: Sequence[str]) -> tuple[str, ...]:
     return tuple(ips) or ("127.0.0.1", "::1")
 
 
-def meta_env(pc: Mapping[str, Any], env: Environment, warnings: list[str]) -> dict[str, Any]:
-    """Node metadata from the ISTIO_META_* entries of ProxyConfig.proxyMetadata, then from the
-    environment's ISTIO_META_* (a string each) and ISTIO_METAJSON_* (a JSON object each), in name
-    order, later ones winning, as Istio's GetNodeMetaData does
-    (https://github.com/istio/istio/blob/master/pkg/bootstrap/config.go)."""
+def meta_env(pc: Mapping[str, Any], env: Environment, warnings: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(raw node metadata, static labels), as Istio's GetNodeMetaData builds them
+    (https://github.com/istio/istio/blob/master/pkg/bootstrap/config.go): the ISTIO_META_* entries
+    of ProxyConfig.proxyMetadata, then the environment's ISTIO_META_* (a string each), then every
+    ISTIO_METAJSON_* object's keys merged in at the top level, later ones winning. The static labels
+    are the ISTIO_METAJSON_LABELS object (its values as text), when not empty."""
     meta: dict[str, Any] = {}
-    from_pc = sorted(string_map("ProxyConfig.proxyMetadata", pc.get("proxyMetadata")).items())
-    for source in (from_pc, env.family("ISTIO_META_", "ISTIO_METAJSON_")):
-        for key, value in source:
-            if key.startswith("ISTIO_META_"):
-                meta[key[len("ISTIO_META_"):]] = str(value)
-            elif key.startswith("ISTIO_METAJSON_") and source is not from_pc:
-                obj = _json_object(value)
-                if obj is None:  # Istio logs and ignores it too
-                    warnings.append(f"ignored {key}: not a JSON object")
-                    continue
-                name = key[len("ISTIO_METAJSON_"):]
-                meta[name] = obj
-                if name == "LABELS":
-                    meta["STATIC_LABELS"] = obj
-    return meta
+    for key, value in sorted(string_map("ProxyConfig.proxyMetadata", pc.get("proxyMetadata")).items()):
+        if key.startswith("ISTIO_META_"):
+            meta[key.removeprefix("ISTIO_META_")] = value
+    for key, value in env.family("ISTIO_META_"):
+        meta[key.removeprefix("ISTIO_META_")] = value
+    static: dict[str, str] = {}
+    for key, value in env.family("ISTIO_METAJSON_"):
+        obj = _json_object(value)
+        if obj is None:  # Istio logs and ignores it too
+            warnings.append(f"ignored {key}: not a JSON object")
+            continue
+        meta.update(obj)
+        if key == "ISTIO_METAJSON_LABELS":
+            static = {k: v if isinstance(v, str) else json.dumps(v) for k, v in obj.items()}
+    return meta, static
+
+
+def load_stats_config(meta: Mapping[str, Any]) -> dict | None:
+    """LOAD_STATS_CONFIG_JSON of the node metadata, a JSON object Istio pastes into the bootstrap's
+    cluster_manager.load_stats_config; not an object is an error here rather than a broken bootstrap."""
+    text = meta.get("LOAD_STATS_CONFIG_JSON")
+    if text is None or text == "":
+        return None
+    obj = _json_object(text) if isinstance(text, str) else None
+    if obj is None:
+        raise ConfigError(f"invalid ISTIO_META_LOAD_STATS_CONFIG_JSON: not a JSON object: {shown(text)}")
+    return obj
+
+
+#: sun_path holds 108 bytes, the terminating NUL included.
+UNIX_PATH_MAX = 107
+
+
+def unix_socket_path(setting: str, path: str, cwd: Callable[[], str]) -> str:
+    """`path` if a Unix socket can be bound there, else the same file relative to the working
+    directory (which Envoy shares with the agent) if that is short enough; else a ConfigError."""
+    if len(os.fsencode(path)) <= UNIX_PATH_MAX:
+        return path
+    relative = os.path.relpath(path, cwd())
+    if len(os.fsencode(relative)) <= UNIX_PATH_MAX:
+        return relative
+    raise ConfigError(f"invalid {setting}: the socket {shown(path, 200)} is longer than a Unix socket path "
+                      f"can be ({UNIX_PATH_MAX} bytes), relative to the working directory too")
+
+
+def meta_bool(value: Any) -> bool:
+    """A StringBool of Istio's node metadata ("true", "1", "T", ...); anything else is false."""
+    try:
+        return flags.parse_bool(str(value)) if value is not None else False
+    except ValueError:
+        return False
 
 
 def _json_object(text: str) -> dict | None:

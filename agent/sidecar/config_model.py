@@ -38,6 +38,38 @@ connectionSettings
 """.split())
 
 
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """The ClientTLSSettings of a tracer, metrics service or access log service (ProxyConfig)."""
+
+    mode: str = "DISABLE"  # DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL
+    client_certificate: str = ""
+    private_key: str = ""
+    ca_certificates: str = ""
+    subject_alt_names: tuple[str, ...] = ()
+    sni: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteService:
+    """A collector Envoy sends to: ProxyConfig envoyMetricsService / envoyAccessLogService, or a
+    tracer. `address` is host:port with `$(HOST_IP)` already replaced."""
+
+    address: str
+    tls: TlsSettings = TlsSettings()
+    #: tcpKeepalive as Envoy's TcpKeepalive fields (keepalive_probes/_time/_interval), set ones only.
+    tcp_keepalive: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tracer:
+    """ProxyConfig.tracing: the one tracer Istio's template renders (zipkin, lightstep or datadog)."""
+
+    kind: str
+    service: RemoteService
+    access_token: str = ""  # lightstep only
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SidecarConfig:
     """Everything the sidecar needs, resolved once. Treat the dict fields as read-only."""
@@ -56,7 +88,9 @@ class SidecarConfig:
     service_cluster: str = "istio-proxy"
     labels: dict = field(default_factory=dict)
     annotations: dict = field(default_factory=dict)
-    meta_env: dict = field(default_factory=dict)  # ISTIO_META_* (prefix stripped) and ISTIO_METAJSON_* merged
+    # The raw node metadata: ISTIO_META_* (prefix stripped) and the keys of every ISTIO_METAJSON_* object.
+    meta_env: dict = field(default_factory=dict)
+    static_labels: dict = field(default_factory=dict)  # ISTIO_METAJSON_LABELS
     # Paths
     config_path: str = "./etc/istio/proxy"
     binary_path: str = DEFAULT_BINARY
@@ -70,8 +104,16 @@ class SidecarConfig:
     status_port: int = 15020
     envoy_status_port: int = 15021
     envoy_prometheus_port: int = 15090
+    secure_metrics_port: int = 0  # 0: no mTLS listener for Envoy's stats
+    secure_merged_metrics_port: int = 0  # 0: no mTLS listener for the merged metrics
     sts_port: int = 0
-    # Control plane (Envoy dials it directly, as in 2020)
+    # Control plane. xds_proxy: Envoy's xds-grpc is the agent's Unix socket <configPath>/XDS (Istio's
+    # layout since 1.8); False: Envoy dials discovery_address itself (1.5's), until the agent's xDS
+    # proxy is wired into the sidecar's start-up.
+    xds_proxy: bool = False
+    #: The xDS proxy's socket, in Envoy's bootstrap and where the agent listens: <configPath>/XDS, or
+    #: that file relative to the working directory when the absolute path is too long for a socket.
+    xds_socket_path: str = "./etc/istio/proxy/XDS"
     discovery_address: str = "istiod.istio-system.svc:15012"
     control_plane_auth_policy: str = "MUTUAL_TLS"
     xds_root_cert: str = "./var/run/secrets/istio/root-cert.pem"
@@ -79,7 +121,15 @@ class SidecarConfig:
     xds_type: str = "GRPC"
     connect_timeout: float = 1.0
     dns_refresh_rate: float = 300.0
-    zipkin_address: str = ""
+    workload_identity_socket_file: str = "socket"  # in ./var/run/secrets/workload-spiffe-uds
+    metadata_discovery: bool = False  # node metadata METADATA_DISCOVERY (PEER_METADATA_DISCOVERY / ENABLE_HBONE)
+    compliance_policy: str = ""
+    # Telemetry collectors (ProxyConfig)
+    tracer: Tracer | None = None
+    metrics_service: RemoteService | None = None
+    access_log_service: RemoteService | None = None
+    statsd_address: str = ""
+    load_stats_config: dict | None = None  # ISTIO_META_LOAD_STATS_CONFIG_JSON: Envoy's LRS ApiConfigSource
     # Envoy process
     concurrency: int = 0
     drain_duration: float = 45.0
@@ -111,6 +161,9 @@ class SidecarConfig:
     inclusion_suffixes: tuple[str, ...] = ()
     inclusion_regexps: tuple[str, ...] = ()
     runtime_values: dict = field(default_factory=dict)
+    histogram_buckets: tuple[tuple[str, tuple[float, ...]], ...] = ()  # (prefix, buckets), sorted by prefix
+    stats_flush_interval: float | None = None
+    stats_eviction_interval: float | None = None
     # Logs
     log_output_level: str = "default:info"
     log_as_json: bool = False
@@ -136,10 +189,9 @@ def validate(cfg: SidecarConfig) -> None:
             problems.append(f"invalid {name}: {shown(path)} (a NUL character)")
     if cfg.drain_duration < 0.001 or cfg.drain_duration != int(cfg.drain_duration):
         problems.append(f"invalid drainDuration: {flags.format_duration(cfg.drain_duration)!r} (whole seconds, >= 1s)")
-    # discoveryAddress is always checked (an explicit `--discoveryAddress=` too); zipkinAddress "" = no tracing.
-    for name, value in (("discoveryAddress", cfg.discovery_address), ("zipkinAddress", cfg.zipkin_address)):
-        if (value or name == "discoveryAddress") and (problem := check_host_port(name, value)):
-            problems.append(problem)
+    # Always checked, an explicit `--discoveryAddress=` too. (Collector addresses are checked as read.)
+    if problem := check_host_port("discoveryAddress", cfg.discovery_address):
+        problems.append(problem)
     if not 0 < cfg.admin_port < 65536:
         problems.append(f"invalid proxyAdminPort: {cfg.admin_port}")
     if not 0 < cfg.status_port < 65536:

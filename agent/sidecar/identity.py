@@ -25,7 +25,7 @@ def _workload_name(cfg: SidecarConfig) -> str:
 
 
 def _canonical_name(cfg: SidecarConfig) -> str:
-    labels = _labels(cfg)
+    labels = _merged_labels(cfg)
     for label in _CANONICAL_LABELS:
         if labels.get(label):
             return labels[label]
@@ -43,7 +43,7 @@ def service_cluster(cfg: SidecarConfig) -> str:
         return f"{_canonical_name(cfg)}.{ns}" if ns else _canonical_name(cfg)
     if not mode and cfg.service_cluster and cfg.service_cluster != "istio-proxy":
         return cfg.service_cluster
-    labels = _labels(cfg)
+    labels = _merged_labels(cfg)
     for label in _APP_LABELS:
         if labels.get(label):
             return f"{labels[label]}.{ns}"
@@ -52,10 +52,18 @@ def service_cluster(cfg: SidecarConfig) -> str:
     return f"istio-proxy.{ns}" if ns else "istio-proxy"
 
 
+def locality_label(cfg: SidecarConfig) -> str:
+    """`topology.istio.io/locality`, else the legacy `istio-locality`; dots become slashes (Kubernetes
+    label values cannot hold `/`) unless the value already has one (Istio's SanitizeLocalityLabel)."""
+    labels = _merged_labels(cfg)
+    text = labels.get("topology.istio.io/locality", labels.get("istio-locality", ""))
+    return text if "/" in text else text.replace(".", "/")
+
+
 def locality(cfg: SidecarConfig) -> dict[str, str]:
-    """From the `istio-locality` label (`region.zone.subzone`); empty parts omitted."""
-    text = cfg.labels.get("istio-locality", "").replace(".", "/")
-    parts = (text.split("/") + ["", "", ""])[:3] if text else ["", "", ""]
+    """node.locality from the locality label, `region/zone/subzone`, empty parts left out. (Istio
+    asks the cloud platform's metadata server when there is no label; this agent does not.)"""
+    parts = locality_label(cfg).split("/")[:3] if locality_label(cfg) else []
     return {k: v for k, v in zip(("region", "zone", "sub_zone"), parts) if v}
 
 
@@ -64,42 +72,65 @@ def pilot_san(cfg: SidecarConfig) -> list[str]:
     return [cfg.istiod_san] if cfg.control_plane_auth_policy == "MUTUAL_TLS" and not cfg.standalone else []
 
 
-def _labels(cfg: SidecarConfig) -> dict[str, str]:
-    static = cfg.meta_env.get("STATIC_LABELS") or cfg.meta_env.get("LABELS") or {}
-    labels = {**(static if isinstance(static, dict) else {}), **cfg.labels}
-    labels.pop("pod-template-hash", None)
-    if "istio-locality" in labels:
-        labels["istio-locality"] = labels["istio-locality"].replace(".", "/")
+def _merged_labels(cfg: SidecarConfig) -> dict[str, str]:
+    """The static labels (ISTIO_METAJSON_LABELS), then the pod's labels file over them, without
+    `pod-template-hash` (a Deployment's, changing with every rollout)."""
+    labels = dict(cfg.static_labels)
+    labels.update((k, v) for k, v in cfg.labels.items() if k != "pod-template-hash")
     return labels
 
 
+def _labels(cfg: SidecarConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """(LABELS, STATIC_LABELS) as Istio writes them: the locality label with slashes. Without a pod
+    labels file Istio's two maps are one object, so STATIC_LABELS shows the slashes too."""
+    labels, static = _merged_labels(cfg), dict(cfg.static_labels)
+    if loc := locality_label(cfg):
+        labels["istio-locality"] = loc
+        if not cfg.labels:
+            static = labels
+    return labels, static
+
+
 def node_metadata(cfg: SidecarConfig, version: str = __version__) -> dict[str, Any]:
-    """The raw ISTIO_META_* / ISTIO_METAJSON_* entries first, then the typed keys (which always win,
-    except that an empty one is left out, Go's omitempty)."""
+    """The raw metadata (ISTIO_META_*, the keys of ISTIO_METAJSON_* objects) first, then the typed keys
+    of Istio's BootstrapNodeMetadata (https://github.com/istio/istio/blob/master/pkg/model/proxy.go),
+    which win. A typed key that is empty, zero or false is left out (Go's omitempty), so a raw value
+    of that name, if any, stays."""
     meta: dict[str, Any] = dict(cfg.meta_env)
+    labels, static = _labels(cfg)
     typed: dict[str, Any] = {
         "ISTIO_VERSION": str(cfg.meta_env.get("ISTIO_VERSION") or version),
         "INSTANCE_IPS": ",".join(dict.fromkeys(cfg.instance_ips)),
+        "STS_PORT": str(cfg.sts_port) if cfg.sts_port else "",
         "ENVOY_STATUS_PORT": cfg.envoy_status_port,
         "ENVOY_PROMETHEUS_PORT": cfg.envoy_prometheus_port,
+        "ENVOY_SECURE_METRICS_PORT": cfg.secure_metrics_port,
+        "ENVOY_SECURE_MERGED_METRICS_PORT": cfg.secure_merged_metrics_port,
         "EXIT_ON_ZERO_ACTIVE_CONNECTIONS": _str_bool(cfg.exit_on_zero_active_connections),
+        # A pointer in Istio's struct: always written, "false" included.
+        "METADATA_DISCOVERY": "true" if cfg.metadata_discovery else "false",
         "ENVOY_SKIP_DEPRECATED_LOGS": _str_bool(cfg.skip_deprecated_logs),
+        "WORKLOAD_IDENTITY_SOCKET_FILE": cfg.workload_identity_socket_file,
         "PROXY_CONFIG": cfg.proxy_config,
         "NAME": cfg.pod_name,
         "NAMESPACE": cfg.pod_namespace,
         "SERVICE_ACCOUNT": cfg.service_account,
-        "STS_PORT": str(cfg.sts_port) if cfg.sts_port else "",
-        "OUTLIER_LOG_PATH": cfg.outlier_log_path,
+        "LABELS": labels,
+        "STATIC_LABELS": static,
+        "ANNOTATIONS": {**_raw_map(cfg.meta_env.get("ANNOTATIONS")), **cfg.annotations},
         "PILOT_SAN": pilot_san(cfg),
-        "LABELS": _labels(cfg),
-        "ANNOTATIONS": dict(cfg.annotations),
+        "OUTLIER_LOG_PATH": cfg.outlier_log_path,
     }
     for key, value in typed.items():
-        if value == "" or value == [] or (value == {} and key in meta):
-            continue  # Go's omitempty; LABELS from ISTIO_METAJSON_LABELS survive absent pod files
-        meta[key] = value
+        if value not in ("", 0, [], {}, None):
+            meta[key] = value
     return meta
 
 
-def _str_bool(value: bool) -> str:
-    return "true" if value else "false"
+def _raw_map(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _str_bool(value: bool) -> str | None:
+    """Istio's StringBool with omitempty: "true", or left out."""
+    return "true" if value else None

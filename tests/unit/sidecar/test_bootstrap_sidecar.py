@@ -48,6 +48,20 @@ tracing: null
 proxyAdminPort: 15000.0
 """
 LABELS = 'app="productpage"\nversion="v1"\npod-template-hash="abc"\nistio-locality="r1.z1.s1"\n'
+IN_FRONT = {**POD_ENV, "AGENT_XDS_PROXY": "true"}
+TELEMETRY_PC = json.dumps({
+    "statsdUdpAddress": "10.1.1.1:9125",
+    "envoyMetricsService": {"address": "metrics.telemetry:15000", "tcpKeepalive": {"probes": 3, "time": "10s"},
+                            "tlsSettings": {"mode": "MUTUAL", "clientCertificate": "/etc/ms/cert.pem",
+                                            "privateKey": "/etc/ms/key.pem", "caCertificates": "/etc/ms/ca.pem"}},
+    "envoyAccessLogService": {"address": "als.telemetry:15000", "tlsSettings": {
+        "mode": "ISTIO_MUTUAL", "subjectAltNames": ["spiffe://cluster.local/ns/telemetry/sa/als"]}},
+    "tracing": {"datadog": {"address": "$(HOST_IP):8126"}}})
+TELEMETRY_NOTES = ('sidecar.istio.io/statsHistogramBuckets="{\\"istio\\":[1,5,10],\\"cluster\\":[0.5,1]}"\n'
+                   'sidecar.istio.io/statsFlushInterval="10s"\nsidecar.istio.io/statsEvictionInterval="20s"\n')
+LIGHTSTEP_PC = json.dumps({"tracing": {"lightstep": {"address": "lightstep-satellite:8080", "accessToken": "t0ken"},
+                                       "tlsSettings": {"mode": "SIMPLE", "caCertificates": "/etc/ls/ca.pem",
+                                                       "subjectAltNames": ["satellite.example"], "sni": "ls.example"}}})
 
 #: name -> (argv, env, files). Each becomes golden/bootstrap_<name>.json.
 CASES = {
@@ -65,6 +79,19 @@ CASES = {
                  "./etc/istio/pod/annotations": 'sidecar.istio.io/extraStatTags="a,request_host"\n'}),
     "ipv6": (["--controlPlaneAuthPolicy", "NONE"], {**POD_ENV, "INSTANCE_IP": "fd00::7"}, {}),
     "standalone": (["--standalone"], POD_ENV, {}),
+    # Istio's layout: Envoy behind the agent's xDS proxy (pipes, delta by default).
+    "agent_in_front": (["sidecar", "--discoveryAddress", "istiod.istio-system.svc:15012"], IN_FRONT, {ROOT: "pem"}),
+    "agent_in_front_sotw": (["--controlPlaneAuthPolicy", "NONE", "--configPath", "/etc/istio/proxy"],
+                            {**IN_FRONT, "ISTIO_DELTA_XDS": "false", "WORKLOAD_IDENTITY_SOCKET_FILE": "spire.sock"},
+                            {}),
+    "telemetry": (["--controlPlaneAuthPolicy", "NONE"],
+                  {**IN_FRONT, "PROXY_CONFIG": TELEMETRY_PC, "HOST_IP": "10.0.0.9", "COMPLIANCE_POLICY": "fips-140-2",
+                   "ENVOY_SECURE_METRICS_PORT": "15091", "ENVOY_SECURE_MERGED_METRICS_PORT": "15092",
+                   "PEER_METADATA_DISCOVERY": "true",
+                   "ISTIO_META_LOAD_STATS_CONFIG_JSON": '{"api_type": "GRPC", "transport_api_version": "V3"}'},
+                  {"./etc/istio/pod/annotations": TELEMETRY_NOTES,
+                   "./etc/istio/pod/labels": 'app="reviews"\ntopology.istio.io/locality="eu-west1.eu-west1-b"\n'}),
+    "lightstep": (["--controlPlaneAuthPolicy", "NONE"], {**IN_FRONT, "PROXY_CONFIG": LIGHTSTEP_PC}, {}),
     # Odd but valid values load() accepts: Envoy must accept the bootstrap too (sub-millisecond
     # durations kept to the nanosecond, empty matcher patterns and tags dropped, YAML scalars as text,
     # an explicit connection limit).
@@ -77,7 +104,7 @@ CASES = {
 def make_config(name: str) -> SidecarConfig:
     argv, env, files = CASES[name]
     return config.load(argv, env, read_file=files.get, path_exists=lambda p: p in files,
-                       find_wheel_envoy=lambda: "/wheel/envoy")
+                       find_wheel_envoy=lambda: "/wheel/envoy", cwd=lambda: "/")
 
 
 def standalone_reference() -> dict:
@@ -137,11 +164,12 @@ def test_mutual_tls_checks_the_istiod_san_with_the_mounted_root():
     assert data["node"]["metadata"]["PILOT_SAN"] == ["istiod.istio-system.svc"]
 
 
-def test_2020_timeouts_apply_to_the_agents_clusters():
+def test_2020_timeouts_apply_to_the_xds_cluster():
     clusters = {c["name"]: c for c in bootstrap.build_bootstrap(make_config("none_2020"))["static_resources"]["clusters"]}
-    for name in ("xds-grpc", "zipkin"):
-        dns = clusters[name]["cluster_type"]["typed_config"]
-        assert (clusters[name]["connect_timeout"], dns["dns_refresh_rate"]) == ("10s", "300s")
+    dns = clusters["xds-grpc"]["cluster_type"]["typed_config"]
+    assert (clusters["xds-grpc"]["connect_timeout"], dns["dns_refresh_rate"]) == ("10s", "300s")
+    # Istio's zipkin cluster has fixed timings, in 1.5 already.
+    assert (clusters["zipkin"]["connect_timeout"], clusters["zipkin"]["dns_refresh_rate"]) == ("1s", "30s")
     assert clusters["xds-grpc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == \
         {"socket_address": {"address": "istiod.istio-system.svc", "port_value": 15012}}
     assert "transport_socket" not in clusters["xds-grpc"]

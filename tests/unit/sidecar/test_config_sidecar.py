@@ -26,7 +26,7 @@ def test_istio_2020_command_line():
     assert cfg.service_cluster == "productpage.ns1"
     assert (cfg.drain_duration, cfg.parent_shutdown_duration) == (45.0, 60.0)
     assert cfg.discovery_address == "istiod.istio-system.svc:15012"
-    assert cfg.zipkin_address == "zipkin.istio-system:9411"
+    assert (cfg.tracer.kind, cfg.tracer.service.address) == ("zipkin", "zipkin.istio-system:9411")
     assert (cfg.proxy_log_level, cfg.proxy_component_log_level) == ("warning", "misc:error")
     assert (cfg.connect_timeout, cfg.dns_refresh_rate) == (10.0, 300.0)
     assert (cfg.admin_port, cfg.status_port, cfg.concurrency) == (15000, 15020, 2)
@@ -129,7 +129,9 @@ def test_meta_env_from_proxy_metadata_and_environment():
     env = {"PROXY_CONFIG": '{"proxyMetadata":{"ISTIO_META_X":"pm","ISTIO_META_Y":"pm"}}', "ISTIO_META_Y": "env",
            "ISTIO_METAJSON_LABELS": '{"app":"reviews"}', "ISTIO_METAJSON_BAD": "[", "NOT_META": "1"}
     cfg = run([], env, {ROOT: ""})
-    assert cfg.meta_env == {"X": "pm", "Y": "env", "LABELS": {"app": "reviews"}, "STATIC_LABELS": {"app": "reviews"}}
+    # Istio merges an ISTIO_METAJSON_* object's keys into the metadata; LABELS also gives the static labels.
+    assert cfg.meta_env == {"X": "pm", "Y": "env", "app": "reviews"}
+    assert cfg.static_labels == {"app": "reviews"}
     assert any("ISTIO_METAJSON_BAD" in w for w in cfg.warnings)
 
 
