@@ -27,6 +27,9 @@ def _run(tmp_path, *args, env=None):
     (("--drainDuration", "45x"), {}, "drainDuration"),
     (("--binaryPath", "/nonexistent/envoy"), {}, "binaryPath"),
     (("--log_output_level", "default:loud"), {}, "log_output_level"),
+    ((), {"WORKLOAD_IDENTITY_SOCKET_FILE": "spire/agent.sock"}, "WORKLOAD_IDENTITY_SOCKET_FILE: 'spire/agent.sock'"),
+    ((), {"ENVOY_SECURE_METRICS_PORT": "15091x"}, "ENVOY_SECURE_METRICS_PORT: '15091x'"),
+    ((), {"PROXY_CONFIG": '{"statsdUdpAddress": "statsd:9125"}'}, "statsdUdpAddress: 'statsd:9125'"),
 ])
 def test_bad_setting(tmp_path, args, env, setting):
     cp, leftovers = _run(tmp_path, *args, env=env)

@@ -255,3 +255,134 @@ def test_custom_config_file_is_used_as_given(tmp_path):
     assert bootstrap.prepare_bootstrap(cfg) == "/etc/my-envoy.yaml"
     assert bootstrap.bootstrap_path(cfg) == "/etc/my-envoy.yaml"
     assert os.listdir(tmp_path) == []
+
+
+def _clusters(data: dict) -> dict:
+    return {c["name"]: c for c in data["static_resources"]["clusters"]}
+
+
+def _pipe(cluster: dict) -> str:
+    return cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]["path"]
+
+
+def test_agent_in_front_is_istios_layout():
+    """AGENT_XDS_PROXY: Envoy's ADS goes to the agent's socket, never to istiod; delta by default."""
+    data = bootstrap.build_bootstrap(make_config("agent_in_front"))
+    clusters = _clusters(data)
+    assert _pipe(clusters["xds-grpc"]) == "./etc/istio/proxy/XDS"
+    assert "transport_socket" not in clusters["xds-grpc"] and clusters["xds-grpc"]["max_requests_per_connection"] == 1
+    assert _pipe(clusters["sds-grpc"]) == "./var/run/secrets/workload-spiffe-uds/socket"
+    ads = data["dynamic_resources"]["ads_config"]
+    assert (ads["api_type"], ads["set_node_on_first_message_only"]) == ("DELTA_GRPC", True)
+    meta = data["node"]["metadata"]
+    assert (meta["WORKLOAD_IDENTITY_SOCKET_FILE"], meta["PILOT_SAN"]) == ("socket", ["istiod.istio-system.svc"])
+
+
+def test_delta_follows_the_agent_in_front_unless_set():
+    assert make_config("none_2020").xds_type == "GRPC"  # Envoy dials istiod: state of the world
+    sotw = make_config("agent_in_front_sotw")
+    assert (sotw.xds_type, sotw.workload_identity_socket_file) == ("GRPC", "spire.sock")
+    data = bootstrap.build_bootstrap(sotw)
+    assert _pipe(_clusters(data)["sds-grpc"]) == "./var/run/secrets/workload-spiffe-uds/spire.sock"
+    assert _pipe(_clusters(data)["xds-grpc"]) == "/etc/istio/proxy/XDS"
+
+
+def test_xds_socket_too_long_for_a_socket_is_written_relative():
+    deep = "/srv/" + "d" * 100 + "/proxy"
+    cfg = config.load(["--controlPlaneAuthPolicy", "NONE", "--configPath", deep], {"AGENT_XDS_PROXY": "true"},
+                      read_file=lambda p: None, path_exists=lambda p: False, cwd=lambda: "/srv/" + "d" * 100)
+    assert cfg.xds_socket_path == "proxy/XDS"
+    assert _pipe(_clusters(bootstrap.build_bootstrap(cfg))["xds-grpc"]) == "proxy/XDS"
+
+
+def test_metadata_keys_istio_leaves_out_when_false():
+    meta = bootstrap.build_bootstrap(make_config("none_2020"))["node"]["metadata"]
+    assert "EXIT_ON_ZERO_ACTIVE_CONNECTIONS" not in meta and "LABELS" not in meta and "ANNOTATIONS" not in meta
+    assert "ENVOY_SECURE_METRICS_PORT" not in meta
+    assert (meta["METADATA_DISCOVERY"], meta["ENVOY_SKIP_DEPRECATED_LOGS"]) == ("false", "true")  # always / true
+    meta = bootstrap.build_bootstrap(make_config("options"))["node"]["metadata"]
+    assert meta["EXIT_ON_ZERO_ACTIVE_CONNECTIONS"] == "true"
+
+
+def test_metajson_objects_and_the_locality_label_as_istio_writes_them():
+    env = {**POD_ENV, "ISTIO_METAJSON_LABELS": '{"app": "x", "istio-locality": "r.z.s"}',
+           "ISTIO_METAJSON_ANNOTATIONS": '{"a/b": "c"}'}
+    cfg = config.load(["--controlPlaneAuthPolicy", "NONE"], env, read_file=lambda p: None, path_exists=lambda p: False)
+    node = bootstrap.build_bootstrap(cfg)["node"]
+    assert node["locality"] == {"region": "r", "zone": "z", "sub_zone": "s"}
+    meta = node["metadata"]
+    assert (meta["app"], meta["istio-locality"], meta["a/b"]) == ("x", "r.z.s", "c")  # keys merged as given
+    assert meta["LABELS"] == meta["STATIC_LABELS"] == {"app": "x", "istio-locality": "r/z/s"}
+    # A labels file makes LABELS a new map: the static labels keep their dots.
+    files = {"./etc/istio/pod/labels": 'topology.istio.io/locality="eu.eu-b"\n'}
+    cfg = config.load(["--controlPlaneAuthPolicy", "NONE"], env, read_file=files.get, path_exists=lambda p: False)
+    node = bootstrap.build_bootstrap(cfg)["node"]
+    assert node["locality"] == {"region": "eu", "zone": "eu-b"}
+    assert node["metadata"]["STATIC_LABELS"]["istio-locality"] == "r.z.s"
+    assert node["metadata"]["LABELS"]["istio-locality"] == "eu/eu-b"
+
+
+def test_telemetry_collectors():
+    data = bootstrap.build_bootstrap(make_config("telemetry"))
+    clusters = _clusters(data)
+    assert clusters["datadog_agent"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == \
+        {"socket_address": {"address": "10.0.0.9", "port_value": 8126}}  # $(HOST_IP) replaced
+    assert data["tracing"]["http"]["typed_config"]["service_name"] == "reviews.ns1"
+    ms = clusters["envoy_metrics_service"]
+    common = ms["transport_socket"]["typed_config"]["common_tls_context"]
+    assert [s["name"] for s in common["tls_certificate_sds_secret_configs"]] == ["file-cert:/etc/ms/cert.pem~/etc/ms/key.pem"]
+    assert common["combined_validation_context"]["validation_context_sds_secret_config"]["name"] == "file-root:/etc/ms/ca.pem"
+    assert ms["upstream_connection_options"] == {"tcp_keepalive": {"keepalive_probes": 3, "keepalive_time": 10}}
+    als = clusters["envoy_accesslog_service"]["transport_socket"]["typed_config"]
+    assert (als["sni"], als["common_tls_context"]["alpn_protocols"]) == ("envoy_accesslog_service", ["istio", "h2"])
+    assert als["common_tls_context"]["combined_validation_context"]["default_validation_context"] == \
+        {"match_subject_alt_names": [{"exact": "spiffe://cluster.local/ns/telemetry/sa/als"}]}
+    assert [s["name"] for s in data["stats_sinks"]] == ["envoy.stat_sinks.metrics_service", "envoy.stat_sinks.statsd"]
+    assert data["cluster_manager"]["load_stats_config"] == {"api_type": "GRPC", "transport_api_version": "V3"}
+    assert data["layered_runtime"]["layers"][0]["static_layer"]["envoy.reloadable_features.google_grpc_disable_tls_13"]
+
+
+def test_stats_annotations_and_secure_metrics_listeners():
+    data = bootstrap.build_bootstrap(make_config("telemetry"))
+    assert (data["stats_flush_interval"], data["stats_eviction_interval"]) == ("10s", "20s")
+    assert [b["match"]["prefix"] for b in data["stats_config"]["histogram_bucket_settings"]] == ["cluster", "istio"]
+    patterns = data["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]
+    assert patterns[:2] == [{"prefix": "reporter="}, {"prefix": "workload_discovery"}]  # PEER_METADATA_DISCOVERY, delta
+    listeners = {lst["name"]: lst for lst in data["static_resources"]["listeners"]}
+    assert list(listeners) == ["0.0.0.0_15090", "0.0.0.0_15091", "0.0.0.0_15092", "0.0.0.0_15021"]
+    tls = listeners["0.0.0.0_15092"]["filter_chains"][0]["transport_socket"]["typed_config"]
+    assert tls["require_client_certificate"] is True
+    routes = listeners["0.0.0.0_15092"]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+    assert [r["match"]["prefix"] for r in routes["virtual_hosts"][0]["routes"]] == ["/stats/prometheus", "/metrics"]
+
+
+@pytest.mark.parametrize("notes, warning", [
+    ({"sidecar.istio.io/statsEvictionInterval": "7s"}, "not a multiple of the stats flush interval"),
+    ({"sidecar.istio.io/statsFlushInterval": "soon"}, "statsFlushInterval: not a positive duration"),
+    ({"sidecar.istio.io/statsHistogramBuckets": '{"istio": [1, "x"]}'}, "statsHistogramBuckets"),
+])
+def test_bad_stats_annotations_are_warnings_as_in_istio(notes, warning):
+    files = {"./etc/istio/pod/annotations": "".join(f"{k}={json.dumps(v)}\n" for k, v in notes.items())}
+    cfg = config.load(["--controlPlaneAuthPolicy", "NONE"], {}, read_file=files.get, path_exists=lambda p: False)
+    assert any(warning in w for w in cfg.warnings), cfg.warnings
+    data = bootstrap.build_bootstrap(cfg)
+    assert not {"stats_flush_interval", "stats_eviction_interval"} & set(data)
+    assert "histogram_bucket_settings" not in data["stats_config"]
+
+
+def test_lightstep_token_file_is_written_with_the_bootstrap(tmp_path):
+    argv, env, files = CASES["lightstep"]
+    cfg = config.load([*argv, "--configPath", str(tmp_path / "proxy")], env, read_file=files.get,
+                      path_exists=lambda p: False)
+    bootstrap.prepare_bootstrap(cfg)
+    token = tmp_path / "proxy" / "lightstep_access_token.txt"
+    assert token.read_text() == "t0ken" and oct(token.stat().st_mode & 0o777) == "0o600"
+    tracer = json.loads((tmp_path / "proxy" / "envoy-rev.json").read_text())["tracing"]["http"]
+    assert tracer["typed_config"]["grpc_service"]["initial_metadata"] == [{"key": "lightstep-access-token", "value": "t0ken"}]
+
+
+def test_standalone_has_no_secure_metrics_listeners():
+    cfg = config.load(["--standalone"], {"ENVOY_SECURE_METRICS_PORT": "15091"}, read_file=lambda p: None,
+                      path_exists=lambda p: False)
+    names = [lst["name"] for lst in bootstrap.build_bootstrap(cfg)["static_resources"]["listeners"]]
+    assert "0.0.0.0_15091" not in names
