@@ -154,8 +154,13 @@ class XdsProxy:
         return self._ids
 
     def unregister(self, relay: Relay) -> None:
+        """A replaced relay ending later leaves the state of its successor alone."""
         if self._current is relay:
             self._current = None
+            self.state.connected = False
+
+    def is_current(self, relay: Relay) -> bool:
+        return self._current is relay
 
     def local_types(self) -> frozenset[str]:
         """Type URLs answered here rather than forwarded to Envoy."""
@@ -165,7 +170,8 @@ class XdsProxy:
         return frozenset(types)
 
     def handle_local(self, type_url: str, value: bytes | None) -> status_pb2.Status | None:
-        """Consume an NDS or PCDS resource (None: an empty response); the NACK status on failure."""
+        """Consume an NDS or PCDS resource (None: an empty response); the NACK status when it does not
+        decode or its callback fails."""
         if value is None:
             return None
         try:

@@ -66,7 +66,7 @@ def expected(code: grpc.StatusCode, details: str) -> bool:
 class End:
     """How a relayed stream ended: which side, and the gRPC status it ended with."""
 
-    side: str  # "upstream" | "downstream" | "stopped"
+    side: str  # "connect" (no upstream stream) | "upstream" | "downstream" | "stopped"
     code: grpc.StatusCode = grpc.StatusCode.OK
     details: str = ""
 
@@ -105,7 +105,6 @@ class Relay:
             self.proxy.counters.envoy_connection_terminations["cancelled"] += 1
             raise
         finally:
-            self.proxy.state.connected = False
             self.proxy.unregister(self)
         self._account(end)
         if end.side in ("upstream", "connect") and end.code is not grpc.StatusCode.OK:
@@ -131,7 +130,8 @@ class Relay:
                                     e.code())
             kind = "delta upstream" if self.delta else "upstream"
             log.info(f"connected to {kind} XDS server: {opts.address}", id=self.id)
-            proxy.state.connected, proxy.state.since, proxy.state.last_error = True, proxy.clock(), ""
+            if proxy.is_current(self):
+                proxy.state.connected, proxy.state.since, proxy.state.last_error = True, proxy.clock(), ""
             try:
                 return await self._relay(call)
             finally:

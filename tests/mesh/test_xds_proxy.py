@@ -344,6 +344,7 @@ async def test_a_newer_envoy_stream_replaces_the_previous_one(mesh):
     await second.read()
     assert await first.read() is grpc.aio.EOF, "the previous stream is closed (OK) when a newer one registers"
     await istiod.wait_for(lambda: len(istiod.open_streams()) == 1, what="its upstream stream closed too")
+    assert proxy.state.connected, "the replaced stream's end does not mark its successor disconnected"
     second.cancel()
 
 
