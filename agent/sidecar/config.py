@@ -28,7 +28,7 @@ from typing import Any
 
 from agent import flags
 from agent.flags import LOG_FLAGS, Flag
-from agent.sidecar import config_env, config_telemetry
+from agent.sidecar import config_bootstrap, config_env
 from agent.sidecar.config_env import Environment, PathExists, ReadFile
 from agent.sidecar.config_model import (
     DEFAULT_BINARY,
@@ -167,7 +167,7 @@ def load(
     _check_flag_ranges(parsed, environ)
     cfg = _resolve(parsed, environ, read_file, path_exists, find_wheel_envoy, host_ips)
     if cfg.xds_proxy and not cfg.standalone:
-        path = config_env.unix_socket_path("configPath", os.path.join(cfg.config_path, "XDS"), cwd)
+        path = config_bootstrap.unix_socket_path("configPath", os.path.join(cfg.config_path, "XDS"), cwd)
         cfg = dataclasses.replace(cfg, xds_socket_path=path)
     return cfg
 
@@ -276,9 +276,9 @@ def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFi
         **_identity(parsed, env, pc, mesh, host_ips),
         **_envoy(parsed, env, pc, path_exists, find_wheel_envoy),
         **_control_plane(parsed, env, pc, path_exists),
-        **_mesh_identity(env, meta),
-        **_telemetry(env, pc),
-        load_stats_config=config_env.load_stats_config(meta),
+        **config_bootstrap.mesh_settings(env, meta),
+        **config_bootstrap.collectors(pc, env["HOST_IP"]),
+        load_stats_config=config_bootstrap.load_stats_config(meta),
         **_lifecycle(parsed, env, pc),
         **_status(parsed, env, pc),
         **stats,
@@ -367,27 +367,6 @@ def _control_plane(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any]
     }
 
 
-def _mesh_identity(env: Environment, meta: Mapping[str, Any]) -> dict[str, Any]:
-    discovery = env["PEER_METADATA_DISCOVERY"]
-    if discovery is None:  # Istio: the value of ENABLE_HBONE (ambient) when not set explicitly
-        discovery = config_env.meta_bool(meta.get("ENABLE_HBONE"))
-    return {
-        "workload_identity_socket_file": env["WORKLOAD_IDENTITY_SOCKET_FILE"],
-        "metadata_discovery": discovery,
-        "compliance_policy": env["COMPLIANCE_POLICY"],
-    }
-
-
-def _telemetry(env: Environment, pc: Mapping[str, Any]) -> dict[str, Any]:
-    host_ip = env["HOST_IP"]
-    return {
-        "tracer": config_telemetry.tracer(pc, host_ip),
-        "metrics_service": config_telemetry.remote_service("ProxyConfig", pc, "envoyMetricsService", host_ip),
-        "access_log_service": config_telemetry.remote_service("ProxyConfig", pc, "envoyAccessLogService", host_ip),
-        "statsd_address": config_telemetry.statsd_address(pc, host_ip),
-    }
-
-
 def _lifecycle(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any]) -> dict[str, Any]:
     v = parsed.values
     return {
@@ -414,9 +393,9 @@ def _status(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any]) -> di
 
 
 def _stats(pc: Mapping[str, Any], annotations: Mapping[str, str], warnings: list[str]) -> dict[str, Any]:
-    flush, eviction = config_telemetry.stats_intervals(annotations, warnings)
+    flush, eviction = config_bootstrap.stats_intervals(annotations, warnings)
     return {
-        "histogram_buckets": config_telemetry.histogram_buckets(annotations, warnings),
+        "histogram_buckets": config_bootstrap.histogram_buckets(annotations, warnings),
         "stats_flush_interval": flush,
         "stats_eviction_interval": eviction,
         "extra_stat_tags": config_env.extra_stat_tags(pc, annotations),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -178,7 +177,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "`./var/run/secrets/workload-spiffe-uds` (Envoy's `sds-grpc`; a SPIRE agent's socket, say); a path "
            "is an error", parse=_socket_file),
     EnvVar("PEER_METADATA_DISCOVERY", Kind.BOOL, None, "node metadata `METADATA_DISCOVERY` (unset: "
-           "`ISTIO_META_ENABLE_HBONE`); with delta xDS also Envoy's `metadata_discovery` stats prefix"),
+           "`ISTIO_META_ENABLE_HBONE`); with delta xDS also the `workload_discovery` stats prefix"),
     EnvVar("COMPLIANCE_POLICY", Kind.TEXT, "", "`fips-140-2` limits Envoy's Google gRPC client to TLS 1.2 "
            "(runtime `google_grpc_disable_tls_13`)"),
     EnvVar("ISTIO_BOOTSTRAP_OVERRIDE", Kind.TEXT, "", "YAML/JSON file merged into the bootstrap (protobuf merge: "
@@ -279,42 +278,6 @@ def meta_env(pc: Mapping[str, Any], env: Environment, warnings: list[str]) -> tu
         if key == "ISTIO_METAJSON_LABELS":
             static = {k: v if isinstance(v, str) else json.dumps(v) for k, v in obj.items()}
     return meta, static
-
-
-def load_stats_config(meta: Mapping[str, Any]) -> dict | None:
-    """LOAD_STATS_CONFIG_JSON of the node metadata, a JSON object Istio pastes into the bootstrap's
-    cluster_manager.load_stats_config; not an object is an error here rather than a broken bootstrap."""
-    text = meta.get("LOAD_STATS_CONFIG_JSON")
-    if text is None or text == "":
-        return None
-    obj = _json_object(text) if isinstance(text, str) else None
-    if obj is None:
-        raise ConfigError(f"invalid ISTIO_META_LOAD_STATS_CONFIG_JSON: not a JSON object: {shown(text)}")
-    return obj
-
-
-#: sun_path holds 108 bytes, the terminating NUL included.
-UNIX_PATH_MAX = 107
-
-
-def unix_socket_path(setting: str, path: str, cwd: Callable[[], str]) -> str:
-    """`path` if a Unix socket can be bound there, else the same file relative to the working
-    directory (which Envoy shares with the agent) if that is short enough; else a ConfigError."""
-    if len(os.fsencode(path)) <= UNIX_PATH_MAX:
-        return path
-    relative = os.path.relpath(path, cwd())
-    if len(os.fsencode(relative)) <= UNIX_PATH_MAX:
-        return relative
-    raise ConfigError(f"invalid {setting}: the socket {shown(path, 200)} is longer than a Unix socket path "
-                      f"can be ({UNIX_PATH_MAX} bytes), relative to the working directory too")
-
-
-def meta_bool(value: Any) -> bool:
-    """A StringBool of Istio's node metadata ("true", "1", "T", ...); anything else is false."""
-    try:
-        return flags.parse_bool(str(value)) if value is not None else False
-    except ValueError:
-        return False
 
 
 def _json_object(text: str) -> dict | None:

@@ -1,5 +1,6 @@
-"""Telemetry settings of the bootstrap, read from the ProxyConfig and the pod's annotations (pure):
-the tracer, the metrics and access-log services, statsd, histogram buckets and stats intervals.
+"""Settings of the bootstrap read from the ProxyConfig, the node metadata and the pod's annotations
+(pure): the telemetry collectors (tracer, metrics and access-log services, statsd), histogram buckets
+and stats intervals, load reporting, and where the xDS socket can live.
 
 Istio reads them in pkg/bootstrap/config.go
 (https://github.com/istio/istio/blob/master/pkg/bootstrap/config.go, getProxyConfigOptions and
@@ -13,15 +14,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent import flags
+from agent.sidecar.config_env import Environment
 from agent.sidecar.config_model import RemoteService, TlsSettings, Tracer
 from agent.sidecar.config_parse import (
     ConfigError,
     check_host_port,
     is_ip,
+    json_data_problem,
     object_field,
     scalar_text,
     shown,
@@ -167,3 +171,64 @@ def _duration_note(annotations: Mapping[str, str], name: str, warnings: list[str
         warnings.append(f"ignored annotation {name}: not a positive duration: {shown(annotations[name])}")
         return None
     return seconds
+
+
+def collectors(pc: Mapping[str, Any], host_ip: str) -> dict[str, Any]:
+    """The SidecarConfig fields of the telemetry collectors."""
+    return {
+        "tracer": tracer(pc, host_ip),
+        "metrics_service": remote_service("ProxyConfig", pc, "envoyMetricsService", host_ip),
+        "access_log_service": remote_service("ProxyConfig", pc, "envoyAccessLogService", host_ip),
+        "statsd_address": statsd_address(pc, host_ip),
+    }
+
+
+def load_stats_config(meta: Mapping[str, Any]) -> dict | None:
+    """LOAD_STATS_CONFIG_JSON of the node metadata, a JSON object Istio pastes into the bootstrap's
+    cluster_manager.load_stats_config; not an object is an error here rather than a broken bootstrap."""
+    text = meta.get("LOAD_STATS_CONFIG_JSON")
+    if text is None or text == "":
+        return None
+    try:
+        obj = json.loads(text) if isinstance(text, str) else None
+    except (ValueError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict) or json_data_problem(obj):
+        raise ConfigError(f"invalid ISTIO_META_LOAD_STATS_CONFIG_JSON: not a JSON object: {shown(text)}")
+    return obj
+
+
+#: sun_path holds 108 bytes, the terminating NUL included.
+UNIX_PATH_MAX = 107
+
+
+def unix_socket_path(setting: str, path: str, cwd: Callable[[], str]) -> str:
+    """`path` if a Unix socket can be bound there, else the same file relative to the working
+    directory (which Envoy shares with the agent) if that is short enough; else a ConfigError."""
+    if len(os.fsencode(path)) <= UNIX_PATH_MAX:
+        return path
+    relative = os.path.relpath(path, cwd())
+    if len(os.fsencode(relative)) <= UNIX_PATH_MAX:
+        return relative
+    raise ConfigError(f"invalid {setting}: the socket {shown(path, 200)} is longer than a Unix socket path "
+                      f"can be ({UNIX_PATH_MAX} bytes), relative to the working directory too")
+
+
+def mesh_settings(env: Environment, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The SidecarConfig fields of the SDS socket, peer metadata discovery and compliance policy."""
+    discovery = env["PEER_METADATA_DISCOVERY"]
+    if discovery is None:  # Istio: the value of ENABLE_HBONE (ambient) when not set explicitly
+        discovery = meta_bool(meta.get("ENABLE_HBONE"))
+    return {
+        "workload_identity_socket_file": env["WORKLOAD_IDENTITY_SOCKET_FILE"],
+        "metadata_discovery": discovery,
+        "compliance_policy": env["COMPLIANCE_POLICY"],
+    }
+
+
+def meta_bool(value: Any) -> bool:
+    """A StringBool of Istio's node metadata ("true", "1", "T", ...); anything else is false."""
+    try:
+        return flags.parse_bool(str(value)) if value is not None else False
+    except ValueError:
+        return False
