@@ -277,7 +277,7 @@ def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFi
         **_envoy(parsed, env, pc, path_exists, find_wheel_envoy),
         **_control_plane(parsed, env, pc, path_exists),
         **config_bootstrap.mesh_settings(env, meta),
-        **config_bootstrap.collectors(pc, env["HOST_IP"]),
+        **config_bootstrap.collectors(pc, env["HOST_IP"], meta),
         load_stats_config=config_bootstrap.load_stats_config(meta),
         **_lifecycle(parsed, env, pc),
         **_status(parsed, env, pc),

@@ -37,6 +37,7 @@ from agent.sidecar.config_parse import (
 TLS_MODES = ("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")  # protojson also accepts their numbers
 TRACERS = ("zipkin", "lightstep", "datadog")
 DEFAULT_STATS_FLUSH_INTERVAL = 5.0  # Envoy's, which the eviction interval must be a multiple of
+MAX_STATS_FLUSH_INTERVAL = 300.0  # Envoy's bound (exclusive)
 
 
 def address(setting: str, value: Any, host_ip: str) -> str:
@@ -44,10 +45,10 @@ def address(setting: str, value: Any, host_ip: str) -> str:
     text = scalar_text(setting, value)
     if not text:
         return ""
-    host, sep, port = text.rpartition(":")
+    host, _, port = text.rpartition(":")
     if host == "$(HOST_IP)" and host_ip:
         text = f"[{host_ip}]:{port}" if ":" in host_ip else f"{host_ip}:{port}"
-    if problem := check_host_port(setting, text) if sep else f"invalid {setting}: {shown(text)} (want host:port)":
+    if problem := check_host_port(setting, text):
         raise ConfigError(problem)
     return text
 
@@ -62,7 +63,10 @@ def statsd_address(pc: Mapping[str, Any], host_ip: str) -> str:
     return text
 
 
-def tls_settings(setting: str, value: Mapping[str, Any]) -> TlsSettings:
+def tls_settings(setting: str, value: Mapping[str, Any], meta_root: str = "") -> TlsSettings:
+    """ClientTLSSettings. SIMPLE and MUTUAL need a root to verify the collector with (caCertificates,
+    or the TLS_CLIENT_ROOT_CERT metadata that overrides it): without one Istio renders a validation
+    context Envoy refuses, so it is refused here."""
     mode = value.get("mode", "DISABLE")
     if isinstance(mode, int) and not isinstance(mode, bool) and 0 <= mode < len(TLS_MODES):
         mode = TLS_MODES[mode]
@@ -70,6 +74,8 @@ def tls_settings(setting: str, value: Mapping[str, Any]) -> TlsSettings:
         raise ConfigError(f"invalid {setting}.mode: {shown(mode)} ({', '.join(TLS_MODES)})")
     text = {k: scalar_text(f"{setting}.{k}", value.get(k))
             for k in ("clientCertificate", "privateKey", "caCertificates", "sni")}
+    if mode in ("SIMPLE", "MUTUAL") and not (text["caCertificates"] or meta_root):
+        raise ConfigError(f"invalid {setting}: mode {mode} needs caCertificates (the root to verify the server with)")
     return TlsSettings(mode=mode, client_certificate=text["clientCertificate"], private_key=text["privateKey"],
                        ca_certificates=text["caCertificates"], sni=text["sni"],
                        subject_alt_names=string_list(f"{setting}.subjectAltNames", value.get("subjectAltNames")))
@@ -83,14 +89,15 @@ def _keepalive_seconds(setting: str, value: Any) -> int:
 
 def tcp_keepalive(setting: str, value: Mapping[str, Any]) -> dict[str, int]:
     """ConnectionPoolSettings.TCPSettings.TcpKeepalive -> Envoy's TcpKeepalive, set fields only."""
-    probes = to_int(f"{setting}.probes", value.get("probes", 0))
+    probes = to_int(f"{setting}.probes", value.get("probes") or 0)
     out = {"keepalive_probes": probes if 0 < probes < 2**32 else 0,
            "keepalive_time": _keepalive_seconds(f"{setting}.time", value.get("time")),
            "keepalive_interval": _keepalive_seconds(f"{setting}.interval", value.get("interval"))}
     return {k: v for k, v in out.items() if v}
 
 
-def remote_service(setting: str, pc: Mapping[str, Any], name: str, host_ip: str) -> RemoteService | None:
+def remote_service(setting: str, pc: Mapping[str, Any], name: str, host_ip: str,
+                   meta_root: str = "") -> RemoteService | None:
     """ProxyConfig.envoyMetricsService / envoyAccessLogService (RemoteService); None without an address."""
     value = object_field(setting, pc, name)
     where = f"{setting}.{name}"
@@ -100,12 +107,12 @@ def remote_service(setting: str, pc: Mapping[str, Any], name: str, host_ip: str)
     keepalive = value.get("tcpKeepalive")
     return RemoteService(
         address=addr,
-        tls=tls_settings(f"{where}.tlsSettings", object_field(where, value, "tlsSettings")),
+        tls=tls_settings(f"{where}.tlsSettings", object_field(where, value, "tlsSettings"), meta_root),
         tcp_keepalive=None if keepalive is None else tcp_keepalive(
             f"{where}.tcpKeepalive", object_field(where, value, "tcpKeepalive")))
 
 
-def tracer(pc: Mapping[str, Any], host_ip: str) -> Tracer | None:
+def tracer(pc: Mapping[str, Any], host_ip: str, meta_root: str = "") -> Tracer | None:
     """The first of zipkin, lightstep, datadog that ProxyConfig.tracing sets (a protobuf oneof: at
     most one is set). Stackdriver needs the GCP project from the metadata server, which this agent
     does not query: refused with Istio's message. Other tracers render nothing, as in Istio."""
@@ -119,7 +126,8 @@ def tracer(pc: Mapping[str, Any], host_ip: str) -> Tracer | None:
         addr = address(f"ProxyConfig.tracing.{kind}.address", value.get("address"), host_ip)
         if not addr:
             return None
-        tls = tls_settings("ProxyConfig.tracing.tlsSettings", object_field("ProxyConfig.tracing", tracing, "tlsSettings"))
+        tls = tls_settings("ProxyConfig.tracing.tlsSettings",
+                           object_field("ProxyConfig.tracing", tracing, "tlsSettings"), meta_root)
         token = scalar_text(f"ProxyConfig.tracing.{kind}.accessToken", value.get("accessToken"))
         return Tracer(kind=kind, service=RemoteService(address=addr, tls=tls), access_token=token)
     return None
@@ -135,11 +143,14 @@ def histogram_buckets(annotations: Mapping[str, str], warnings: list[str]) -> tu
         value = json.loads(annotations[name])
     except (ValueError, RecursionError):
         value = None
+    # Envoy wants at least one bucket per prefix, each positive and distinct.
     ok = isinstance(value, dict) and all(
-        isinstance(v, list) and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
-                                    and b > 0 for b in v) for v in value.values())
+        isinstance(v, list) and v and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) and b > 0 for b in v)
+        and len(set(v)) == len(v) for v in value.values())
     if not ok:
-        warnings.append(f"ignored annotation {name}: not an object of positive bucket lists: {shown(annotations[name])}")
+        warnings.append(f"ignored annotation {name}: not an object of lists of distinct positive buckets: "
+                        f"{shown(annotations[name])}")
         return ()
     return tuple((prefix, tuple(float(b) for b in value[prefix])) for prefix in sorted(value))
 
@@ -149,7 +160,7 @@ def stats_intervals(annotations: Mapping[str, str], warnings: list[str]) -> tupl
     `.../statsEvictionInterval` (Go durations). Istio ignores, with a warning, one that does not parse
     and an eviction interval that is not a multiple of the flush interval; the eviction interval is
     whole seconds."""
-    flush = _duration_note(annotations, "sidecar.istio.io/statsFlushInterval", warnings)
+    flush = _duration_note(annotations, "sidecar.istio.io/statsFlushInterval", warnings, MAX_STATS_FLUSH_INTERVAL)
     eviction = _duration_note(annotations, "sidecar.istio.io/statsEvictionInterval", warnings)
     period = flush or DEFAULT_STATS_FLUSH_INTERVAL
     if eviction is not None and round(eviction * 1e9) % round(period * 1e9):
@@ -159,26 +170,29 @@ def stats_intervals(annotations: Mapping[str, str], warnings: list[str]) -> tupl
     return flush, (float(int(eviction)) or None) if eviction is not None else None
 
 
-def _duration_note(annotations: Mapping[str, str], name: str, warnings: list[str]) -> float | None:
+def _duration_note(annotations: Mapping[str, str], name: str, warnings: list[str],
+                   limit: float = 315_576_000_000) -> float | None:
     if name not in annotations:
         return None
     try:
         seconds = flags.parse_duration(annotations[name])
     except (ValueError, OverflowError):
         seconds = -1.0
-    # Envoy wants a positive interval (the flush interval at least 1ms); Istio would pass the value on.
-    if not 0.001 <= seconds <= 315_576_000_000:
-        warnings.append(f"ignored annotation {name}: not a positive duration: {shown(annotations[name])}")
+    # Envoy refuses an interval under 1ms (and a flush interval from 5 minutes); Istio passes it on.
+    if not 0.001 <= seconds < limit:
+        warnings.append(f"ignored annotation {name}: not a duration from 1ms to {flags.format_duration(limit)}: "
+                        f"{shown(annotations[name])}")
         return None
     return seconds
 
 
-def collectors(pc: Mapping[str, Any], host_ip: str) -> dict[str, Any]:
+def collectors(pc: Mapping[str, Any], host_ip: str, meta: Mapping[str, Any]) -> dict[str, Any]:
     """The SidecarConfig fields of the telemetry collectors."""
+    root = str(meta.get("TLS_CLIENT_ROOT_CERT") or "")
     return {
-        "tracer": tracer(pc, host_ip),
-        "metrics_service": remote_service("ProxyConfig", pc, "envoyMetricsService", host_ip),
-        "access_log_service": remote_service("ProxyConfig", pc, "envoyAccessLogService", host_ip),
+        "tracer": tracer(pc, host_ip, root),
+        "metrics_service": remote_service("ProxyConfig", pc, "envoyMetricsService", host_ip, root),
+        "access_log_service": remote_service("ProxyConfig", pc, "envoyAccessLogService", host_ip, root),
         "statsd_address": statsd_address(pc, host_ip),
     }
 

@@ -358,8 +358,12 @@ def test_stats_annotations_and_secure_metrics_listeners():
 
 @pytest.mark.parametrize("notes, warning", [
     ({"sidecar.istio.io/statsEvictionInterval": "7s"}, "not a multiple of the stats flush interval"),
-    ({"sidecar.istio.io/statsFlushInterval": "soon"}, "statsFlushInterval: not a positive duration"),
+    ({"sidecar.istio.io/statsFlushInterval": "soon"}, "statsFlushInterval: not a duration from 1ms to 5m0s"),
+    ({"sidecar.istio.io/statsFlushInterval": "5m"}, "statsFlushInterval: not a duration from 1ms to 5m0s"),
     ({"sidecar.istio.io/statsHistogramBuckets": '{"istio": [1, "x"]}'}, "statsHistogramBuckets"),
+    ({"sidecar.istio.io/statsHistogramBuckets": '{"istio": [1, 1]}'}, "distinct positive buckets"),
+    ({"sidecar.istio.io/statsHistogramBuckets": '{"istio": []}'}, "distinct positive buckets"),
+    ({"sidecar.istio.io/statsHistogramBuckets": '{"istio": [[1]]}'}, "distinct positive buckets"),
 ])
 def test_bad_stats_annotations_are_warnings_as_in_istio(notes, warning):
     files = {"./etc/istio/pod/annotations": "".join(f"{k}={json.dumps(v)}\n" for k, v in notes.items())}

@@ -249,6 +249,8 @@ def _pc(value):
     ([], _pc({"tracing": {"zipkin": {"address": "z:9411"}, "tlsSettings": {"subjectAltNames": "a"}}}), {},
      "invalid ProxyConfig.tracing.tlsSettings.subjectAltNames: expected a list of strings"),
     ([], _pc({"envoyMetricsService": {"address": "ms:99999"}}), {}, "invalid ProxyConfig.envoyMetricsService.address"),
+    ([], _pc({"envoyAccessLogService": {"address": "als:1", "tlsSettings": {"mode": "SIMPLE"}}}), {},
+     "invalid ProxyConfig.envoyAccessLogService.tlsSettings: mode SIMPLE needs caCertificates"),
     ([], _pc({"envoyMetricsService": {"address": "ms:1", "tcpKeepalive": {"time": "1x"}}}), {},
      "invalid duration for ProxyConfig.envoyMetricsService.tcpKeepalive.time: '1x'"),
     ([], _pc({"envoyAccessLogService": ["als:1"]}), {}, "invalid ProxyConfig.envoyAccessLogService: expected an object"),
