@@ -24,7 +24,7 @@ import os
 from typing import Any
 
 from agent import __version__
-from agent.sidecar import bootstrap_services, identity
+from agent.sidecar import bootstrap_services, config_bootstrap, identity
 from agent.sidecar.bootstrap_parts import (
     admin,
     application_log_config,
@@ -72,6 +72,8 @@ def _node(cfg: SidecarConfig, version: str) -> dict[str, Any]:
 def _control_plane(cfg: SidecarConfig, version: str) -> dict[str, Any]:
     xds = _xds_pipe_cluster(cfg) if cfg.xds_proxy else _xds_cluster(cfg)
     clusters = [*local_clusters(cfg), _sds_cluster(cfg), xds, *bootstrap_services.collector_clusters(cfg)]
+    if _self_discovery(cfg):
+        clusters.append(_local_cluster())
     data: dict[str, Any] = {
         "application_log_config": application_log_config(cfg),
         "node": _node(cfg, version),
@@ -99,12 +101,31 @@ def _control_plane(cfg: SidecarConfig, version: str) -> dict[str, Any]:
     return data
 
 
+def _self_discovery(cfg: SidecarConfig) -> bool:
+    return config_bootstrap.meta_bool(cfg.meta_env.get("ENABLE_SELF_DISCOVERY"))
+
+
+def _local_cluster() -> dict[str, Any]:
+    """ISTIO_META_ENABLE_SELF_DISCOVERY: the workload's own endpoints (EDS over ADS), which Envoy's
+    zone-aware load balancing compares with each upstream's."""
+    policy = {"name": "envoy.load_balancing_policies.least_request", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+        "locality_lb_config": {"zone_aware_lb_config": {"min_cluster_size": "1"}}}}
+    return {"name": "local_cluster", "alt_stat_name": "local_cluster;", "type": "EDS", "connect_timeout": "1s",
+            "load_balancing_policy": {"policies": [{"typed_extension_config": policy}]},
+            "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"},
+                                   "service_name": "local_cluster"}}
+
+
 def _cluster_manager(cfg: SidecarConfig) -> dict[str, Any] | None:
-    """The outlier event log and load reporting (ISTIO_META_LOAD_STATS_CONFIG_JSON, an LRS
-    ApiConfigSource), with clusters created on first use, as Istio renders it when either is set."""
-    if not cfg.outlier_log_path and cfg.load_stats_config is None:
+    """The outlier event log, load reporting (ISTIO_META_LOAD_STATS_CONFIG_JSON, an LRS
+    ApiConfigSource) and the local cluster, with clusters created on first use, as Istio renders it
+    when any is set."""
+    if not cfg.outlier_log_path and cfg.load_stats_config is None and not _self_discovery(cfg):
         return None
     manager: dict[str, Any] = {}
+    if _self_discovery(cfg):
+        manager["local_cluster_name"] = "local_cluster"
     if cfg.outlier_log_path:
         manager["outlier_detection"] = {"event_log_path": cfg.outlier_log_path}
     if cfg.load_stats_config is not None:

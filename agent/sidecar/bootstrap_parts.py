@@ -69,13 +69,31 @@ def metadata_discovery(cfg: SidecarConfig) -> bool:
     return (cfg.metadata_discovery or cfg.proxy_type == "waypoint") and xds_type(cfg) == "DELTA_GRPC"
 
 
+_V4, _V6 = ("127.0.0.1", "0.0.0.0"), ("::1", "::")
+
+
+def _ip_versions(cfg: SidecarConfig) -> list[int]:
+    return [ipaddress.ip_address(ip).version for ip in cfg.instance_ips if is_ip(ip)]
+
+
 def ip_family(cfg: SidecarConfig) -> tuple[str, str, str]:
-    """(localhost, wildcard, dns_lookup_family): IPv6 values only when every node IP is IPv6, as
-    Istio's template decides for a dual-stack pod (IPv4 wins)."""
-    versions = {ipaddress.ip_address(ip).version for ip in cfg.instance_ips if is_ip(ip)}
-    if versions == {6}:
-        return "::1", "::", "V6_ONLY"
-    return "127.0.0.1", "0.0.0.0", "V4_ONLY"
+    """(localhost, wildcard, dns_lookup_family) as Istio's template decides: IPv6 values when every
+    node IP is IPv6; for a dual-stack pod with ISTIO_DUAL_STACK the family of the first IP and lookup
+    of both (ALL), without it IPv4."""
+    versions = _ip_versions(cfg)
+    if versions and set(versions) == {6}:
+        return (*_V6, "V6_ONLY")
+    if cfg.dual_stack and set(versions) == {4, 6}:
+        return (*(_V6 if versions[0] == 6 else _V4), "ALL")
+    return (*_V4, "V4_ONLY")
+
+
+def additional_addresses(cfg: SidecarConfig) -> tuple[str, str] | None:
+    """(localhost, wildcard) of the other family, for a dual-stack pod with ISTIO_DUAL_STACK."""
+    versions = _ip_versions(cfg)
+    if cfg.dual_stack and set(versions) == {4, 6}:
+        return _V4 if versions[0] == 6 else _V6
+    return None
 
 
 def seconds(value: float) -> str:
@@ -190,28 +208,40 @@ def compressors() -> list[dict[str, Any]]:
     return [_compressor(kind, f"{ext}.{kind}.compressor.v3.{kind.capitalize()}") for kind in ("brotli", "zstd", "gzip")]
 
 
-def _listener(host: str, port: int, chain: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def _listener(host: str, port: int, chain: dict[str, Any], also: str | None = None, **extra: Any) -> dict[str, Any]:
     # Never limited or overloaded: scrapes and readiness probes must get through a busy Envoy.
-    return {"name": f"{host}_{port}", "address": socket_address(host, port), "ignore_global_conn_limit": True,
-            "bypass_overload_manager": True, **extra, "filter_chains": [chain]}
+    # `also`: the same port on the other family's address (dual stack).
+    listener: dict[str, Any] = {"name": f"{host}_{port}", "address": socket_address(host, port),
+                                "ignore_global_conn_limit": True, "bypass_overload_manager": True}
+    if also:
+        listener["additional_addresses"] = [{"address": socket_address(also, port)}]
+    return {**listener, **extra, "filter_chains": [chain]}
 
 
 def local_listeners(cfg: SidecarConfig) -> list[dict[str, Any]]:
     """<wildcard>:15090 (Envoy's Prometheus stats), the optional mTLS metrics listeners, and
     <wildcard>:15021 (readiness forwarded to the agent), in the order of Istio's template."""
     localhost, wildcard, _ = ip_family(cfg)
-    metrics_host = localhost if cfg.metrics_localhost_access_only else wildcard
+    other_localhost, other_wildcard = additional_addresses(cfg) or (None, None)
+    local_only = cfg.metrics_localhost_access_only
     compress = cfg.proxy_config.get("statsCompression", True) is not False
-    out = [_listener(metrics_host, cfg.envoy_prometheus_port, {"filters": [_hcm(
-        "stats", [("/stats/prometheus", "prometheus_stats")], compressors() if compress else [])]})]
+    out = [_listener(localhost if local_only else wildcard, cfg.envoy_prometheus_port, {"filters": [_hcm(
+        "stats", [("/stats/prometheus", "prometheus_stats")], compressors() if compress else [])]},
+        also=other_localhost if local_only else other_wildcard)]
     for port, stat_prefix, routes in (
         (cfg.secure_metrics_port, "secure_stats", [("/stats/prometheus", "prometheus_stats")]),
         (cfg.secure_merged_metrics_port, "secure_merged_stats", [("/stats/prometheus", "agent"), ("/metrics", "agent")]),
     ):
         if port and not cfg.standalone:  # standalone has no sds-grpc
             out.append(_secure_metrics_listener(wildcard, port, stat_prefix, routes))
-    out.append(_listener(wildcard, cfg.envoy_status_port, {"filters": [_hcm(
-        "agent", [("/healthz/ready", "agent")], [])]}))
+    health = {"filters": [_hcm("agent", [("/healthz/ready", "agent")], [])]}
+    if cfg.status_port_proxy_protocol:  # behind a load balancer that sends it; plain probes still work
+        out.append(_listener(wildcard, cfg.envoy_status_port, health, also=other_wildcard, listener_filters=[{
+            "name": "envoy.listener.proxy_protocol", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol",
+                "allow_requests_without_proxy_protocol": True}}]))
+    else:
+        out.append(_listener(wildcard, cfg.envoy_status_port, health, also=other_wildcard))
     return out
 
 

@@ -332,6 +332,8 @@ def _envoy(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any], path_e
         "envoy_prometheus_port": env["ENVOY_PROMETHEUS_PORT"],
         "secure_metrics_port": env["ENVOY_SECURE_METRICS_PORT"],
         "secure_merged_metrics_port": env["ENVOY_SECURE_MERGED_METRICS_PORT"],
+        "status_port_proxy_protocol": env["ENVOY_STATUS_PORT_ENABLE_PROXY_PROTOCOL"],
+        "dual_stack": env["ISTIO_DUAL_STACK"],
         "sts_port": v["stsPort"],
         "concurrency": config_env.concurrency(pc, parsed, env),
         "drain_duration": to_duration("drainDuration", pc.get("drainDuration", "45s")),

@@ -173,6 +173,10 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "certificate required) for Envoy's stats on this port; 0: none"),
     EnvVar("ENVOY_SECURE_MERGED_METRICS_PORT", Kind.PORT_OR_ZERO, 0, "an mTLS listener for the merged metrics "
            "(Envoy, app, agent: the status server's `/stats/prometheus`) on this port; 0: none"),
+    EnvVar("ENVOY_STATUS_PORT_ENABLE_PROXY_PROTOCOL", Kind.BOOL, False, "the health listener accepts the PROXY "
+           "protocol (requests without it too)"),
+    EnvVar("ISTIO_DUAL_STACK", Kind.BOOL, False, "a pod with IPv4 and IPv6 addresses: Envoy's local addresses "
+           "in the family of the first IP, 15090 and 15021 on both families, DNS lookups of both; else IPv4"),
     EnvVar("WORKLOAD_IDENTITY_SOCKET_FILE", Kind.TEXT, "socket", "file name of the SDS socket in "
            "`./var/run/secrets/workload-spiffe-uds` (Envoy's `sds-grpc`; a SPIRE agent's socket, say); a path "
            "is an error", parse=_socket_file),

@@ -106,6 +106,8 @@ class SidecarConfig:
     envoy_prometheus_port: int = 15090
     secure_metrics_port: int = 0  # 0: no mTLS listener for Envoy's stats
     secure_merged_metrics_port: int = 0  # 0: no mTLS listener for the merged metrics
+    status_port_proxy_protocol: bool = False  # ENVOY_STATUS_PORT_ENABLE_PROXY_PROTOCOL
+    dual_stack: bool = False  # ISTIO_DUAL_STACK
     sts_port: int = 0
     # Control plane. xds_proxy: Envoy's xds-grpc is the agent's Unix socket <configPath>/XDS (Istio's
     # layout since 1.8); False: Envoy dials discovery_address itself (1.5's), until the agent's xDS

@@ -49,6 +49,7 @@ proxyAdminPort: 15000.0
 """
 LABELS = 'app="productpage"\nversion="v1"\npod-template-hash="abc"\nistio-locality="r1.z1.s1"\n'
 IN_FRONT = {**POD_ENV, "AGENT_XDS_PROXY": "true"}
+HOST_IPS = {"dual_stack": ("10.1.1.7",)}  # the interface addresses after INSTANCE_IP
 TELEMETRY_PC = json.dumps({
     "statsdUdpAddress": "10.1.1.1:9125",
     "envoyMetricsService": {"address": "metrics.telemetry:15000", "tcpKeepalive": {"probes": 3, "time": "10s"},
@@ -92,6 +93,9 @@ CASES = {
                   {"./etc/istio/pod/annotations": TELEMETRY_NOTES,
                    "./etc/istio/pod/labels": 'app="reviews"\ntopology.istio.io/locality="eu-west1.eu-west1-b"\n'}),
     "lightstep": (["--controlPlaneAuthPolicy", "NONE"], {**IN_FRONT, "PROXY_CONFIG": LIGHTSTEP_PC}, {}),
+    "dual_stack": (["--controlPlaneAuthPolicy", "NONE"],
+                   {**IN_FRONT, "INSTANCE_IP": "fd00::7", "ISTIO_DUAL_STACK": "true",
+                    "ENVOY_STATUS_PORT_ENABLE_PROXY_PROTOCOL": "true", "ISTIO_META_ENABLE_SELF_DISCOVERY": "true"}, {}),
     # Odd but valid values load() accepts: Envoy must accept the bootstrap too (sub-millisecond
     # durations kept to the nanosecond, empty matcher patterns and tags dropped, YAML scalars as text,
     # an explicit connection limit).
@@ -104,7 +108,7 @@ CASES = {
 def make_config(name: str) -> SidecarConfig:
     argv, env, files = CASES[name]
     return config.load(argv, env, read_file=files.get, path_exists=lambda p: p in files,
-                       find_wheel_envoy=lambda: "/wheel/envoy", cwd=lambda: "/")
+                       find_wheel_envoy=lambda: "/wheel/envoy", cwd=lambda: "/", host_ips=HOST_IPS.get(name, ()))
 
 
 def standalone_reference() -> dict:
@@ -390,3 +394,21 @@ def test_standalone_has_no_secure_metrics_listeners():
                       path_exists=lambda p: False)
     names = [lst["name"] for lst in bootstrap.build_bootstrap(cfg)["static_resources"]["listeners"]]
     assert "0.0.0.0_15091" not in names
+
+
+def test_dual_stack_proxy_protocol_and_self_discovery():
+    data = bootstrap.build_bootstrap(make_config("dual_stack"))
+    assert data["admin"]["address"]["socket_address"]["address"] == "::1"  # the first IP is IPv6
+    listeners = {lst["name"]: lst for lst in data["static_resources"]["listeners"]}
+    assert listeners["::_15021"]["additional_addresses"] == [
+        {"address": {"socket_address": {"address": "0.0.0.0", "port_value": 15021}}}]
+    assert listeners["::_15021"]["listener_filters"][0]["typed_config"]["allow_requests_without_proxy_protocol"]
+    assert _clusters(data)["local_cluster"]["eds_cluster_config"]["service_name"] == "local_cluster"
+    assert data["cluster_manager"] == {"local_cluster_name": "local_cluster", "enable_deferred_cluster_creation": True}
+    # Without ISTIO_DUAL_STACK a dual-stack pod is IPv4 only, as in Istio.
+    argv, env, _ = CASES["dual_stack"]
+    cfg = config.load(argv, {**env, "ISTIO_DUAL_STACK": "false"}, read_file=lambda p: None,
+                      path_exists=lambda p: False, host_ips=HOST_IPS["dual_stack"])
+    listeners = bootstrap.build_bootstrap(cfg)["static_resources"]["listeners"]
+    assert [lst["name"] for lst in listeners] == ["0.0.0.0_15090", "0.0.0.0_15021"]
+    assert not any("additional_addresses" in lst for lst in listeners)
