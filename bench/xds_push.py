@@ -5,8 +5,9 @@ vs Envoy connected straight to istiod (TLS + token either way).
 
 Per round and path: Envoy starts with one cluster, then istiod replaces it with N clusters; the figure
 is the time from istiod's set() to Envoy's `cluster_manager.cds.update_success` counting the push
-(Envoy's admin polled every 10 ms). The proxy runs in a process of its own; its memory growth is
-VmHWM (peak RSS) after the push minus VmRSS just before it. Rounds alternate the two paths; medians
+(Envoy's admin polled every 10 ms). The proxy runs in a process of its own; its memory growth at peak
+is VmHWM (peak RSS) after the push minus VmRSS just before it, and settled growth VmRSS 0.3 s after
+the update minus the same. Rounds alternate the two paths; medians
 are printed, and the last stdout line is one JSON object (bench/run_all.py's convention).
 """
 from __future__ import annotations
@@ -100,6 +101,7 @@ class Bench:
                 started = time.monotonic()
                 self.istiod.set(CLUSTER, self.clusters)
                 done = await wait_stat(admin, "cluster_manager.cds.update_success", 2, 120, self.workdir)
+                await asyncio.sleep(0.3)
                 after = memory_kib(proxy.pid) if proxy else {}
         finally:
             if proxy:
@@ -108,7 +110,8 @@ class Bench:
         result = {"seconds": done - started}
         if proxy:
             result.update(rss_before_kib=before["VmRSS"], hwm_before_kib=before["VmHWM"], peak_kib=after["VmHWM"],
-                          growth_kib=max(0, after["VmHWM"] - before["VmRSS"]))
+                          growth_kib=max(0, after["VmHWM"] - before["VmRSS"]),
+                          settled_kib=after["VmRSS"] - before["VmRSS"])
         return result
 
 
@@ -156,13 +159,16 @@ async def measure(bench: Bench, delta: bool, rounds: int, size: int) -> dict:
     d = statistics.median(r["seconds"] for r in direct)
     p = statistics.median(r["seconds"] for r in proxied)
     growth = statistics.median(r["growth_kib"] for r in proxied) * 1024
+    settled = statistics.median(r["settled_kib"] for r in proxied) * 1024
     name = "delta" if delta else "sotw"
     print(f"{name}: direct {d:.3f} s, through the proxy {p:.3f} s, ratio {p / d:.2f}; proxy memory growth "
-          f"{growth / 1e6:.1f} MB = {growth / size:.2f}x the push (RSS before "
+          f"at peak {growth / 1e6:.1f} MB = {growth / size:.2f}x the push, {settled / 1e6:.1f} MB = "
+          f"{settled / size:.2f}x 0.3 s after (RSS before "
           f"{statistics.median(r['rss_before_kib'] for r in proxied) / 1024:.1f} MiB, peak before "
           f"{statistics.median(r['hwm_before_kib'] for r in proxied) / 1024:.1f} MiB)", flush=True)
     return {"direct_s": d, "proxy_s": p, "ratio": p / d, "proxy_growth_bytes": growth,
-            "growth_vs_push": growth / size, "direct_runs": [r["seconds"] for r in direct],
+            "growth_vs_push": growth / size, "settled_growth_bytes": settled, "settled_vs_push": settled / size,
+            "direct_runs": [r["seconds"] for r in direct],
             "proxy_runs": [r["seconds"] for r in proxied]}
 
 
