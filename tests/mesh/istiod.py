@@ -247,3 +247,82 @@ class TestIstiod(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         return discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=version, type_url=type_url, nonce=nonce, removed_resources=removed,
             resources=[discovery_pb2.Resource(name=n, version=versions[n], resource=current[n]) for n in changed])
+
+
+# -- as a process (for tests that need istiod in another network namespace) ---------------------------
+
+_TYPES_FOR_JSON = ("envoy.config.cluster.v3.cluster_pb2", "envoy.config.listener.v3.listener_pb2",
+                   "envoy.config.endpoint.v3.endpoint_pb2", "envoy.config.route.v3.route_pb2",
+                   "envoy.extensions.transport_sockets.tls.v3.tls_pb2",
+                   "envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2",
+                   "envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2",
+                   "envoy.extensions.filters.http.router.v3.router_pb2",
+                   "envoy.extensions.upstreams.http.v3.http_protocol_options_pb2",
+                   "agent.mesh.protos.nds_pb2")
+
+
+def messages_from_json(type_url: str, resources: list[dict]) -> list:
+    """JSON resources (as Envoy's config_dump shows them) -> messages of `type_url`."""
+    import importlib
+
+    from google.protobuf import descriptor_pool, json_format, message_factory
+
+    for module in _TYPES_FOR_JSON:
+        importlib.import_module(module)
+    cls = message_factory.GetMessageClass(
+        descriptor_pool.Default().FindMessageTypeByName(type_url.rpartition("/")[2]))
+    return [json_format.ParseDict(r, cls()) for r in resources]
+
+
+async def _serve_forever(args) -> None:
+    import os
+    import signal
+
+    pki = TestPKI()
+    os.makedirs(args.dir, exist_ok=True)
+    pki.write_root(os.path.join(args.dir, "root-cert.pem"))
+    for spec in args.token:  # ns/sa -> <dir>/token-<ns>-<sa>
+        namespace, _, account = spec.partition("/")
+        with open(os.path.join(args.dir, f"token-{namespace}-{account}"), "w") as f:
+            f.write(pki.token(namespace, account))
+    istiod = await TestIstiod(pki, port=args.port, host=args.host, validity=args.validity,
+                              plaintext=args.plaintext).start()
+
+    def load() -> None:
+        import json
+
+        with open(args.resources) as f:
+            for type_url, resources in json.load(f).items():
+                istiod.set(type_url, messages_from_json(type_url, resources))
+
+    if args.resources:
+        load()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, load)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print(f"ready {istiod.port}", flush=True)
+    await stop.wait()
+    await istiod.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m tests.mesh.istiod --dir D [--host H] [--port P] [--token ns/sa ...] [--resources R.json]
+
+    Writes D/root-cert.pem and D/token-<ns>-<sa>, serves until SIGTERM, prints `ready <port>`;
+    R.json maps type URLs to JSON resources and is re-read (and pushed) on SIGHUP."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tests.mesh.istiod")
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=15012)
+    ap.add_argument("--validity", type=float, default=60.0)
+    ap.add_argument("--plaintext", action="store_true")
+    ap.add_argument("--token", action="append", default=[])
+    ap.add_argument("--resources", default="")
+    asyncio.run(_serve_forever(ap.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

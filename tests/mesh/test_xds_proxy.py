@@ -397,3 +397,41 @@ async def test_keepalive_ends_the_stream_when_istiod_goes_silent(pki, files):
             assert proxy.unreachable_reason() is not None
         await proxy.stop(0)
         relay.close()
+
+
+async def test_istiod_as_a_process_serves_json_resources_and_pushes_on_sighup(files):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    resources = os.path.join(files, "resources.json")
+    cluster = {"name": "c1", "type": "STATIC", "connect_timeout": "1s"}
+    with open(resources, "w") as f:
+        json.dump({CLUSTER: [cluster]}, f)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.mesh.istiod", "--dir", f"{files}/istiod", "--port", "0",
+                             "--token", "ns1/productpage", "--resources", resources], stdout=subprocess.PIPE,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    try:
+        line = await asyncio.to_thread(proc.stdout.readline)
+        port = int(line.split()[1])
+        proxy = XdsProxy(UpstreamOptions(address=f"localhost:{port}", root_cert_path=f"{files}/istiod/root-cert.pem",
+                                         token_path=f"{files}/istiod/token-ns1-productpage"),
+                         XdsProxyOptions(socket_path=f"{files}/XDS"))
+        await proxy.start()
+        async with grpc.aio.insecure_channel(uds.grpc_target(proxy.path)) as channel:
+            envoy = Stream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources())
+            await envoy.write(sotw(CLUSTER, node=True))
+            first = await envoy.read()
+            assert [cluster_pb2.Cluster.FromString(r.value).name for r in first.resources] == ["c1"]
+            with open(resources, "w") as f:
+                json.dump({CLUSTER: [cluster, {**cluster, "name": "c2"}]}, f)
+            proc.send_signal(signal.SIGHUP)
+            assert len((await envoy.read()).resources) == 2
+            envoy.cancel()
+        await proxy.stop(0)
+        proc.terminate()
+        assert await asyncio.to_thread(proc.wait, 10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
