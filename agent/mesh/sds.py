@@ -191,11 +191,20 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
                 if kind == "request" and not (stream.node_id or value.node.id):
                     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "missing node information")
                 names = self._on_request(stream, value) if kind == "request" else self._pushed(stream, value)
-                if names:
-                    await context.write(await self._response(stream, names, context))
+                if names and not await self._send(context, await self._response(stream, names, context)):
+                    return
         finally:
             self._streams.discard(stream)
             reader.cancel()
+
+    @staticmethod
+    async def _send(context, response: discovery_pb2.DiscoveryResponse) -> bool:
+        """False when Envoy has gone (a push racing its disconnect ends the stream quietly)."""
+        try:
+            await context.write(response)
+        except Exception:  # noqa: BLE001 (grpc raises several types for a call that has ended)
+            return False
+        return True
 
     async def _read(self, request_iterator: AsyncIterator, stream: _Stream) -> None:
         try:
