@@ -67,7 +67,8 @@ def tls_settings(setting: str, value: Mapping[str, Any], meta_root: str = "") ->
     """ClientTLSSettings. SIMPLE and MUTUAL need a root to verify the collector with (caCertificates,
     or the TLS_CLIENT_ROOT_CERT metadata that overrides it): without one Istio renders a validation
     context Envoy refuses, so it is refused here."""
-    mode = value.get("mode", "DISABLE")
+    mode = value.get("mode")
+    mode = "DISABLE" if mode is None else mode  # null: unset, as protojson reads it
     if isinstance(mode, int) and not isinstance(mode, bool) and 0 <= mode < len(TLS_MODES):
         mode = TLS_MODES[mode]
     if mode not in TLS_MODES:

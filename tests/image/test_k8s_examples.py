@@ -127,7 +127,7 @@ def test_sidecar_config_and_bootstrap_accepted_by_envoy(name, envoy_cwd, tmp_pat
     if "--controlPlaneAuthPolicy" in argv:  # the 2020 flags are the configuration
         assert cfg.control_plane_auth_policy == "NONE" and cfg.drain_duration == 45.0
         assert cfg.service_cluster == "productpage.default" and cfg.concurrency == 2
-        assert cfg.zipkin_address == "zipkin.istio-system:9411"
+        assert cfg.tracer.service.address == "zipkin.istio-system:9411"
     else:  # today's defaults, concurrency from the CPU limit
         assert cfg.control_plane_auth_policy == "MUTUAL_TLS" and cfg.concurrency == 2
 

@@ -18,7 +18,10 @@ from tests.unit.sidecar._istio2020 import POD_ENV as POD
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[3]
-POD_ENV = {**POD, "ISTIO_META_CLUSTER_ID": "Kubernetes", "ISTIO_META_WORKLOAD_NAME": "productpage-v1"}
+# Envoy dialling the control plane itself, said explicitly: these cases keep that form when the
+# default of AGENT_XDS_PROXY becomes true.
+POD_ENV = {**POD, "ISTIO_META_CLUSTER_ID": "Kubernetes", "ISTIO_META_WORKLOAD_NAME": "productpage-v1",
+           "AGENT_XDS_PROXY": "false"}
 OVERRIDE = """
 node:
   metadata:
