@@ -31,6 +31,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "faults/test_iptables_faults.py": ("netns",),
     "xds": ("envoy",),
     "mesh/test_xds_proxy_envoy.py": ("envoy",),
+    "mesh_e2e": ("netns", "envoy"),
     "image": ("netns", "envoy"),
     "image/test_image.py": ("image",),
     "property/test_subprocess_input.py": ("netns",),
