@@ -79,6 +79,7 @@ class UdpServer(asyncio.DatagramProtocol):
     async def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+            await asyncio.sleep(0)  # the transport closes its socket on the next loop turn
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -140,7 +140,8 @@ def resolv_conf(directory: str, servers: list[str], search: tuple[str, ...] = SE
 async def start_proxy(directory: str, upstreams: list[Upstream], table: nds_pb2.NameTable | None,
                       **options) -> DnsProxy:
     """A proxy on 127.0.0.1:<free port> whose resolv.conf names `upstreams` (all on one port)."""
-    options.setdefault("resolv_conf", resolv_conf(directory, [u.host for u in upstreams]))
+    if "resolv_conf" not in options:
+        options["resolv_conf"] = resolv_conf(directory, [u.host for u in upstreams])
     options.setdefault("upstream_port", upstreams[0].port if upstreams else 53)
     options.setdefault("address", "127.0.0.1:0")
     options.setdefault("pod_namespace", "ns1")
