@@ -101,7 +101,10 @@ class Hub:
 
     def close(self) -> None:
         self.ns.close()
-        shutil.rmtree(self.work, ignore_errors=True)
+        if os.environ.get("MESH_E2E_KEEP"):  # logs and pod roots, for a look after a failure
+            print(f"\nmesh_e2e: kept {self.work}")
+        else:
+            shutil.rmtree(self.work, ignore_errors=True)
 
 
 def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
