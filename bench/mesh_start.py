@@ -1,0 +1,104 @@
+"""Benchmark: mesh start to ready, the agent against bare Envoy, against the same test istiod.
+
+    /opt/agent/bin/python bench/mesh_start.py [-n 7]
+
+* ours:     exec `pilot-agent proxy sidecar` with today's injected args and env (uid 1337, the pod's root
+            as working directory, istiod at istiod.istio-system.svc:15012 in another namespace)
+            -> first 200 from :15020/healthz/ready. Ready means Envoy has its config (CDS and LDS)
+            and the workload certificate the agent got by CSR, over the agent's SDS and xDS proxy.
+* baseline: exec Envoy with the agent's own Envoy argv but a static bootstrap dialling istiod itself
+            (TLS, token as initial metadata) with pre-issued file certificates as static secrets
+            -> admin /ready `LIVE` with cluster_manager.cds.update_success and
+            listener_manager.lds.update_success both >= 1.
+
+Both get the same resources (an ISTIO_MUTUAL outbound cluster that waits for its secrets, and the
+listeners). Polled every 2 ms with a raw HTTP GET from inside the pod namespace; runs alternate
+sides. Prints one JSON line: medians, the ratio (target <= 2.5x), and when the agent spawned Envoy.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.mesh_common import MeshBench, bare_argv, envoy_spawned_after  # noqa: E402
+from bench.sidecar_common import emit, http_get, median, wait_for  # noqa: E402
+
+TARGET = 2.5
+CONFIG_STATS = "/stats?filter=^(cluster_manager.cds.update_success|listener_manager.lds.update_success)$"
+
+
+def run_ours(bench: MeshBench) -> tuple[float, float | None, list[str]]:
+    """Seconds to ready, seconds to Envoy's spawn (agent's log), and Envoy's argv."""
+    start = time.monotonic()
+    proc = bench.start_agent()
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent exited {proc.returncode}:\n{bench.agent_log()[-3000:]}")
+            return http_get(15020, "/healthz/ready", timeout=1)[0] == 200
+        wait_for(ready, 60, 0.002, "agent ready")
+        took = time.monotonic() - start
+        argv = bench.envoy_argv(proc)
+    finally:
+        bench.stop_agent(proc)
+    return took, envoy_spawned_after(bench.agent_log().rsplit("Version ", 1)[-1]), argv
+
+
+def _bare_ready(proc: subprocess.Popen) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"envoy exited {proc.returncode}")
+    status, body = http_get(15000, "/ready", timeout=1)
+    if status != 200 or body.strip() != b"LIVE":
+        return False
+    _, stats = http_get(15000, CONFIG_STATS, timeout=1)
+    values = [int(line.rpartition(b": ")[2]) for line in stats.splitlines() if b": " in line]
+    return len(values) == 2 and min(values) >= 1
+
+
+def run_bare(bench: MeshBench, argv: list[str]) -> float:
+    start = time.monotonic()
+    proc = bench.start_bare_envoy(argv)
+    try:
+        wait_for(lambda: _bare_ready(proc), 60, 0.002, "envoy LIVE with CDS and LDS")
+        return time.monotonic() - start
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-n", type=int, default=7, help="runs per side")
+    args = ap.parse_args()
+    bench = MeshBench.create()
+    try:
+        _, _, envoy_argv = run_ours(bench)  # warm-up, and the baseline's Envoy argv
+        argv = bare_argv(envoy_argv, bench.bare_config())
+        run_bare(bench, argv)
+        ours, bare, spawn = [], [], []
+        for i in range(args.n):
+            for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+                if side == 0:
+                    took, spawned, _ = run_ours(bench)
+                    ours.append(took)
+                    if spawned is not None:
+                        spawn.append(spawned)
+                else:
+                    bare.append(run_bare(bench, argv))
+        emit({"figure": "mesh_start_to_ready", "ours_s": median(ours), "baseline_s": median(bare),
+              "ratio": median(ours) / median(bare), "target": TARGET, "runs": args.n,
+              "agent_spawned_envoy_after_s": median(spawn) if spawn else None,
+              "ours_all": [round(x, 4) for x in ours], "baseline_all": [round(x, 4) for x in bare],
+              "envoy_argv": " ".join(argv)})
+    finally:
+        bench.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
