@@ -8,13 +8,21 @@ the agent's lifecycle says).
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import aiohttp
 
 from agent.sidecar import envoy, logs
 
 log = logs.get()
+
+
+class MeshStatus(Protocol):
+    """What readiness asks the mesh services (agent.sidecar.mesh.Mesh)."""
+
+    def control_plane_problem(self) -> str | None: ...
+
+    def certificate_problem(self) -> str | None: ...
 
 
 class AdminError(Exception):
@@ -58,15 +66,23 @@ class ReadinessProbe:
     2. the agent is not terminating (`server is terminated: <cause>`) and Envoy is running;
     3. Envoy LIVE with workers started (cached forever after the first success).
     `envoy_restarted()` clears both caches: a new Envoy must get its config and go LIVE again.
+
+    With the mesh services (`mesh`), a failing step says why when the agent knows better than Envoy's
+    stats: `control plane unreachable: <why>` while Envoy waits for config, `no certificate yet: <why>`
+    while it waits on its secrets (beyond Istio, whose reasons only quote Envoy's stats). With
+    `no_envoy` (DISABLE_ENVOY) the agent is ready when it has a certificate and reaches istiod.
     """
 
     def __init__(self, admin: AdminClient, *, standalone: bool, on_first_ready: Callable[[float], None],
-                 process_start: float, clock: Callable[[], float] = time.time):
+                 process_start: float, clock: Callable[[], float] = time.time, mesh: MeshStatus | None = None,
+                 no_envoy: bool = False):
         self.admin = admin
         self.standalone = standalone
         self.on_first_ready = on_first_ready
         self.process_start = process_start
         self.clock = clock
+        self.mesh = mesh
+        self.no_envoy = no_envoy
         self.terminated: str | None = None
         self.envoy_down: str | None = None
         self._config_ok = standalone
@@ -82,14 +98,23 @@ class ReadinessProbe:
         self._live_ok = False
         self.envoy_down = None
 
+    def _mesh_problem(self, which: str) -> str | None:
+        if self.mesh is None:
+            return None
+        return self.mesh.control_plane_problem() if which == "config" else self.mesh.certificate_problem()
+
     async def reason(self) -> str | None:
+        if self.no_envoy:
+            why = (f"server is terminated: {self.terminated}" if self.terminated else
+                   self._mesh_problem("certificate") or self._mesh_problem("config"))
+            return why or self._ready()
         if not self._config_ok:
             try:
                 why = envoy.config_reason(envoy.parse_stats(await self.admin.stats(envoy.CONFIG_STATS, 1.0)))
             except AdminError as e:
                 return str(e)
             if why:
-                return why
+                return self._mesh_problem("config") or why
             self._config_ok = True
         if self.terminated:
             return f"server is terminated: {self.terminated}"
@@ -101,13 +126,16 @@ class ReadinessProbe:
             except AdminError as e:
                 return str(e)
             if why:
-                return why
+                return self._mesh_problem("certificate") or why
             self._live_ok = True
-            if not self._ever_ready:
-                self._ever_ready = True
-                took = self.clock() - self.process_start
-                self.on_first_ready(took)
-                log.info(f"Readiness succeeded in {took:.3f}s", startup_duration_seconds=round(took, 3))
+        return self._ready()
+
+    def _ready(self) -> None:
+        if not self._ever_ready:
+            self._ever_ready = True
+            took = self.clock() - self.process_start
+            self.on_first_ready(took)
+            log.info(f"Readiness succeeded in {took:.3f}s", startup_duration_seconds=round(took, 3))
         return None
 
     async def check(self) -> str | None:

@@ -2,12 +2,10 @@
 
 Control-plane mode follows Istio's default template
 (https://github.com/istio/istio/blob/master/tools/packaging/common/envoy_bootstrap.json) and
-pkg/bootstrap (https://github.com/istio/istio/blob/master/pkg/bootstrap/config.go). With
-`cfg.xds_proxy` (AGENT_XDS_PROXY) it is Istio's layout since 1.8: `xds-grpc` is a pipe to the agent's
-xDS proxy at `<configPath>/XDS` and the agent dials istiod. Without it, Istio 1.5's connection model
-remains: Envoy dials `discoveryAddress` itself (a DNS cluster, plaintext for controlPlaneAuthPolicy
-NONE, TLS with the mounted root certificate and the istiod SAN for MUTUAL_TLS), until the sidecar
-starts the xDS proxy. `sds-grpc` is a pipe to the agent's SDS server in both.
+pkg/bootstrap (https://github.com/istio/istio/blob/master/pkg/bootstrap/config.go), Istio's layout
+since 1.8: `xds-grpc` is a pipe to the agent's xDS proxy at `<configPath>/XDS` (the agent dials
+istiod, with TLS and the pod's token), `sds-grpc` a pipe to the agent's SDS server. The 2020 command
+line gets the same: its Envoy no longer dials istiod itself.
 
 Standalone mode (beyond Istio) builds a static configuration with no control plane: original-
 destination passthrough on 15001 (outbound) and 15006 (inbound, upstream bound to 127.0.0.6), so a
@@ -40,12 +38,11 @@ from agent.sidecar.bootstrap_parts import (
     stats_config,
     xds_type,
 )
-from agent.sidecar.bootstrap_services import host_port, http2_options
+from agent.sidecar.bootstrap_services import http2_options
 from agent.sidecar.config_env import WORKLOAD_IDENTITY_DIR
 from agent.sidecar.config_model import SidecarConfig
 
 BOOTSTRAP_FILE = "envoy-rev.json"
-TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 ORIGINAL_DST = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 INBOUND_PASSTHROUGH_SOURCE = "127.0.0.6"  # the iptables rules RETURN traffic from this source (no loop)
@@ -70,7 +67,7 @@ def _node(cfg: SidecarConfig, version: str) -> dict[str, Any]:
 
 
 def _control_plane(cfg: SidecarConfig, version: str) -> dict[str, Any]:
-    xds = _xds_pipe_cluster(cfg) if cfg.xds_proxy else _xds_cluster(cfg)
+    xds = _xds_pipe_cluster(cfg)
     clusters = [*local_clusters(cfg), _sds_cluster(cfg), xds, *bootstrap_services.collector_clusters(cfg)]
     if _self_discovery(cfg):
         clusters.append(_local_cluster())
@@ -148,25 +145,6 @@ def _dynamic_resources(cfg: SidecarConfig) -> dict[str, Any]:
     }
 
 
-def _dns_cluster(cfg: SidecarConfig, name: str, address: str) -> dict[str, Any]:
-    """A DNS cluster to host:port. Envoy 1.40 deprecates the STRICT_DNS type's cluster-level DNS fields
-    in favour of the `envoy.cluster.dns` extension, which carries dns_refresh_rate (--dnsRefreshRate)."""
-    host, port = host_port(address)
-    return {
-        "name": name,
-        "cluster_type": {"name": "envoy.cluster.dns", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.clusters.dns.v3.DnsCluster",
-            "dns_refresh_rate": seconds(cfg.dns_refresh_rate),
-            "dns_lookup_family": ip_family(cfg)[2],
-            "all_addresses_in_single_endpoint": False}},
-        "connect_timeout": seconds(cfg.connect_timeout),
-        "lb_policy": "ROUND_ROBIN",
-        "alt_stat_name": f"{name};",
-        "load_assignment": {"cluster_name": name, "endpoints": [
-            {"lb_endpoints": [{"endpoint": {"address": socket_address(host, port)}}]}]},
-    }
-
-
 def _xds_limits() -> dict[str, Any]:
     """No circuit breaking on the control-plane connection; TCP keepalive after 5 idle minutes."""
     limits = {"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000}
@@ -190,34 +168,6 @@ def _xds_pipe_cluster(cfg: SidecarConfig) -> dict[str, Any]:
     cluster["max_requests_per_connection"] = 1
     cluster["typed_extension_protocol_options"] = http2_options()
     return cluster
-
-
-def _xds_cluster(cfg: SidecarConfig) -> dict[str, Any]:
-    """ADS to discoveryAddress, dialled by Envoy (2020): connectTimeout and dnsRefreshRate apply here."""
-    cluster = _dns_cluster(cfg, "xds-grpc", cfg.discovery_address)
-    cluster.update(_xds_limits())
-    cluster["typed_extension_protocol_options"] = http2_options(max_requests_per_connection=1)
-    if cfg.control_plane_auth_policy == "MUTUAL_TLS":
-        cluster["transport_socket"] = _xds_tls(cfg)
-    return cluster
-
-
-def _xds_tls(cfg: SidecarConfig) -> dict[str, Any]:
-    """TLS to istiod: the mounted root cert, the istiod SAN; a client cert only if one is mounted."""
-    common: dict[str, Any] = {
-        "alpn_protocols": ["h2"],
-        "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
-        "validation_context": {
-            "trusted_ca": {"filename": cfg.xds_root_cert},
-            "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": cfg.istiod_san}}],
-        },
-    }
-    chain, key = cfg.meta_env.get("TLS_CLIENT_CERT_CHAIN"), cfg.meta_env.get("TLS_CLIENT_KEY")
-    if chain and key:
-        common["tls_certificates"] = [{"certificate_chain": {"filename": chain},
-                                       "private_key": {"filename": key}}]
-    return {"name": "envoy.transport_sockets.tls",
-            "typed_config": {"@type": TLS, "sni": cfg.istiod_san, "common_tls_context": common}}
 
 
 def _sds_cluster(cfg: SidecarConfig) -> dict[str, Any]:
@@ -331,13 +281,6 @@ def write_bootstrap(cfg: SidecarConfig, data: dict[str, Any]) -> str:
             pass
         raise
     return path
-
-
-def prepare_bootstrap(cfg: SidecarConfig, version: str = __version__) -> str:
-    """The path to start Envoy with: customConfigFile untouched, else the rendered envoy-rev.json."""
-    if cfg.custom_config_file:
-        return cfg.custom_config_file
-    return write_bootstrap(cfg, build_bootstrap(cfg, version))
 
 
 def _write_lightstep_token(cfg: SidecarConfig) -> None:

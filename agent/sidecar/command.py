@@ -2,13 +2,14 @@
 
 1. Load the config (one line on stderr and exit 255 on bad input; nothing touched yet).
 2. `prepare(cfg, stack)` (agent.sidecar.startup): checks, the status socket, the bootstrap file.
-3. Spawn Envoy, on the same `ExitStack`: the stack owns the status socket, the bootstrap and Envoy,
-   and undoes them in reverse order however the run ends.
-4. Configure logging, then `asyncio.run(Sidecar(...).serve())` (agent.sidecar.sidecar) until an
-   exit path of the supervisor is taken.
+3. Envoy's handle, on the same `ExitStack`: the stack owns the status socket, the bootstrap and
+   Envoy, and undoes them in reverse order however the run ends.
+4. Configure logging, then `asyncio.run(Sidecar(...).serve())` (agent.sidecar.sidecar): it starts
+   the mesh services, spawns Envoy, starts the status server, and runs until an exit path of the
+   supervisor is taken.
 
-Envoy is spawned before aiohttp, structlog and prometheus_client are imported: Envoy's own start-up
-(about 100 ms) then overlaps the agent's imports, and start-up time is what a pod waits for.
+Nothing here imports aiohttp, grpc or prometheus_client: the sidecar imports each when its part of
+start-up comes, so Envoy's own start overlaps what follows its spawn.
 From the first side effect on, SIGTERM/SIGINT are only recorded; the supervisor replays them once its
 loop runs, so a pod deleted during start-up still drains and cleans up instead of dying half-way.
 """
@@ -100,21 +101,18 @@ def _run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
             return _fail(f"invalid configuration: {type(e).__name__}: {e}")
         if signals.received:
             return _stopped_before_start(cfg, signals.received[0])
-        envoy = EnvoyHandle(plan.envoy_argv)
-        try:
-            stack.enter_context(envoy)
-        except OSError as e:
-            return _fail(f"--binaryPath: cannot start Envoy {cfg.binary_path!r}: {e.strerror or e}")
+        envoy = stack.enter_context(EnvoyHandle(plan.envoy_argv))
         return _serve(cfg, plan, envoy, signals)
 
 
 def _serve(cfg: SidecarConfig, plan: StartupPlan, envoy: EnvoyHandle, signals: EarlySignals) -> int:
-    """Envoy is on its way: the heavy imports happen here, while it starts."""
+    """Configure logging, then run the sidecar (agent.sidecar.sidecar spawns Envoy in its start-up)."""
     import asyncio
 
-    from agent.sidecar.http import import_aiohttp
+    # The agent forks only to exec Envoy at once; grpc's fork handlers are for children that go on
+    # using grpc, and print a line on every fork while its threads run.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-    import_aiohttp()  # before anything else imports it (see agent.sidecar.http)
     from agent.sidecar import logs
     from agent.sidecar.sidecar import Sidecar, wall_clock_start
 
@@ -123,12 +121,13 @@ def _serve(cfg: SidecarConfig, plan: StartupPlan, envoy: EnvoyHandle, signals: E
     except OSError as e:  # an unwritable --log_target file
         return _fail(f"--log_target: {e}")
     log = logs.get()
-    log.info("Envoy started", pid=envoy.pid, argv=" ".join(plan.envoy_argv),
-             seconds_since_start=round(time.monotonic() - _T0, 3))
     _log_config(cfg, log)
-    sidecar = Sidecar(cfg, plan, envoy, process_start=wall_clock_start(_T0), early_signals=signals.received)
+    sidecar = Sidecar(cfg, plan, envoy, process_start=wall_clock_start(_T0), process_t0=_T0,
+                      early_signals=signals.received)
     try:
         return asyncio.run(sidecar.serve())
+    except StartupError as e:  # the mesh services or Envoy could not start: nothing is left running
+        return _fail(str(e))
     except Exception as e:
         log.error("agent failed", error=repr(e))
         return Exit.FAILURE

@@ -34,6 +34,7 @@ from agent.sidecar.config_model import (
     DEFAULT_BINARY,
     DEFAULT_PROXY_CONFIG,
     KNOWN_PROXY_CONFIG_FIELDS,
+    MeshSettings,
     SidecarConfig,
     validate,
 )
@@ -66,11 +67,11 @@ PROXY_FLAGS: tuple[Flag, ...] = (
     Flag("zipkinAddress", help="host:port of a Zipkin collector; adds the zipkin cluster and tracer"),
     Flag("proxyLogLevel", default="warning", help="Envoy -l; may embed component levels: info,misc:error"),
     Flag("proxyComponentLogLevel", help="Envoy --component-log-level when --proxyLogLevel has none"),
-    Flag("connectTimeout", kind="duration", default=1.0, help="connect_timeout of xds-grpc when Envoy dials discoveryAddress itself"),
+    Flag("connectTimeout", kind="duration", default=1.0, help="connect_timeout of the standalone passthrough clusters"),
     Flag("proxyAdminPort", kind="uint16", default=15000, help="Envoy admin port (bound to 127.0.0.1)"),
     Flag("concurrency", kind="int", default=0, help="Envoy worker threads; 0 = ProxyConfig / ISTIO_CPU_LIMIT / all CPUs"),
     Flag("controlPlaneAuthPolicy", default="MUTUAL_TLS", help="NONE (plaintext xDS) or MUTUAL_TLS (TLS with root cert + istiod SAN)"),
-    Flag("dnsRefreshRate", kind="duration", default=300.0, help="dns_refresh_rate of xds-grpc when Envoy dials discoveryAddress itself"),
+    Flag("dnsRefreshRate", kind="duration", default=300.0, help="accepted for the 2020 command line; no effect (the agent's xDS proxy dials istiod, not Envoy)"),
     Flag("statusPort", kind="uint16", default=15020, help="the agent's status server port (readiness, app probes, metrics)"),
     Flag("trust-domain", env=("TRUST_DOMAIN",), default="cluster.local", help="SPIFFE trust domain (istiod SAN for MUTUAL_TLS)"),
     Flag("controlPlaneBootstrap", kind="bool", default=False, help="1.5 control-plane template mode; accepted, ignored"),
@@ -166,7 +167,7 @@ def load(
                 raise ConfigError(f"invalid value for {var} ({f.kind}): {shown(environ[var])}")
     _check_flag_ranges(parsed, environ)
     cfg = _resolve(parsed, environ, read_file, path_exists, find_wheel_envoy, host_ips)
-    if cfg.xds_proxy and not cfg.standalone:
+    if not cfg.standalone:
         path = config_bootstrap.unix_socket_path("configPath", os.path.join(cfg.config_path, "XDS"), cwd)
         cfg = dataclasses.replace(cfg, xds_socket_path=path)
     return cfg
@@ -207,6 +208,8 @@ def effective_config_summary(cfg: SidecarConfig) -> dict[str, Any]:
             value = flags.format_duration(value)
         elif isinstance(value, tuple):
             value = list(value)
+        elif dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
         out[name] = value
     out["app_probes"] = sorted(cfg.app_probers)
     out["proxy_config"] = cfg.proxy_config
@@ -276,6 +279,7 @@ def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFi
         **_identity(parsed, env, pc, mesh, host_ips),
         **_envoy(parsed, env, pc, path_exists, find_wheel_envoy),
         **_control_plane(parsed, env, pc, path_exists),
+        mesh=_mesh(env, meta),
         **config_bootstrap.mesh_settings(env, meta),
         **config_bootstrap.collectors(pc, env["HOST_IP"], meta),
         load_stats_config=config_bootstrap.load_stats_config(meta),
@@ -353,20 +357,55 @@ def _control_plane(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any]
                    path_exists: PathExists) -> dict[str, Any]:
     v = parsed.values
     discovery = scalar_text("ProxyConfig.discoveryAddress", pc.get("discoveryAddress"))
-    xds_proxy = env["AGENT_XDS_PROXY"]
-    # Istio's default is delta (ISTIO_DELTA_XDS=true), but only through the agent's xDS proxy for now:
-    # a control plane dialled directly may speak only the state of the world.
-    delta = env["ISTIO_DELTA_XDS"]
     return {
-        "xds_proxy": xds_proxy,
         "discovery_address": discovery,
         "control_plane_auth_policy": scalar_text("ProxyConfig.controlPlaneAuthPolicy", pc.get("controlPlaneAuthPolicy")),
         "xds_root_cert": config_env.xds_root_cert(env, path_exists),
         "istiod_san": config_env.istiod_san(env, discovery),
-        "xds_type": "DELTA_GRPC" if (xds_proxy if delta is None else delta) else "GRPC",
+        "xds_type": "DELTA_GRPC" if env["ISTIO_DELTA_XDS"] else "GRPC",
         "connect_timeout": v["connectTimeout"],
-        "dns_refresh_rate": v["dnsRefreshRate"],
     }
+
+
+def _mesh(env: Environment, meta: Mapping[str, Any]) -> MeshSettings:
+    """Workload identity, SDS and the xDS proxy; the files they name are checked when they start."""
+    ratio = {name: _fraction(name, env[name]) for name in ("SECRET_GRACE_PERIOD_RATIO", "SECRET_GRACE_PERIOD_RATIO_JITTER")}
+    if env["WORKLOAD_RSA_KEY_SIZE"] < 2048:
+        raise ConfigError(f"invalid WORKLOAD_RSA_KEY_SIZE: {env['WORKLOAD_RSA_KEY_SIZE']} (at least 2048)")
+    if env["SECRET_TTL"] <= 0:
+        raise ConfigError(f"invalid SECRET_TTL: {flags.format_duration(env['SECRET_TTL'])} (> 0)")
+    return MeshSettings(
+        ca_addr=env["CA_ADDR"], ca_provider=env["CA_PROVIDER"], ca_root_ca=env["CA_ROOT_CA"],
+        ca_headers=_headers(env, "CA_HEADER_"), credential_fetcher_type=env["CREDENTIAL_FETCHER_TYPE"],
+        pilot_cert_provider=env["PILOT_CERT_PROVIDER"], jwt_policy=env["JWT_POLICY"],
+        cluster_id=str(meta.get("CLUSTER_ID", "")), cert_signer=str(meta.get("CERT_SIGNER", "")),
+        secret_ttl=env["SECRET_TTL"], grace_ratio=ratio["SECRET_GRACE_PERIOD_RATIO"],
+        grace_jitter=ratio["SECRET_GRACE_PERIOD_RATIO_JITTER"],
+        ecc_signature_algorithm=env["ECC_SIGNATURE_ALGORITHM"], ecc_curve=env["ECC_CURVE"],
+        rsa_key_size=env["WORKLOAD_RSA_KEY_SIZE"], pkcs8_key=env["PKCS8_KEY"],
+        file_mounted_certs=env["FILE_MOUNTED_CERTS"], prov_cert=env["PROV_CERT"], output_certs=env["OUTPUT_CERTS"],
+        kubernetes=bool(env["KUBERNETES_SERVICE_HOST"]), xds_headers=_headers(env, "XDS_HEADER_"),
+        keepalive_interval=env["GRPC_KEEPALIVE_INTERVAL"], keepalive_timeout=env["GRPC_KEEPALIVE_TIMEOUT"],
+        proxy_config_xds_agent=env["PROXY_CONFIG_XDS_AGENT"],
+        dns_capture=str(meta.get("DNS_CAPTURE", "")).lower() == "true",
+        disable_envoy=env["DISABLE_ENVOY"], grpc_xds_bootstrap=env["GRPC_XDS_BOOTSTRAP"],
+    )
+
+
+def _fraction(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise ConfigError(f"invalid {name}: {shown(text)} (a number from 0 to 1)")
+    return value
+
+
+def _headers(env: Environment, prefix: str) -> tuple[tuple[str, str], ...]:
+    """`<prefix><NAME>=value` variables as (NAME, value); gRPC wants lower-case keys, the users of
+    these lowercase them."""
+    return tuple((name.removeprefix(prefix), value) for name, value in env.family(prefix))
 
 
 def _lifecycle(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any]) -> dict[str, Any]:

@@ -189,15 +189,51 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("ENVOY_SKIP_DEPRECATED_LOGS", Kind.BOOL, True, "Envoy `--skip-deprecated-logs`"),
     EnvVar("ISTIO_ENVOY_ENABLE_CORE_DUMP", Kind.BOOL, False, "Envoy `--enable-core-dump`"),
     # The control plane.
-    EnvVar("AGENT_XDS_PROXY", Kind.BOOL, False, "`true`: Envoy's `xds-grpc` is the agent's xDS proxy socket "
-           "`<configPath>/XDS`, as Istio renders it; `false`: Envoy dials `discoveryAddress` itself (Istio 1.5). "
-           "Transitional, beyond Istio: the sidecar does not start the xDS proxy yet"),
-    EnvVar("ISTIO_DELTA_XDS", Kind.BOOL, None, "`true`: ADS `DELTA_GRPC`, `false`: state of the world `GRPC`; "
-           "unset: `DELTA_GRPC` with the agent in front (Istio's default), `GRPC` when Envoy dials istiod"),
+    EnvVar("ISTIO_DELTA_XDS", Kind.BOOL, True, "`true`: Envoy's ADS is `DELTA_GRPC`; `false`: state of the world "
+           "`GRPC` (the xDS proxy relays either)"),
     EnvVar("ISTIOD_SAN", Kind.TEXT, None, "the name Envoy checks in istiod's certificate (MUTUAL_TLS); unset: "
            "the host of discoveryAddress, `istiod.istio-system.svc` for `localhost`"),
     EnvVar("XDS_ROOT_CA", Kind.TEXT, None, "root certificate file for MUTUAL_TLS; unset: `./etc/certs/root-cert.pem` "
            "if present, else `./var/run/secrets/istio/root-cert.pem`"),
+    EnvVar("XDS_HEADER_", Kind.TEXT, None, "gRPC metadata `<key>` (lowercased) on the xDS proxy's streams to "
+           "istiod", prefix=True),
+    EnvVar("GRPC_KEEPALIVE_INTERVAL", Kind.DURATION, 30.0, "keepalive pings to istiod and the CA"),
+    EnvVar("GRPC_KEEPALIVE_TIMEOUT", Kind.DURATION, 10.0, "a keepalive ping unanswered this long closes the connection"),
+    EnvVar("PROXY_CONFIG_XDS_AGENT", Kind.BOOL, False, "ask istiod for the ProxyConfig (its trust bundle is added "
+           "to `ROOTCA`)"),
+    # Workload identity: the certificate Envoy gets over SDS.
+    EnvVar("CA_ADDR", Kind.TEXT, "", "the CA (`istio.v1.auth.IstioCertificateService`); unset: discoveryAddress. "
+           "An address ending in `:15010` is dialled without TLS"),
+    EnvVar("CA_PROVIDER", Kind.TEXT, "Citadel", "only `Citadel` (any CA speaking Istio's API) is built in"),
+    EnvVar("CA_ROOT_CA", Kind.TEXT, "", "root certificate file for the CA; `SYSTEM`: the OS trust store; unset: "
+           "`./var/run/secrets/istio/root-cert.pem` (see PILOT_CERT_PROVIDER, PROV_CERT)"),
+    EnvVar("CA_HEADER_", Kind.TEXT, None, "gRPC metadata `<key>` (lowercased) on certificate requests", prefix=True),
+    EnvVar("CREDENTIAL_FETCHER_TYPE", Kind.TEXT, "", "only the token file (`JWT`) is supported"),
+    EnvVar("PILOT_CERT_PROVIDER", Kind.TEXT, "istiod", "who signed istiod's certificate: `istiod`, `kubernetes`, "
+           "`custom` (root `./etc/certs/root-cert.pem`) or `none`"),
+    EnvVar("JWT_POLICY", Kind.TEXT, "third-party-jwt", "the token sent to the CA and istiod is "
+           "`./var/run/secrets/tokens/istio-token`, re-read on every request"),
+    EnvVar("SECRET_TTL", Kind.DURATION, 86400.0, "the workload certificate's validity asked of the CA"),
+    EnvVar("SECRET_GRACE_PERIOD_RATIO", Kind.TEXT, "0.5", "renew when this fraction of the certificate's life "
+           "(from receipt) is left"),
+    EnvVar("SECRET_GRACE_PERIOD_RATIO_JITTER", Kind.TEXT, "0.01", "random spread of the ratio, so a fleet does "
+           "not renew at once"),
+    EnvVar("ECC_SIGNATURE_ALGORITHM", Kind.TEXT, "", "`ECDSA`: an EC key (see ECC_CURVE); unset: RSA"),
+    EnvVar("ECC_CURVE", Kind.TEXT, "P256", "`P256` or `P384`"),
+    EnvVar("WORKLOAD_RSA_KEY_SIZE", Kind.INT, 2048, "RSA key size (at least 2048)"),
+    EnvVar("PKCS8_KEY", Kind.BOOL, False, "the key in PKCS#8 PEM"),
+    EnvVar("FILE_MOUNTED_CERTS", Kind.BOOL, False, "serve `./etc/certs/{cert-chain,key,root-cert}.pem` and ask "
+           "no CA"),
+    EnvVar("PROV_CERT", Kind.TEXT, "", "directory of a provisioned `key.pem`/`cert-chain.pem`/`root-cert.pem`: "
+           "the client certificate to the CA and istiod (VMs)"),
+    EnvVar("OUTPUT_CERTS", Kind.TEXT, "", "directory where the workload `key.pem` (0600), `cert-chain.pem` and "
+           "`root-cert.pem` are written on every renewal; unset: the key never touches disk"),
+    EnvVar("KUBERNETES_SERVICE_HOST", Kind.TEXT, "", "set (in Kubernetes): OUTPUT_CERTS files are 0644, as Istio "
+           "writes them"),
+    # Proxyless gRPC (the injector's `grpc-agent` template).
+    EnvVar("DISABLE_ENVOY", Kind.BOOL, False, "run no Envoy: the agent serves the xDS proxy and the certificates "
+           "only, until SIGTERM"),
+    EnvVar("GRPC_XDS_BOOTSTRAP", Kind.TEXT, "", "where to write the gRPC xDS bootstrap file (with DISABLE_ENVOY)"),
 )
 
 _BY_NAME = {var.name: var for var in ENV_VARS}

@@ -71,6 +71,42 @@ class Tracer:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MeshSettings:
+    """The workload identity, SDS and xDS proxy settings (the variables are in config_env.ENV_VARS).
+
+    Istio's meanings: https://github.com/istio/istio/blob/master/pkg/istio-agent/agent.go and
+    https://github.com/istio/istio/blob/master/pilot/cmd/pilot-agent/options/options.go."""
+
+    ca_addr: str = ""  # "" = discoveryAddress
+    ca_provider: str = "Citadel"
+    ca_root_ca: str = ""
+    ca_headers: tuple[tuple[str, str], ...] = ()  # CA_HEADER_<NAME>: (NAME, value)
+    credential_fetcher_type: str = ""
+    pilot_cert_provider: str = "istiod"
+    jwt_policy: str = "third-party-jwt"
+    cluster_id: str = ""  # ISTIO_META_CLUSTER_ID
+    cert_signer: str = ""  # ISTIO_META_CERT_SIGNER
+    secret_ttl: float = 86400.0
+    grace_ratio: float = 0.5
+    grace_jitter: float = 0.01
+    ecc_signature_algorithm: str = ""
+    ecc_curve: str = "P256"
+    rsa_key_size: int = 2048
+    pkcs8_key: bool = False
+    file_mounted_certs: bool = False
+    prov_cert: str = ""
+    output_certs: str = ""
+    kubernetes: bool = False  # KUBERNETES_SERVICE_HOST set
+    xds_headers: tuple[tuple[str, str], ...] = ()  # XDS_HEADER_<NAME>: (NAME, value)
+    keepalive_interval: float = 30.0
+    keepalive_timeout: float = 10.0
+    proxy_config_xds_agent: bool = False
+    dns_capture: bool = False  # ISTIO_META_DNS_CAPTURE: the agent asks istiod for the NDS name table
+    disable_envoy: bool = False
+    grpc_xds_bootstrap: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SidecarConfig:
     """Everything the sidecar needs, resolved once. Treat the dict fields as read-only."""
 
@@ -109,10 +145,7 @@ class SidecarConfig:
     status_port_proxy_protocol: bool = False  # ENVOY_STATUS_PORT_ENABLE_PROXY_PROTOCOL
     dual_stack: bool = False  # ISTIO_DUAL_STACK
     sts_port: int = 0
-    # Control plane. xds_proxy: Envoy's xds-grpc is the agent's Unix socket <configPath>/XDS (Istio's
-    # layout since 1.8); False: Envoy dials discovery_address itself (1.5's), until the agent's xDS
-    # proxy is wired into the sidecar's start-up.
-    xds_proxy: bool = False
+    # Control plane: Envoy's xds-grpc is the agent's xDS proxy on a Unix socket (Istio's layout since 1.8).
     #: The xDS proxy's socket, in Envoy's bootstrap and where the agent listens: <configPath>/XDS, or
     #: that file relative to the working directory when the absolute path is too long for a socket.
     xds_socket_path: str = "./etc/istio/proxy/XDS"
@@ -120,10 +153,10 @@ class SidecarConfig:
     control_plane_auth_policy: str = "MUTUAL_TLS"
     xds_root_cert: str = "./var/run/secrets/istio/root-cert.pem"
     istiod_san: str = "istiod.istio-system.svc"
-    xds_type: str = "GRPC"
+    xds_type: str = "DELTA_GRPC"
     connect_timeout: float = 1.0
-    dns_refresh_rate: float = 300.0
     workload_identity_socket_file: str = "socket"  # in ./var/run/secrets/workload-spiffe-uds
+    mesh: MeshSettings = MeshSettings()
     metadata_discovery: bool = False  # node metadata METADATA_DISCOVERY (PEER_METADATA_DISCOVERY / ENABLE_HBONE)
     compliance_policy: str = ""
     # Telemetry collectors (ProxyConfig)
@@ -210,8 +243,6 @@ def validate(cfg: SidecarConfig) -> None:
     # Envoy's own constraints on the clusters these feed (Duration gt 0 / gt 1ms).
     if cfg.connect_timeout <= 0:
         problems.append(f"invalid connectTimeout: {flags.format_duration(cfg.connect_timeout)!r} (> 0)")
-    if cfg.dns_refresh_rate <= 0.001:
-        problems.append(f"invalid dnsRefreshRate: {flags.format_duration(cfg.dns_refresh_rate)!r} (> 1ms)")
     if not 0 <= cfg.concurrency < 2**32:
         problems.append(f"invalid concurrency: {shown(cfg.concurrency, 24)} (0..{2**32 - 1})")
     if cfg.file_flush_interval_ms < 0:

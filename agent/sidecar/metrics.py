@@ -48,6 +48,49 @@ class EnvoyProcessCollector:
         yield GaugeMetricFamily("istio_agent_envoy_process_open_fds", "Envoy open file descriptors", value=fds)
 
 
+class MeshCollector:
+    """The mesh services' counts under Istio's agent metric names
+    (https://github.com/istio/istio/blob/master/security/pkg/monitoring/monitoring.go and
+    https://github.com/istio/istio/blob/master/pkg/istio-agent/metrics/metrics.go), read at scrape time."""
+
+    def __init__(self, mesh: Any):
+        self.mesh = mesh
+
+    def collect(self):
+        m = self.mesh
+        if m.ca is not None:
+            stats = m.ca.stats
+            for name, value, doc in (("num_outgoing_requests", stats.requests, "Certificate requests sent"),
+                                     ("num_outgoing_retries", stats.retries, "Certificate request retries"),
+                                     ("num_failed_outgoing_requests", stats.failures, "Failed certificate requests"),
+                                     ("outgoing_latency", stats.latency_ms, "Certificate request time, ms (sum)")):
+                family = CounterMetricFamily(f"istio_agent_{name}", doc, labels=["request_type"])
+                family.add_metric(["csr"], value)
+                yield family
+        if m.secrets is not None:
+            expiry = m.secrets.cert_expiry_seconds()
+            if expiry is not None:
+                family = GaugeMetricFamily("istio_agent_cert_expiry_seconds", "Seconds until the workload "
+                                           "certificate expires", labels=["resource_name"])
+                family.add_metric(["default"], expiry)
+                yield family
+            yield CounterMetricFamily("istio_agent_num_file_secret_failures", "Failed reads of file secrets",
+                                      value=m.secrets.stats.file_secret_failures)
+        c = m.xds.counters
+        yield CounterMetricFamily("istio_agent_istiod_connection_failures", "Failed connections to istiod",
+                                  value=c.istiod_connection_failures)
+        for name, counts in (("istiod_connection_terminations", c.istiod_connection_terminations),
+                             ("envoy_connection_terminations", c.envoy_connection_terminations)):
+            family = CounterMetricFamily(f"istio_agent_{name}", f"Ended {name.split('_')[0]} streams", labels=["type"])
+            for kind in sorted(set(counts) | {"cancelled", "error"}):
+                family.add_metric([kind], counts.get(kind, 0))
+            yield family
+        yield CounterMetricFamily("istio_agent_xds_proxy_requests", "Requests Envoy sent through the xDS proxy",
+                                  value=c.xds_proxy_requests)
+        yield CounterMetricFamily("istio_agent_xds_proxy_responses", "Responses istiod sent through the xDS proxy",
+                                  value=c.xds_proxy_responses)
+
+
 class AgentMetrics:
     """Istio's istio_agent_* names for what this agent does, plus Envoy process gauges.
 
@@ -55,7 +98,7 @@ class AgentMetrics:
     Istio has them; the Envoy process collector is beyond Istio.
     """
 
-    def __init__(self, envoy_pid: Callable[[], int | None] = lambda: None):
+    def __init__(self, envoy_pid: Callable[[], int | None] = lambda: None, mesh: Any = None):
         prometheus_client.disable_created_metrics()  # Istio exposes no *_created series
         self.registry = reg = prometheus_client.CollectorRegistry(auto_describe=True)
         self.startup_duration = prometheus_client.Gauge(
@@ -69,6 +112,8 @@ class AgentMetrics:
             self.scrape_failures.labels(kind)
         prometheus_client.ProcessCollector(namespace="istio_agent", registry=reg)
         reg.register(EnvoyProcessCollector(envoy_pid))
+        if mesh is not None:
+            reg.register(MeshCollector(mesh))
 
     def set_startup_duration(self, seconds: float) -> None:
         self.startup_duration.set(seconds)

@@ -54,16 +54,15 @@ class EnvoyProcess:
 class EnvoyHandle:
     """The one owner of Envoy's process: spawns it, respawns it, and knows which process is current.
 
-    As a context manager it spawns on entry and, on exit, kills an Envoy still running (whatever
-    happened, no Envoy outlives the agent; a drained Envoy has already exited by then).
+    As a context manager it kills, on exit, an Envoy still running (whatever happened, no Envoy
+    outlives the agent; a drained Envoy has already exited by then).
     """
 
     def __init__(self, argv: Sequence[str]) -> None:
         self.argv = list(argv)
         self.process: EnvoyProcess | None = None
 
-    def __enter__(self) -> "EnvoyHandle":
-        self.spawn()
+    def __enter__(self) -> EnvoyHandle:
         return self
 
     def __exit__(self, *_exc: object) -> None:

@@ -1,6 +1,6 @@
 """Fault matrix, control plane: down when the agent starts, then up; then gone after ready.
 
-The agent runs the 2020 control-plane command line (`--discoveryAddress 127.0.0.1:15012
+The agent runs the 2020 control-plane command line (`--discoveryAddress 127.0.0.1:15010
 --controlPlaneAuthPolicy NONE`) against the test ADS server (`python -m tests.support.ads`), inside
 the test's own namespace.
 """
@@ -13,13 +13,13 @@ import time
 from tests.support.agent import APP, BASE_ENV, Agent, assert_nothing_left, curl
 from tests.support.process import PY, REPO, wait_until
 
-ARGS = ["--discoveryAddress", "127.0.0.1:15012", "--controlPlaneAuthPolicy", "NONE", "--concurrency", "1"]
+ARGS = ["--discoveryAddress", "127.0.0.1:15010", "--controlPlaneAuthPolicy", "NONE", "--concurrency", "1"]
 ENV = {"POD_NAME": "app-0", "POD_NAMESPACE": "default", "INSTANCE_IP": "127.0.0.1",
-       "TERMINATION_DRAIN_DURATION_SECONDS": "0"}
+       "TERMINATION_DRAIN_DURATION_SECONDS": "0", "ISTIO_DELTA_XDS": "false"}  # the test ADS server: SotW only
 
 
 def _control_plane(ns) -> subprocess.Popen:
-    ads = subprocess.Popen(ns.argv([PY, "-m", "tests.support.ads", "--port", "15012", "--backend-port", "8080",
+    ads = subprocess.Popen(ns.argv([PY, "-m", "tests.support.ads", "--port", "15010", "--backend-port", "8080",
                                     "--listener-port", "10000"]),
                            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=BASE_ENV)
     ns.procs.append(ads)
@@ -38,7 +38,8 @@ def test_control_plane_down_at_start_then_up_then_gone(ns, work):
     time.sleep(1.5)
     assert agent.proc.poll() is None
     assert agent.ready() == 503
-    assert "config not received from XDS server (is Istiod running?)" in agent.log()
+    assert "Envoy proxy is NOT ready: control plane unreachable: failed to connect to upstream 127.0.0.1:15010" \
+        in agent.log()
     assert len(agent.envoy_pids()) == 1
 
     # Up: ready without any restart of the agent or Envoy (Envoy's own xDS retry backoff).

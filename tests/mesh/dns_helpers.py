@@ -172,7 +172,7 @@ def dnsmasq_argv(listen: list[str], hosts_file: Path, *, port: int = 53) -> list
     return [DNSMASQ, "--keep-in-foreground", "--no-resolv", "--no-hosts", "--no-poll",
             "--bind-interfaces", "--pid-file=", "--user=root", f"--port={port}",
             "--log-facility=-", f"--addn-hosts={hosts_file}", "--local-ttl=60",
-            "--local=/test/", "--txt-record=txt.external.test,from dnsmasq",
+            "--local=/#/", "--txt-record=txt.external.test,from dnsmasq",
             *(f"--listen-address={a}" for a in listen)]
 
 

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import stat
+import threading
 
 import grpc
 from cryptography import x509
@@ -72,7 +73,14 @@ def test_disable_envoy_proxyless(mesh):
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
         request = discovery_pb2.DiscoveryRequest(type_url=CLUSTER)
         request.node.id = config["node"]["id"]
-        response = next(stub.StreamAggregatedResources(iter([request]), timeout=10))
+        answered = threading.Event()
+
+        def requests():  # a real xDS client keeps its side open (ending it ends the stream)
+            yield request
+            answered.wait(10)
+
+        response = next(stub.StreamAggregatedResources(requests(), timeout=10))
+        answered.set()
         assert response.type_url == CLUSTER and len(response.resources) >= 1
     assert pod.envoy_pids() == []
     agent.signal(signal.SIGTERM)

@@ -58,7 +58,7 @@ def envoy_stat(pod: Pod, name: str) -> int:
 def test_standalone_passthrough_inbound_and_outbound(pod, config_dir):
     cfg = config.load(["--standalone", "--configPath", f"{config_dir}/proxy"],
                       {"POD_NAME": "app-1", "POD_NAMESPACE": "ns1", "INSTANCE_IP": POD4})
-    path = bootstrap.prepare_bootstrap(cfg)
+    path = bootstrap.write_bootstrap(cfg, bootstrap.build_bootstrap(cfg))
     os.chown(os.path.dirname(path), PROXY_UID, PROXY_UID)
     os.chown(path, PROXY_UID, PROXY_UID)
     pod.run(["iptables-restore"], input=RULES.format(uid=PROXY_UID, remote=REMOTE4))

@@ -12,13 +12,13 @@ from tests.support.agent import APP, BASE_ENV, Agent, curl
 from tests.support.process import PILOT_AGENT, PY, REPO, wait_until
 
 LINE_2020 = ("--domain ns1.svc.cluster.local --binaryPath /usr/local/bin/envoy --serviceCluster productpage.ns1 "
-             "--drainDuration 45s --parentShutdownDuration 1m0s --discoveryAddress 127.0.0.1:15012 "
+             "--drainDuration 45s --parentShutdownDuration 1m0s --discoveryAddress 127.0.0.1:15010 "
              "--zipkinAddress zipkin.istio-system:9411 --proxyLogLevel=warning --proxyComponentLogLevel=misc:error "
              "--connectTimeout 10s --proxyAdminPort 15000 --concurrency 2 --controlPlaneAuthPolicy NONE "
              "--dnsRefreshRate 300s --statusPort 15020 --trust-domain=cluster.local --controlPlaneBootstrap=false").split()
 POD_ENV = {"POD_NAME": "productpage-v1-7f9c", "POD_NAMESPACE": "ns1", "INSTANCE_IP": "127.0.0.1",
            "SERVICE_ACCOUNT": "bookinfo-productpage", "ISTIO_META_CLUSTER_ID": "Kubernetes",
-           "TERMINATION_DRAIN_DURATION_SECONDS": "1"}
+           "TERMINATION_DRAIN_DURATION_SECONDS": "1", "ISTIO_DELTA_XDS": "false"}  # the test ADS server: SotW only
 
 
 def test_readiness_follows_the_control_plane(netns_factory):
@@ -26,7 +26,7 @@ def test_readiness_follows_the_control_plane(netns_factory):
     work = Path(tempfile.mkdtemp(prefix="sidecar-rt-"))
     try:
         ns.spawn([PY, APP, "--http", "8080"], wait_ready=True)
-        ads = subprocess.Popen(ns.argv([PY, "-m", "tests.support.ads", "--port", "15012"]), cwd=REPO,
+        ads = subprocess.Popen(ns.argv([PY, "-m", "tests.support.ads", "--port", "15010"]), cwd=REPO,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=BASE_ENV)
         ns.procs.append(ads)
         assert ads.stdout.readline().strip() == "ready"

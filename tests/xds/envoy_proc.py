@@ -1,4 +1,8 @@
-"""Helpers for tests that run real Envoy with an agent bootstrap against the test ADS server."""
+"""Helpers for tests that run real Envoy with an agent bootstrap against the test ADS server.
+
+The agent's bootstrap points Envoy's `xds-grpc` at the agent's xDS proxy socket. `running_envoy`
+either keeps that (a test that starts an XdsProxy on `cfg.xds_socket_path`) or, with `ads_port`,
+points `xds-grpc` straight at the test ADS server, to test that server with a real Envoy."""
 from __future__ import annotations
 
 import contextlib
@@ -28,13 +32,23 @@ def control_plane_config(tmp_path, ads_port: int, extra_argv=(), env=None) -> co
             "--connectTimeout", "1s", "--dnsRefreshRate", "300s", *extra_argv]
     environ = {"POD_NAME": "productpage-v1-abc", "POD_NAMESPACE": "ns1", "INSTANCE_IP": "127.0.0.1",
                "ENVOY_STATUS_PORT": str(free_port()), "ENVOY_PROMETHEUS_PORT": str(free_port()), **(env or {})}
-    return config.load(argv, environ)
+    return config.load(argv, {"ISTIO_DELTA_XDS": "false", **environ})
+
+
+def _direct_to(data: dict, ads_port: int) -> dict:
+    """`xds-grpc` as a plain HTTP/2 cluster to the test ADS server on 127.0.0.1:<ads_port>."""
+    for cluster in data["static_resources"]["clusters"]:
+        if cluster["name"] == "xds-grpc":
+            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = {
+                "socket_address": {"address": "127.0.0.1", "port_value": ads_port}}
+    return data
 
 
 @contextlib.contextmanager
-def running_envoy(cfg: config.SidecarConfig, log_path) -> Iterator[subprocess.Popen]:
+def running_envoy(cfg: config.SidecarConfig, log_path, ads_port: int | None = None) -> Iterator[subprocess.Popen]:
     """Envoy with the agent's bootstrap (hot restart off, one worker); stopped and reaped on exit."""
-    path = bootstrap.prepare_bootstrap(cfg)
+    data = bootstrap.build_bootstrap(cfg)
+    path = bootstrap.write_bootstrap(cfg, data if ads_port is None else _direct_to(data, ads_port))
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([cfg.binary_path, "-c", path, "--disable-hot-restart", "--concurrency", "1",
                                  "--drain-time-s", "1", "-l", "warning"], stdout=log, stderr=subprocess.STDOUT)

@@ -1,6 +1,7 @@
-"""Real Envoy, started with the agent's control-plane bootstrap (controlPlaneAuthPolicy NONE), dials the
-test ADS server directly, stays unready while the server holds back, then receives and uses a listener
+"""Real Envoy, started with the agent's control-plane bootstrap (controlPlaneAuthPolicy NONE) with its
+xds-grpc pointed at the test ADS server, stays unready while the server holds back, then receives and uses a listener
 and a cluster. Also: NACK handling and a 1,000-cluster push."""
+import asyncio
 import http.server
 import socket
 import threading
@@ -42,7 +43,7 @@ def test_envoy_gets_listener_and_cluster_over_ads(tmp_path, backend):
                 listeners=[tcp_listener("front", "127.0.0.1", front, "backend")])
         cfg = control_plane_config(tmp_path, ads.port)
         admin = f"http://127.0.0.1:{cfg.admin_port}"
-        with running_envoy(cfg, tmp_path / "envoy.log"):
+        with running_envoy(cfg, tmp_path / "envoy.log", ads.port):
             first = ads.wait_connected()
             assert first.type_url == CLUSTER and first.node_id == identity.node_id(cfg)
             time.sleep(0.5)
@@ -68,7 +69,7 @@ def test_nack_is_recorded_and_the_good_config_stays(tmp_path, backend):
         good = ads.set(clusters=[static_cluster("backend", "127.0.0.1", backend)],
                        listeners=[tcp_listener("front", "127.0.0.1", front, "backend")])
         cfg = control_plane_config(tmp_path, ads.port)
-        with running_envoy(cfg, tmp_path / "envoy.log"):
+        with running_envoy(cfg, tmp_path / "envoy.log", ads.port):
             ads.wait_acked(LISTENER, good)
             bad = static_cluster("bad", "127.0.0.1", 9)
             bad["lb_policy"] = "CLUSTER_PROVIDED"  # only valid for ORIGINAL_DST clusters
@@ -84,7 +85,7 @@ def test_thousand_clusters(tmp_path):
         ads.set(clusters=[], listeners=[])
         cfg = control_plane_config(tmp_path, ads.port)
         admin = f"http://127.0.0.1:{cfg.admin_port}"
-        with running_envoy(cfg, tmp_path / "envoy.log"):
+        with running_envoy(cfg, tmp_path / "envoy.log", ads.port):
             ads.wait_acked(LISTENER)
             static = stat(admin, "cluster_manager.active_clusters")
             start = time.monotonic()
@@ -97,7 +98,7 @@ def test_thousand_clusters(tmp_path):
 def test_server_stops_cleanly_with_open_streams(tmp_path):
     ads = AdsServer().start()
     cfg = control_plane_config(tmp_path, ads.port)
-    with running_envoy(cfg, tmp_path / "envoy.log"):
+    with running_envoy(cfg, tmp_path / "envoy.log", ads.port):
         ads.wait_connected()
         ads.stop()
         with pytest.raises(OSError):
@@ -105,9 +106,12 @@ def test_server_stops_cleanly_with_open_streams(tmp_path):
 
 
 @pytest.mark.parametrize("san, connects", [("istiod.istio-system.svc", True), ("someone-else.example", False)])
-def test_mutual_tls_verifies_root_and_istiod_san(tmp_path, san, connects):
-    """controlPlaneAuthPolicy MUTUAL_TLS: Envoy dials the control plane over TLS, trusting the mounted
-    root certificate and accepting only a server certificate for the istiod SAN."""
+async def test_mutual_tls_verifies_root_and_istiod_san(tmp_path, san, connects):
+    """controlPlaneAuthPolicy MUTUAL_TLS: Envoy's ADS goes through the agent's xDS proxy, which dials the
+    control plane over TLS, trusting the mounted root certificate and accepting only a server
+    certificate for the istiod SAN."""
+    from agent.mesh.upstream import AuthPolicy, UpstreamOptions
+    from agent.mesh.xds_proxy import XdsProxy, XdsProxyOptions
     from tests.xds.certs import make_pki
 
     pki = make_pki(tmp_path / "pki", san=san)
@@ -117,13 +121,22 @@ def test_mutual_tls_verifies_root_and_istiod_san(tmp_path, san, connects):
         cfg = control_plane_config(tmp_path, ads.port, ["--controlPlaneAuthPolicy", "MUTUAL_TLS"],
                                    env={"XDS_ROOT_CA": str(pki["root"]), "ISTIOD_SAN": "istiod.istio-system.svc"})
         assert cfg.control_plane_auth_policy == "MUTUAL_TLS"
+        proxy = XdsProxy(UpstreamOptions(address=f"127.0.0.1:{ads.port}", auth_policy=AuthPolicy.MUTUAL_TLS,
+                                         root_cert_path=cfg.xds_root_cert, istiod_san=cfg.istiod_san, token_path=None),
+                         XdsProxyOptions(socket_path=cfg.xds_socket_path))
+        await proxy.start()
         admin = f"http://127.0.0.1:{cfg.admin_port}"
-        with running_envoy(cfg, tmp_path / "envoy.log"):
-            if connects:
-                ads.wait_acked(LISTENER)
-                wait_until(lambda: http_get(f"{admin}/ready")[0] == 200, 30, what="Envoy LIVE")
-            else:
-                with pytest.raises(TimeoutError):
-                    ads.wait_connected(timeout=3)
-                assert http_get(f"{admin}/ready")[0] == 503
-                assert (stat(admin, "cluster.xds-grpc;.ssl.fail_verify_san") or 0) >= 1
+        try:
+            with running_envoy(cfg, tmp_path / "envoy.log"):
+                if connects:
+                    await asyncio.to_thread(ads.wait_acked, LISTENER)
+                    await asyncio.to_thread(wait_until, lambda: http_get(f"{admin}/ready")[0] == 200, 30,
+                                            what="Envoy LIVE")
+                else:
+                    with pytest.raises(TimeoutError):
+                        await asyncio.to_thread(ads.wait_connected, timeout=3)
+                    assert http_get(f"{admin}/ready")[0] == 503
+                    reason = proxy.unreachable_reason() or ""
+                    assert reason.startswith("control plane unreachable:") and "Hostname Verification" in reason, reason
+        finally:
+            await proxy.stop()

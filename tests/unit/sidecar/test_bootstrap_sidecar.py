@@ -18,10 +18,7 @@ from tests.unit.sidecar._istio2020 import POD_ENV as POD
 
 GOLDEN = Path(__file__).parent / "golden"
 REPO = Path(__file__).resolve().parents[3]
-# Envoy dialling the control plane itself, said explicitly: these cases keep that form when the
-# default of AGENT_XDS_PROXY becomes true.
-POD_ENV = {**POD, "ISTIO_META_CLUSTER_ID": "Kubernetes", "ISTIO_META_WORKLOAD_NAME": "productpage-v1",
-           "AGENT_XDS_PROXY": "false"}
+POD_ENV = {**POD, "ISTIO_META_CLUSTER_ID": "Kubernetes", "ISTIO_META_WORKLOAD_NAME": "productpage-v1"}
 OVERRIDE = """
 node:
   metadata:
@@ -51,7 +48,7 @@ tracing: null
 proxyAdminPort: 15000.0
 """
 LABELS = 'app="productpage"\nversion="v1"\npod-template-hash="abc"\nistio-locality="r1.z1.s1"\n'
-IN_FRONT = {**POD_ENV, "AGENT_XDS_PROXY": "true"}
+IN_FRONT = POD_ENV
 HOST_IPS = {"dual_stack": ("10.1.1.7",)}  # the interface addresses after INSTANCE_IP
 TELEMETRY_PC = json.dumps({
     "statsdUdpAddress": "10.1.1.1:9125",
@@ -160,35 +157,26 @@ def test_service_cluster(labels, pc, expected):
     assert identity.service_cluster(cfg) == expected
 
 
-def test_mutual_tls_checks_the_istiod_san_with_the_mounted_root():
-    data = bootstrap.build_bootstrap(make_config("mutual_tls"))
+def test_mutual_tls_is_the_agents_to_istiod_with_the_mounted_root():
+    cfg = make_config("mutual_tls")
+    data = bootstrap.build_bootstrap(cfg)
     xds = next(c for c in data["static_resources"]["clusters"] if c["name"] == "xds-grpc")
-    tls = xds["transport_socket"]["typed_config"]
-    assert tls["sni"] == "istiod.istio-system.svc"
-    assert tls["common_tls_context"]["validation_context"] == {
-        "trusted_ca": {"filename": ROOT},
-        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": "istiod.istio-system.svc"}}]}
+    assert "transport_socket" not in xds  # the pipe to the agent; the agent's xDS proxy does TLS
+    assert (cfg.xds_root_cert, cfg.istiod_san) == (ROOT, "istiod.istio-system.svc")
     assert data["node"]["metadata"]["PILOT_SAN"] == ["istiod.istio-system.svc"]
 
 
-def test_2020_timeouts_apply_to_the_xds_cluster():
+def test_the_2020_pod_talks_to_the_agent_not_istiod():
     clusters = {c["name"]: c for c in bootstrap.build_bootstrap(make_config("none_2020"))["static_resources"]["clusters"]}
-    dns = clusters["xds-grpc"]["cluster_type"]["typed_config"]
-    assert (clusters["xds-grpc"]["connect_timeout"], dns["dns_refresh_rate"]) == ("10s", "300s")
+    assert _pipe(clusters["xds-grpc"]) == "/etc/istio/proxy/XDS" and "transport_socket" not in clusters["xds-grpc"]
     # Istio's zipkin cluster has fixed timings, in 1.5 already.
     assert (clusters["zipkin"]["connect_timeout"], clusters["zipkin"]["dns_refresh_rate"]) == ("1s", "30s")
-    assert clusters["xds-grpc"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == \
-        {"socket_address": {"address": "istiod.istio-system.svc", "port_value": 15012}}
-    assert "transport_socket" not in clusters["xds-grpc"]
     assert clusters["agent"]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == \
         {"socket_address": {"address": "127.0.0.1", "port_value": 15020}}
 
 
 def test_edge_values_reach_the_bootstrap_as_envoy_wants_them():
     data = bootstrap.build_bootstrap(make_config("edge_values"))
-    clusters = {c["name"]: c for c in data["static_resources"]["clusters"]}
-    assert clusters["xds-grpc"]["connect_timeout"] == "0.000000001s"
-    assert clusters["xds-grpc"]["cluster_type"]["typed_config"]["dns_refresh_rate"] == "0.0015s"
     monitor = data["overload_manager"]["resource_monitors"][0]["typed_config"]
     assert monitor["max_active_downstream_connections"] == 1000
     patterns = data["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]
@@ -232,7 +220,7 @@ def test_standalone_is_original_destination_passthrough():
 
 def test_write_is_atomic(tmp_path, monkeypatch):
     cfg = config.load(["--standalone", "--configPath", str(tmp_path / "proxy")], {}, read_file=lambda p: None)
-    path = bootstrap.prepare_bootstrap(cfg)
+    path = bootstrap.write_bootstrap(cfg, bootstrap.build_bootstrap(cfg))
     assert path == str(tmp_path / "proxy" / "envoy-rev.json")
     assert json.loads(Path(path).read_text())["admin"]["address"]["socket_address"]["port_value"] == 15000
     assert oct(os.stat(tmp_path / "proxy").st_mode & 0o777) == "0o700"
@@ -253,14 +241,13 @@ def test_write_fails_cleanly_when_the_directory_cannot_be_created(tmp_path):
     cfg = config.load(["--standalone", "--configPath", str(tmp_path / "file" / "proxy")], {},
                       read_file=lambda p: None)
     with pytest.raises(OSError):
-        bootstrap.prepare_bootstrap(cfg)
+        bootstrap.write_bootstrap(cfg, bootstrap.build_bootstrap(cfg))
 
 
 def test_custom_config_file_is_used_as_given(tmp_path):
     cfg = config.load(["--customConfigFile", "/etc/my-envoy.yaml", "--configPath", str(tmp_path)], {},
                       read_file=lambda p: None, path_exists=lambda p: False)
-    assert bootstrap.prepare_bootstrap(cfg) == "/etc/my-envoy.yaml"
-    assert bootstrap.bootstrap_path(cfg) == "/etc/my-envoy.yaml"
+    assert bootstrap.bootstrap_path(cfg) == "/etc/my-envoy.yaml"  # Envoy's -c (agent.sidecar.startup)
     assert os.listdir(tmp_path) == []
 
 
@@ -273,7 +260,7 @@ def _pipe(cluster: dict) -> str:
 
 
 def test_agent_in_front_is_istios_layout():
-    """AGENT_XDS_PROXY: Envoy's ADS goes to the agent's socket, never to istiod; delta by default."""
+    """Envoy's ADS goes to the agent's socket, never to istiod; delta by default."""
     data = bootstrap.build_bootstrap(make_config("agent_in_front"))
     clusters = _clusters(data)
     assert _pipe(clusters["xds-grpc"]) == "./etc/istio/proxy/XDS"
@@ -285,8 +272,8 @@ def test_agent_in_front_is_istios_layout():
     assert (meta["WORKLOAD_IDENTITY_SOCKET_FILE"], meta["PILOT_SAN"]) == ("socket", ["istiod.istio-system.svc"])
 
 
-def test_delta_follows_the_agent_in_front_unless_set():
-    assert make_config("none_2020").xds_type == "GRPC"  # Envoy dials istiod: state of the world
+def test_delta_unless_set_and_the_socket_file_name():
+    assert make_config("none_2020").xds_type == "DELTA_GRPC"  # the 2020 pod too: its Envoy talks to the agent
     sotw = make_config("agent_in_front_sotw")
     assert (sotw.xds_type, sotw.workload_identity_socket_file) == ("GRPC", "spire.sock")
     data = bootstrap.build_bootstrap(sotw)
@@ -296,7 +283,7 @@ def test_delta_follows_the_agent_in_front_unless_set():
 
 def test_xds_socket_too_long_for_a_socket_is_written_relative():
     deep = "/srv/" + "d" * 100 + "/proxy"
-    cfg = config.load(["--controlPlaneAuthPolicy", "NONE", "--configPath", deep], {"AGENT_XDS_PROXY": "true"},
+    cfg = config.load(["--controlPlaneAuthPolicy", "NONE", "--configPath", deep], {},
                       read_file=lambda p: None, path_exists=lambda p: False, cwd=lambda: "/srv/" + "d" * 100)
     assert cfg.xds_socket_path == "proxy/XDS"
     assert _pipe(_clusters(bootstrap.build_bootstrap(cfg))["xds-grpc"]) == "proxy/XDS"
@@ -385,7 +372,7 @@ def test_lightstep_token_file_is_written_with_the_bootstrap(tmp_path):
     argv, env, files = CASES["lightstep"]
     cfg = config.load([*argv, "--configPath", str(tmp_path / "proxy")], env, read_file=files.get,
                       path_exists=lambda p: False)
-    bootstrap.prepare_bootstrap(cfg)
+    bootstrap.write_bootstrap(cfg, bootstrap.build_bootstrap(cfg))
     token = tmp_path / "proxy" / "lightstep_access_token.txt"
     assert token.read_text() == "t0ken" and oct(token.stat().st_mode & 0o777) == "0o600"
     tracer = json.loads((tmp_path / "proxy" / "envoy-rev.json").read_text())["tracing"]["http"]

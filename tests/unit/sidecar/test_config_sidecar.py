@@ -7,6 +7,7 @@ from agent import flags
 from agent.sidecar import config, config_env
 from agent.sidecar.config import load
 from agent.sidecar.config_parse import ConfigError
+from agent.sidecar.config_model import MeshSettings
 
 from tests.unit.sidecar._istio2020 import ISTIO_2020, POD_ENV, ROOT
 
@@ -28,7 +29,7 @@ def test_istio_2020_command_line():
     assert cfg.discovery_address == "istiod.istio-system.svc:15012"
     assert (cfg.tracer.kind, cfg.tracer.service.address) == ("zipkin", "zipkin.istio-system:9411")
     assert (cfg.proxy_log_level, cfg.proxy_component_log_level) == ("warning", "misc:error")
-    assert (cfg.connect_timeout, cfg.dns_refresh_rate) == (10.0, 300.0)
+    assert cfg.connect_timeout == 10.0
     assert (cfg.admin_port, cfg.status_port, cfg.concurrency) == (15000, 15020, 2)
     assert cfg.control_plane_auth_policy == "NONE"
     assert cfg.trust_domain == "cluster.local"
@@ -47,7 +48,7 @@ def test_defaults_today():
     assert (cfg.envoy_status_port, cfg.envoy_prometheus_port) == (15021, 15090)
     assert cfg.domain == ".svc.cluster.local"  # Istio's value with POD_NAMESPACE unset
     assert cfg.instance_ips == ("127.0.0.1", "::1")
-    assert cfg.xds_type == "GRPC" and cfg.standalone is False and cfg.app_probers == {}
+    assert cfg.xds_type == "DELTA_GRPC" and cfg.standalone is False and cfg.app_probers == {}
 
 
 def test_existing_usr_local_bin_envoy_is_kept():
@@ -108,7 +109,9 @@ MESH = "defaultConfig:\n  drainDuration: 30s\n  proxyMetadata: {A: mesh, B: mesh
     ([], {"ENVOY_RESTART_WINDOW": "1m"}, {}, "restart_window", 60.0),
     # ports from env
     ([], {"ENVOY_STATUS_PORT": "15121", "ENVOY_PROMETHEUS_PORT": "15190"}, {}, "envoy_status_port", 15121),
-    ([], {"ISTIO_DELTA_XDS": "true"}, {}, "xds_type", "DELTA_GRPC"),
+    ([], {"ISTIO_DELTA_XDS": "false"}, {}, "xds_type", "GRPC"),
+    ([], {"CA_ADDR": "ca.example:15012", "XDS_HEADER_X_Team": "a", "ISTIO_META_CLUSTER_ID": "c1"}, {}, "mesh",
+     MeshSettings(ca_addr="ca.example:15012", xds_headers=(("X_Team", "a"),), cluster_id="c1")),
     # log flags
     (["--log_as_json", "--log_output_level=default:debug"], {}, {}, "log_as_json", True),
     (["--proxyLogLevel=info,misc:error,upstream:debug"], {}, {}, "proxy_log_level", "info,misc:error,upstream:debug"),
@@ -196,7 +199,6 @@ def test_istiod_san_and_root_cert():
     (["--proxyLogLevel", "info,misc:chatty"], {}, {}, "invalid proxyLogLevel: 'info,misc:chatty'"),
     (["--proxyComponentLogLevel", "misc:nope"], {}, {}, "invalid proxyComponentLogLevel"),
     (["--connectTimeout", "0s"], {}, {}, "invalid connectTimeout: '0s' (> 0)"),
-    (["--dnsRefreshRate", "0s"], {}, {}, "invalid dnsRefreshRate: '0s'"),
     (["--concurrency", "-2"], {}, {}, "invalid concurrency: -2"),
     ([], {}, {"./etc/istio/config/mesh": "defaultConfig: [\n"}, "invalid --meshConfig file"),
     ([], {"ISTIO_BOOTSTRAP_OVERRIDE": "/o"}, {"/o": "- a\n- b\n"}, "expected an object"),
@@ -207,10 +209,13 @@ def test_istiod_san_and_root_cert():
     ([], {"ENVOY_SECURE_METRICS_PORT": "70000"}, {}, "invalid port for ENVOY_SECURE_METRICS_PORT: '70000' (0 disables)"),
     ([], {"ENVOY_SECURE_MERGED_METRICS_PORT": "-1"}, {}, "invalid port for ENVOY_SECURE_MERGED_METRICS_PORT: '-1'"),
     ([], {"ISTIO_DELTA_XDS": "delta"}, {}, "invalid boolean for ISTIO_DELTA_XDS: 'delta'"),
-    ([], {"AGENT_XDS_PROXY": "on please"}, {}, "invalid boolean for AGENT_XDS_PROXY: 'on please'"),
+    ([], {"DISABLE_ENVOY": "on please"}, {}, "invalid boolean for DISABLE_ENVOY: 'on please'"),
+    ([], {"SECRET_GRACE_PERIOD_RATIO": "1.5"}, {}, "invalid SECRET_GRACE_PERIOD_RATIO: '1.5' (a number from 0 to 1)"),
+    ([], {"SECRET_TTL": "soon"}, {}, "SECRET_TTL"),
+    ([], {"WORKLOAD_RSA_KEY_SIZE": "1024"}, {}, "invalid WORKLOAD_RSA_KEY_SIZE: 1024 (at least 2048)"),
     ([], {"PEER_METADATA_DISCOVERY": "2"}, {}, "invalid boolean for PEER_METADATA_DISCOVERY: '2'"),
     ([], {"ISTIO_META_LOAD_STATS_CONFIG_JSON": "[1]"}, {}, "invalid ISTIO_META_LOAD_STATS_CONFIG_JSON: not a JSON object"),
-    (["--configPath", "/" + "p" * 120], {"AGENT_XDS_PROXY": "true"}, {},
+    (["--configPath", "/" + "p" * 120], {}, {},
      "invalid configPath: the socket '/pppp"),
 ])
 def test_bad_input_is_one_clear_line(argv, env, files, message):

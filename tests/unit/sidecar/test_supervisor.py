@@ -218,6 +218,7 @@ async def test_signal_while_waiting_to_restart_exits_at_once(rig):
 
 async def test_envoy_handle_kills_a_leftover_on_exit():
     with EnvoyHandle(["sleep", "30"]) as handle:
-        pid = handle.pid
-        assert pid is not None
+        assert handle.pid is None  # the sidecar spawns it in its start-up
+        handle.spawn()
+        assert handle.pid is not None
     assert handle.pid is None and handle.process.returncode == -signal.SIGKILL
