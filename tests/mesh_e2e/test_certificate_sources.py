@@ -68,6 +68,7 @@ def test_disable_envoy_proxyless(mesh):
     for key in ("certificate_file", "private_key_file", "ca_certificate_file"):
         assert os.path.basename(provider[key]) in {"cert-chain.pem", "key.pem", "root-cert.pem"}
     assert pod.envoy_pids() == [] and agent.proc.poll() is None
+    pod.wait_ready()  # with no Envoy: ready once it holds a certificate and reaches istiod
     # A gRPC client on the bootstrap's socket gets istiod's clusters through the agent.
     with grpc.insecure_channel(f"unix:{pod.root}/etc/istio/proxy/XDS") as channel:
         stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
