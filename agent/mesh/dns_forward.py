@@ -8,7 +8,8 @@ and reads UDP answers into a 512-byte buffer unless the client sent EDNS. Here i
 - the servers are tried in resolv.conf order (the first is the primary, as for glibc), each
   attempt bounded by `attempt_timeout`, the whole query by `timeout`, after which the client gets
   SERVFAIL; a server that refuses (ICMP unreachable, TCP reset) is skipped for the rest of the
-  query, one that is merely slow is tried again while time remains (a lost UDP datagram);
+  query (UDP sockets are connected, so the ICMP error fails the attempt at once), one that is
+  merely slow is tried again while time remains (a lost UDP datagram);
 - the UDP leg always advertises an EDNS0 buffer of `udp_size`, and a truncated UDP answer is
   fetched again over TCP, so the client gets the whole answer whenever it fits its own limit
   (the server re-truncates it for the client's UDP limit; the client then comes back over TCP).
@@ -21,13 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import dns.asyncbackend
 import dns.asyncquery
 import dns.exception
 import dns.flags
+import dns.inet
 import dns.message
 import dns.rcode
 
@@ -172,8 +176,14 @@ class Forwarder:
         port = self.settings.port
         if tcp:
             return await dns.asyncquery.tcp(query, server, timeout, port)
-        reply = await dns.asyncquery.udp(self._udp_query(query), server, timeout, port,
-                                         ignore_unexpected=True, ignore_errors=True)
+        # A connected socket: the kernel drops datagrams from anyone but the server, and a
+        # server that is down (ICMP port unreachable) fails the attempt at once instead of
+        # after the timeout.
+        backend = dns.asyncbackend.get_default_backend()
+        family = dns.inet.af_for_address(server)
+        async with await backend.make_socket(family, socket.SOCK_DGRAM, 0, None, (server, port)) as sock:
+            reply = await dns.asyncquery.udp(self._udp_query(query), server, timeout, port,
+                                             ignore_unexpected=True, ignore_errors=True, sock=sock)
         if reply.flags & dns.flags.TC:
             reply = await dns.asyncquery.tcp(query, server, timeout, port)
         return reply
