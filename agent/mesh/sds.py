@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import enum
 import os
 import time
 import uuid
@@ -266,14 +267,25 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         return f"{local[:-2]}:{local[-2:]}/{next(self._versions)}"
 
 
-async def external_sds_present(socket_dir: str = SOCKET_DIR, socket_file: str = DEFAULT_SOCKET_FILE,
-                               timeout: float = 1.0) -> bool:
-    """True when another SDS server (e.g. SPIRE) already serves `<socket_dir>/<socket_file>`.
+class SdsOwner(enum.Enum):
+    """Who serves the workload identity socket."""
 
-    Istio then serves only file certificates, on another socket. A socket file nobody answers on is
-    removed; a non-default file name with no live socket is a start-up error, since Envoy's bootstrap
-    points at it and nothing would ever serve it
-    (https://github.com/istio/istio/blob/master/pkg/istio-agent/agent.go, checkSocket)."""
+    AGENT = "agent"  # ours: nothing else is there
+    EXTERNAL = "external"  # another SDS server (e.g. SPIRE) answers on it
+    AWAITED = "awaited"  # a non-default socket name and nobody there yet: an external server is expected
+
+
+async def sds_owner(socket_dir: str = SOCKET_DIR, socket_file: str = DEFAULT_SOCKET_FILE,
+                    timeout: float = 1.0) -> SdsOwner:
+    """Who serves `<socket_dir>/<socket_file>`, as Istio decides it
+    (https://github.com/istio/istio/blob/master/pkg/istio-agent/agent.go, checkSocket): a live socket
+    there is another SDS server's (Istio then serves only file certificates, on another socket); a
+    socket file nobody answers on is removed.
+
+    A non-default file name with no live socket means an external server is expected. Istio refuses
+    to start then, and the pod restarts until that server is up; here the agent starts without an SDS
+    server of its own, Envoy's secrets wait for the external one, and readiness says so
+    (`Mesh.certificate_problem`)."""
     if "/" in socket_file:
         raise uds.UdsError("workload identity socket file override must be a filename, not a path: "
                            f"{socket_file}")
@@ -281,11 +293,13 @@ async def external_sds_present(socket_dir: str = SOCKET_DIR, socket_file: str = 
     if os.path.exists(path):
         if await uds.is_live(path, timeout):
             log.info(f"SDS socket found: {path}; serving file certificates only")
-            return True
+            return SdsOwner.EXTERNAL
         try:
             os.remove(path)
         except OSError as e:
             raise uds.UdsError(f"existing SDS socket could not be removed: {path}: {e.strerror}") from None
     if socket_file != DEFAULT_SOCKET_FILE:
-        raise uds.UdsError(f"agent configured for non-default SDS socket path: {path} but no socket found")
-    return False
+        log.warning(f"agent configured for non-default SDS socket path: {path} but no socket found: "
+                    "waiting for the SDS server that owns it")
+        return SdsOwner.AWAITED
+    return SdsOwner.AGENT

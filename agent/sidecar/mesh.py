@@ -5,7 +5,8 @@ order Istio's agent starts them (https://github.com/istio/istio/blob/master/pkg/
 1. the secret manager, which asks the CA for the workload certificate at once (Istio waits for
    Envoy's first SDS request; asking now overlaps the CSR with Envoy's start);
 2. the SDS server on `./var/run/secrets/workload-spiffe-uds/<WORKLOAD_IDENTITY_SOCKET_FILE>`, unless
-   a live external SDS server (SPIRE, say) already serves that socket;
+   an external SDS server (SPIRE, say) serves that socket or, for a non-default name, is expected
+   to (agent.mesh.sds.sds_owner);
 3. the xDS proxy on `<configPath>/XDS`, relaying Envoy's ADS streams to istiod.
 
 Each registers its stop on the sidecar's cleanup stack, so they stop after Envoy has drained. A
@@ -42,11 +43,14 @@ class Mesh:
     ca: CAClient | None
     sds: sds.SdsServer | None
     xds: XdsProxy
+    awaited_sds: str | None = None  # the external SDS socket Envoy's secrets wait for
 
     def control_plane_problem(self) -> str | None:
         return self.xds.unreachable_reason()
 
     def certificate_problem(self) -> str | None:
+        if self.awaited_sds and not os.path.exists(self.awaited_sds):
+            return f"no certificate yet: no SDS server at {self.awaited_sds}"
         if self.ca is None or self.secrets is None or self.secrets.cert_expiry_seconds() is not None:
             return None  # an external SDS server or mounted files: nothing to wait for from the CA
         return f"no certificate yet: {self.secrets.last_error}" if self.secrets.last_error else "no certificate yet"
@@ -103,9 +107,8 @@ async def start_mesh(cfg: SidecarConfig, on_shutdown: OnShutdown) -> Mesh:
 async def _start(cfg: SidecarConfig, on_shutdown: OnShutdown) -> Mesh:
     socket_file = cfg.workload_identity_socket_file
     secrets = ca = sds_server = None
-    if await sds.external_sds_present(WORKLOAD_IDENTITY_DIR, socket_file):
-        log.info("an SDS server already serves the workload identity socket: using it", socket=socket_file)
-    else:
+    owner = await sds.sds_owner(WORKLOAD_IDENTITY_DIR, socket_file)
+    if owner is sds.SdsOwner.AGENT:
         use_ca, files = secret_files.cert_source(cfg.mesh.file_mounted_certs, cfg.mesh.prov_cert)
         if use_ca:
             ca = CAClient(ca_options(cfg))
@@ -123,4 +126,5 @@ async def _start(cfg: SidecarConfig, on_shutdown: OnShutdown) -> Mesh:
         on_trust_bundle=secrets.update_trust_anchors if secrets else None)
     await xds.start()
     on_shutdown("xDS proxy", xds.stop)
-    return Mesh(secrets, ca, sds_server, xds)
+    awaited = f"{WORKLOAD_IDENTITY_DIR}/{socket_file}" if owner is sds.SdsOwner.AWAITED else None
+    return Mesh(secrets, ca, sds_server, xds, awaited)

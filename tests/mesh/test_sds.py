@@ -155,23 +155,23 @@ async def test_delta_and_fetch_are_unimplemented(served):
     assert oct(os.stat(os.path.dirname(server.path)).st_mode & 0o777) == "0o750"
 
 
-async def test_external_sds_check(sock_dir):
-    assert await sds.external_sds_present(sock_dir) is False
+async def test_who_owns_the_sds_socket(sock_dir):
+    assert await sds.sds_owner(sock_dir) is sds.SdsOwner.AGENT
     dead = os.path.join(sock_dir, "socket")
     with socket.socket(socket.AF_UNIX) as s:
         s.bind(dead)  # a socket file with nobody listening: removed
-    assert await sds.external_sds_present(sock_dir) is False and not os.path.exists(dead)
+    assert await sds.sds_owner(sock_dir) is sds.SdsOwner.AGENT and not os.path.exists(dead)
 
     other = sds.SdsServer(FakeProvider(), sds.SdsOptions(socket_path=dead))
     await other.start()
     try:
-        assert await sds.external_sds_present(sock_dir) is True
+        assert await sds.sds_owner(sock_dir) is sds.SdsOwner.EXTERNAL
     finally:
         await other.stop(0)
-    with pytest.raises(uds.UdsError, match="non-default SDS socket path: .*/spire but no socket found"):
-        await sds.external_sds_present(sock_dir, "spire")
+    # A non-default name nobody serves yet: an external server is expected (Istio refuses to start).
+    assert await sds.sds_owner(sock_dir, "spire") is sds.SdsOwner.AWAITED
     with pytest.raises(uds.UdsError, match="must be a filename, not a path: a/b"):
-        await sds.external_sds_present(sock_dir, "a/b")
+        await sds.sds_owner(sock_dir, "a/b")
 
 
 async def test_socket_path_too_long_is_one_clear_error(sock_dir):
