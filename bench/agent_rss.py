@@ -23,8 +23,8 @@ from bench.sidecar_common import emit, http_get, median, proc_rss_kib, wait_for 
 TARGET_MIB = 55.0
 
 
-def one_run(bench: MeshBench, window: float) -> dict:
-    proc = bench.start_agent()
+def one_run(bench: MeshBench, window: float, env: dict[str, str]) -> dict:
+    proc = bench.start_agent(env)
     try:
         wait_for(lambda: http_get(15020, "/healthz/ready", timeout=1)[0] == 200, 60, 0.01, "agent ready")
         at_ready = proc_rss_kib(proc.pid) / 1024
@@ -43,10 +43,13 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--window", type=float, default=10.0, help="idle seconds sampled after ready")
     ap.add_argument("-n", type=int, default=3, help="fresh agents")
+    ap.add_argument("--env", action="append", default=[], metavar="K=V", help="extra agent environment "
+                    "(e.g. MALLOC_ARENA_MAX=2, to see what an allocator setting is worth)")
     args = ap.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
     bench = MeshBench.create()
     try:
-        runs = [one_run(bench, args.window) for _ in range(args.n)]
+        runs = [one_run(bench, args.window, env) for _ in range(args.n)]
     finally:
         bench.close()
     idle = median([r["idle_median_mib"] for r in runs])
@@ -55,7 +58,7 @@ def main() -> int:
           "at_ready_mib": round(median([r["at_ready_mib"] for r in runs]), 1),
           "idle_max_mib": round(max(r["idle_max_mib"] for r in runs), 1),
           "peak_hwm_mib": round(max(r["peak_hwm_mib"] for r in runs), 1),
-          "window_s": args.window, "runs": args.n,
+          "window_s": args.window, "runs": args.n, "env": env,
           "baseline": "Istio's Go agent: about 25 MB (proxyless-gRPC blog) to 50 MB observed (istio/istio#38000)"})
     return 0
 

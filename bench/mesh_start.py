@@ -13,7 +13,8 @@
 
 Both get the same resources (an ISTIO_MUTUAL outbound cluster that waits for its secrets, and the
 listeners). Polled every 2 ms with a raw HTTP GET from inside the pod namespace; runs alternate
-sides. Prints one JSON line: medians, the ratio (target <= 2.5x), and when the agent spawned Envoy.
+sides. Prints one JSON line: medians, the ratio (target <= 2.5x), when the agent spawned Envoy, and
+with --profile the agent's slowest top-level imports (PYTHONPROFILEIMPORTTIME) in one more run.
 """
 from __future__ import annotations
 
@@ -49,6 +50,30 @@ def run_ours(bench: MeshBench) -> tuple[float, float | None, list[str]]:
     return took, envoy_spawned_after(bench.agent_log().rsplit("Version ", 1)[-1]), argv
 
 
+def import_profile(bench: MeshBench) -> dict:
+    """One more agent run with PYTHONPROFILEIMPORTTIME=1: where its start-up time goes on imports."""
+    offset = bench.pod.root.parent.joinpath(f"{bench.pod.name}-agent.log").stat().st_size
+    start = time.monotonic()
+    proc = bench.start_agent(env={"PYTHONPROFILEIMPORTTIME": "1"})
+    try:
+        wait_for(lambda: http_get(15020, "/healthz/ready", timeout=1)[0] == 200, 60, 0.002, "agent ready")
+        took = time.monotonic() - start
+    finally:
+        bench.stop_agent(proc)
+    top: list[tuple[str, float]] = []
+    total = 0.0
+    for line in bench.agent_log()[offset:].splitlines():
+        if not line.startswith("import time:") or "|" not in line or "self [us]" in line:
+            continue
+        _, cumulative, name = line.split("|", 2)
+        if not name.startswith("  "):  # top-level imports only (nested ones are indented further)
+            ms = int(cumulative) / 1000
+            total += ms
+            top.append((name.strip(), round(ms, 1)))
+    top.sort(key=lambda t: -t[1])
+    return {"profiled_run_s": round(took, 4), "imports_total_ms": round(total, 1), "imports_top_ms": top[:10]}
+
+
 def _bare_ready(proc: subprocess.Popen) -> bool:
     if proc.poll() is not None:
         raise RuntimeError(f"envoy exited {proc.returncode}")
@@ -74,6 +99,7 @@ def run_bare(bench: MeshBench, argv: list[str]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("-n", type=int, default=7, help="runs per side")
+    ap.add_argument("--profile", action="store_true", help="add an import-time profile of one more agent run")
     args = ap.parse_args()
     bench = MeshBench.create()
     try:
@@ -90,11 +116,12 @@ def main() -> int:
                         spawn.append(spawned)
                 else:
                     bare.append(run_bare(bench, argv))
+        profile = import_profile(bench) if args.profile else {}
         emit({"figure": "mesh_start_to_ready", "ours_s": median(ours), "baseline_s": median(bare),
               "ratio": median(ours) / median(bare), "target": TARGET, "runs": args.n,
               "agent_spawned_envoy_after_s": median(spawn) if spawn else None,
               "ours_all": [round(x, 4) for x in ours], "baseline_all": [round(x, 4) for x in bare],
-              "envoy_argv": " ".join(argv)})
+              "envoy_argv": " ".join(argv), **profile})
     finally:
         bench.close()
     return 0
