@@ -16,36 +16,12 @@ from typing import Any
 
 import aiohttp
 import prometheus_client
-import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from agent.sidecar.scrape import BODY_CAP, TEXT, Target, negotiate_accept, response_content_type, strip_eof
 
 # ---------------------------------------------------------------------------------------------
 # The agent's registry
-
-
-class EnvoyProcessCollector:
-    """RSS, CPU seconds and open fds of the current Envoy process (psutil), beyond Istio."""
-
-    def __init__(self, envoy_pid: Callable[[], int | None]):
-        self.envoy_pid = envoy_pid
-
-    def collect(self):
-        pid = self.envoy_pid()
-        if not pid:
-            return
-        try:
-            proc = psutil.Process(pid)
-            with proc.oneshot():
-                rss, cpu = proc.memory_info().rss, proc.cpu_times()
-                fds = proc.num_fds()
-        except (psutil.Error, OSError):
-            return
-        yield GaugeMetricFamily("istio_agent_envoy_process_resident_memory_bytes", "Envoy resident memory", value=rss)
-        yield CounterMetricFamily("istio_agent_envoy_process_cpu_seconds", "Envoy user+system CPU seconds",
-                                  value=cpu.user + cpu.system)
-        yield GaugeMetricFamily("istio_agent_envoy_process_open_fds", "Envoy open file descriptors", value=fds)
 
 
 class MeshCollector:
@@ -111,7 +87,10 @@ class AgentMetrics:
         for kind in ("agent", "envoy", "application"):
             self.scrape_failures.labels(kind)
         prometheus_client.ProcessCollector(namespace="istio_agent", registry=reg)
-        reg.register(EnvoyProcessCollector(envoy_pid))
+        # Envoy's RSS, CPU seconds and open fds (beyond Istio), read from /proc like the agent's own;
+        # no Envoy running: no /proc entry to read, no series.
+        prometheus_client.ProcessCollector(namespace="istio_agent_envoy", pid=lambda: envoy_pid() or "none",
+                                           registry=reg)
         if mesh is not None:
             reg.register(MeshCollector(mesh))
 
