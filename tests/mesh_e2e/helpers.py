@@ -77,10 +77,11 @@ class MeshPod:
 
     def start_agent(self, args: list[str] | None = None, env: dict | None = None,
                     replace_env: bool = False) -> Agent:
-        """The agent as uid 1337 with the pod root as working directory (today's injection unless told)."""
+        """The agent as uid 1337 with the pod root as working directory (today's injection unless told;
+        a variable given as None in `env` is left out)."""
         args = injected_args(self.namespace) if args is None else args
         pod_env = {} if replace_env else injected_env(self.name, self.namespace, self.sa, self.ip)
-        full_env = {**BASE_ENV, **pod_env, **(env or {})}
+        full_env = {k: v for k, v in {**BASE_ENV, **pod_env, **(env or {})}.items() if v is not None}
         log_path = self.root.parent / f"{self.name}-agent.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(self.ns.argv([PILOT_AGENT, *args], PROXY_UID), stdout=log,
