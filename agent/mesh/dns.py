@@ -2,7 +2,8 @@
 
     proxy = DnsProxy(DnsOptions(pod_namespace="ns1", proxy_domain="ns1.svc.cluster.local"))
     await proxy.start()            # DnsProxyError: one line (resolv.conf unreadable, port taken)
-    proxy.update(name_table)       # each NDS NameTable from the xDS proxy; atomic swap
+    proxy.update(name_table)       # build and swap now (atomic: one assignment)
+    XdsProxy(..., on_name_table=proxy.on_name_table)   # the same, built off the event loop
     await proxy.stop()
 
 `pilot-agent istio-iptables --redirect-dns` sends the app's queries to the resolv.conf nameservers
@@ -60,7 +61,6 @@ class DnsOptions:
     timeout: float = 4.0
     attempt_timeout: float = 2.0
     upstream_port: int = 53
-    upstream_udp_size: int = 1232
     istio_cnames: bool = False
     forward_before_table: bool = False
     max_pending: int = 1024
@@ -121,6 +121,8 @@ class DnsProxy:
         self._forwarder: Forwarder | None = None
         self._servers: list[UdpServer | TcpServer] = []
         self._pending = 0
+        self._received = 0  # NameTables handed to on_name_table, and the newest one swapped in
+        self._swapped = 0
         self.log = RateLimitedLog(options.log_burst, options.log_interval)
 
     @property
@@ -138,15 +140,25 @@ class DnsProxy:
                                        o.istio_cnames)
         self._forwarder = Forwarder(ForwardSettings(
             self.resolv.nameservers, o.upstream_port, o.forward_parallel, o.timeout,
-            min(o.attempt_timeout, o.timeout), o.upstream_udp_size),
+            min(o.attempt_timeout, o.timeout)),
             self.stats, lambda message: self.log("info", "upstream", message))
         if self.name_table is not None:
             self.update(self.name_table)  # a table that came before start() gets our settings
+        addresses = listen_addresses(o.address, self.resolv)
+        # Port 0 (tests): the port the first listener got may be taken for the others; try again.
+        for attempt in range(1 if addresses[0][1] else 10):
+            try:
+                return await self._listen(addresses)
+            except DnsProxyError:
+                if attempt == 9 or addresses[0][1]:
+                    raise
+
+    async def _listen(self, addresses: list[tuple[str, int]]) -> None:
         port = 0
         try:
-            for host, wanted in listen_addresses(o.address, self.resolv):
+            for host, wanted in addresses:
                 for kind in (UdpServer, TcpServer):
-                    server = kind(self, o.tcp_idle_timeout)
+                    server = kind(self, self.options.tcp_idle_timeout)
                     port = await server.start(host, wanted or port)
                     self._servers.append(server)
                     log.info(f"Starting local {server.protocol} DNS server on "
@@ -154,6 +166,7 @@ class DnsProxy:
                 self.addresses.append((host, port))
         except OSError as e:
             await self.stop()
+            self.addresses = []
             raise DnsProxyError(f"dns proxy: cannot listen on {server.protocol} "
                                 f"{_hostport(host, wanted or port)}: {e.strerror or e}") from None
 
@@ -166,8 +179,32 @@ class DnsProxy:
         """Build the new table, then swap it in with one assignment: a query in flight keeps the
         table it started with, the next one sees the new one."""
         table = LookupTable(name_table, self._settings)
+        self._received += 1
+        self._swapped = self._received  # a build still running in a thread is older: dropped
         self.table, self.name_table = table, name_table
         log.debug(f"updated lookup table with {table.hosts} hosts")
+
+    def on_name_table(self, name_table: nds_pb2.NameTable) -> asyncio.Future:
+        """The xDS proxy's callback (called on the event loop). Building 10,000 names takes about
+        0.2 s of CPU, so it runs in a worker thread and the loop keeps answering meanwhile (a few
+        ms at worst, the interpreter's thread switch interval); tables are swapped in the order
+        they arrived and one overtaken by a newer one is dropped. The future completes once this
+        table (or a newer one) is in use."""
+        self._received += 1
+        generation, settings = self._received, self._settings
+        built = asyncio.get_running_loop().run_in_executor(None, LookupTable, name_table, settings)
+        built.add_done_callback(lambda f: self._swap(f, generation, name_table))
+        return built
+
+    def _swap(self, built: asyncio.Future, generation: int, name_table: nds_pb2.NameTable) -> None:
+        if built.cancelled():
+            return
+        if built.exception() is not None:
+            log.error(f"dns proxy: building the lookup table failed: {built.exception()!r}")
+        elif generation > self._swapped:
+            self._swapped = generation
+            self.table, self.name_table = built.result(), name_table
+            log.debug(f"updated lookup table with {self.table.hosts} hosts")
 
     # ---- answering (called by the listeners) ---------------------------------------------
 

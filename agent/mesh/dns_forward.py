@@ -3,16 +3,18 @@
 Istio's agent (https://github.com/istio/istio/blob/master/pkg/dns/client/proxy.go) sends the query
 as is over the transport it came on, to the servers in a random order, each with the whole
 DNS_FORWARD_TIMEOUT (5 s, glibc's own timeout: one dead server makes the client give up first),
-and reads UDP answers into a 512-byte buffer unless the client sent EDNS. Here instead:
+and reads UDP answers into a 512-byte buffer unless the client sent EDNS (a bigger answer without
+TC then fails to unpack and becomes SERVFAIL, istio#61371). Here instead:
 
 - the servers are tried in resolv.conf order (the first is the primary, as for glibc), each
   attempt bounded by `attempt_timeout`, the whole query by `timeout`, after which the client gets
   SERVFAIL; a server that refuses (ICMP unreachable, TCP reset) is skipped for the rest of the
   query (UDP sockets are connected, so the ICMP error fails the attempt at once), one that is
   merely slow is tried again while time remains (a lost UDP datagram);
-- the UDP leg always advertises an EDNS0 buffer of `udp_size`, and a truncated UDP answer is
-  fetched again over TCP, so the client gets the whole answer whenever it fits its own limit
-  (the server re-truncates it for the client's UDP limit; the client then comes back over TCP).
+- the client's query goes upstream byte for byte, the answer is read whatever its size, and a
+  truncated UDP answer is fetched again over TCP, so the client gets the whole answer whenever it
+  fits its own limit (the server cuts it to the client's UDP limit with TC set otherwise, and the
+  client comes back over TCP); an answer that fits goes back byte for byte too.
 
 The queries leave from the agent's own sockets, and the agent runs as uid 1337: istio-iptables
 exempts that uid from the DNS redirect (and gives its packets their own conntrack zone), so the
@@ -21,13 +23,11 @@ upstream queries reach the real nameservers instead of looping back to port 1505
 from __future__ import annotations
 
 import asyncio
-import copy
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import dns.asyncbackend
 import dns.asyncquery
 import dns.exception
 import dns.flags
@@ -83,7 +83,6 @@ class ForwardSettings:
     parallel: bool = False
     timeout: float = 4.0
     attempt_timeout: float = 2.0
-    udp_size: int = 1232
 
 
 class AllFailed(Exception):
@@ -133,8 +132,6 @@ class Forwarder:
         if reply is None:
             self.stats.upstream_failures += 1
             return servfail(query)
-        if query.edns < 0 and reply.edns >= 0:
-            reply.use_edns(False)  # the EDNS0 we added on the upstream leg is not the client's
         return reply
 
     async def _sequential(self, query: dns.message.Message, tcp: bool) -> dns.message.Message:
@@ -145,7 +142,7 @@ class Forwarder:
                     continue
                 try:
                     return await self._exchange(server, query, tcp)
-                except dns.exception.Timeout:
+                except (TimeoutError, dns.exception.Timeout):
                     self._failure(f"upstream failure: {server}: timed out after "
                                   f"{self.settings.attempt_timeout:g}s")
                 except Exception as e:  # anything the network or a broken upstream produces
@@ -174,31 +171,36 @@ class Forwarder:
                         timeout: float | None = None) -> dns.message.Message:
         timeout = timeout or self.settings.attempt_timeout
         port = self.settings.port
-        if tcp:
-            return await dns.asyncquery.tcp(query, server, timeout, port)
-        # A connected socket: the kernel drops datagrams from anyone but the server, and a
-        # server that is down (ICMP port unreachable) fails the attempt at once instead of
-        # after the timeout.
-        backend = dns.asyncbackend.get_default_backend()
-        family = dns.inet.af_for_address(server)
-        async with await backend.make_socket(family, socket.SOCK_DGRAM, 0, None, (server, port)) as sock:
-            reply = await dns.asyncquery.udp(self._udp_query(query), server, timeout, port,
-                                             ignore_unexpected=True, ignore_errors=True, sock=sock)
-        if reply.flags & dns.flags.TC:
-            reply = await dns.asyncquery.tcp(query, server, timeout, port)
-        return reply
+        if not tcp:
+            async with asyncio.timeout(timeout):
+                reply = await self._udp(server, port, query)
+            if not reply.flags & dns.flags.TC:
+                return reply
+        return await dns.asyncquery.tcp(query, server, timeout, port)
 
-    def _udp_query(self, query: dns.message.Message) -> dns.message.Message:
-        """The query with an EDNS0 buffer of at least `udp_size` (a shallow copy: use_edns only
-        replaces the copy's OPT record)."""
-        if query.edns >= 0 and query.payload >= self.settings.udp_size:
-            return query
-        leg = copy.copy(query)
-        if query.edns >= 0:
-            leg.use_edns(query.edns, query.ednsflags, self.settings.udp_size, options=query.options)
-        else:
-            leg.use_edns(0, 0, self.settings.udp_size)
-        return leg
+    @staticmethod
+    async def _udp(server: str, port: int, query: dns.message.Message) -> dns.message.Message:
+        """One UDP exchange on a fresh socket (a random source port per query). The socket is
+        connected: the kernel drops datagrams from anyone but the server, and a server that is
+        down (ICMP port unreachable) fails the attempt at once instead of after the timeout.
+
+        The reply is read up to its question only, which is all it takes to know it answers our
+        query (id, opcode, question) and whether it is truncated; the server sends the bytes
+        on as they came, and reads the rest only if it must cut the reply to the client's size.
+        A datagram that is not the answer is skipped and the wait goes on."""
+        loop = asyncio.get_running_loop()
+        with socket.socket(dns.inet.af_for_address(server), socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.connect((server, port))
+            await loop.sock_sendall(sock, query.wire or query.to_wire())
+            while True:
+                data = await loop.sock_recv(sock, 65535)
+                try:
+                    reply = dns.message.from_wire(data, question_only=True)
+                except Exception:
+                    continue
+                if query.is_response(reply):
+                    return reply
 
 
 def _describe(e: BaseException) -> str:

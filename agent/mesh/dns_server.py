@@ -27,9 +27,13 @@ def fit(query: dns.message.Message, reply: dns.message.Message, tcp: bool) -> tu
     """The reply in wire format within the client's limit: over UDP the EDNS0 buffer it advertised
     (at least 512 bytes, the limit without EDNS0), over TCP 65,535. Names are always compressed;
     what still does not fit is left out whole RRset by RRset, with TC set so the client asks again
-    over TCP (istio#29675). (wire, truncated)."""
+    over TCP (istio#29675). An upstream's answer that fits goes back as it came. (wire, truncated)."""
     limit = 65535 if tcp else min(max(512, query.payload if query.edns >= 0 else 512), UDP_MAX)
+    if reply.wire is not None and len(reply.wire) <= limit:
+        return reply.wire, False
     try:
+        if reply.wire is not None and not reply.answer:  # read up to its question only, so far
+            reply = dns.message.from_wire(reply.wire)
         try:
             return reply.to_wire(max_size=limit), False
         except dns.exception.TooBig:

@@ -12,8 +12,6 @@ import asyncio
 import ipaddress
 import os
 import shutil
-import socket
-import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +62,11 @@ class Upstream:
     host: str = "127.0.0.1"
     records: dict[str, list[str]] = field(default_factory=dict)
     silent: bool = False
+    oversize: bool = False  # answer over UDP whatever the size, without TC (a broken resolver)
     port: int = 0
     received: dict[str, int] = field(default_factory=lambda: {"udp": 0, "tcp": 0})
     queries: list[dns.message.Message] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)
 
     async def start(self, port: int = 0) -> "Upstream":
         loop = asyncio.get_running_loop()
@@ -84,6 +84,7 @@ class Upstream:
         query = dns.message.from_wire(wire)
         self.received[transport] += 1
         self.queries.append(query)
+        self.raw.append(wire)
         if self.silent:
             return None
         reply = dns.message.make_response(query, recursion_available=True)
@@ -99,7 +100,7 @@ class Upstream:
                 reply.answer.append(dns.rrset.from_text_list(q.name, 60, "IN", q.rdtype, chosen))
         elif q.rdtype == dns.rdatatype.TXT:
             reply.answer.append(dns.rrset.from_text(q.name, 60, "IN", "TXT", '"from upstream"'))
-        limit = 65535 if transport == "tcp" else (query.payload if query.edns >= 0 else 512)
+        limit = 65535 if transport == "tcp" or self.oversize else (query.payload if query.edns >= 0 else 512)
         return reply.to_wire(max_size=limit, prefer_truncation=True)
 
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -153,12 +154,6 @@ async def start_proxy(directory: str, upstreams: list[Upstream], table: nds_pb2.
     return proxy
 
 
-def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def readable_dir(prefix: str) -> Path:
     """A temporary directory uid 1337 and 1000 can read (not under /root)."""
     d = Path(tempfile.mkdtemp(prefix=prefix))
@@ -174,7 +169,3 @@ def dnsmasq_argv(listen: list[str], hosts_file: Path, *, port: int = 53) -> list
             "--log-facility=-", f"--addn-hosts={hosts_file}", "--local-ttl=60",
             "--local=/#/", "--txt-record=txt.external.test,from dnsmasq",
             *(f"--listen-address={a}" for a in listen)]
-
-
-def spawn_checked(argv: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -53,12 +53,13 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
-    def reload() -> None:
+    async def reload() -> None:
         start = time.perf_counter()
-        proxy.update(load(args.table))
+        table = await asyncio.to_thread(load, args.table)  # the agent gets it parsed from istiod
+        await proxy.on_name_table(table)  # as the xDS proxy hands it over
         print(f"updated {proxy.table.hosts} {time.perf_counter() - start:.4f}", flush=True)
 
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reload()))
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, lambda: print(json.dumps(
         {"requests": proxy.stats.requests, "local": proxy.stats.local_answers,

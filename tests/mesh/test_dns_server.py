@@ -3,7 +3,6 @@ upstream (silent on demand), on loopback addresses."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import dns.asyncquery
@@ -12,10 +11,8 @@ import dns.flags
 import dns.message
 import dns.rcode
 import pytest
-from structlog.testing import capture_logs
 
-from agent.mesh.dns import DnsOptions, DnsProxy, DnsProxyError, listen_addresses
-from agent.mesh.dns_table import ResolvConf
+from agent.mesh.dns import DnsProxy
 from agent.mesh.protos import nds_pb2
 from tests.mesh.dns_helpers import Upstream, external, resolv_conf, start_proxy, worked_example
 from tests.mesh.sds_fakes import short_tmp
@@ -103,6 +100,22 @@ async def test_update_adds_and_removes_names_without_restart(proxy):
     assert (await udp(proxy, "productpage.")).rcode() == dns.rcode.NXDOMAIN
 
 
+async def test_tables_from_the_xds_callback_are_built_off_the_loop_and_swapped_in_order(proxy):
+    first, second = worked_example(), worked_example()
+    external(first, "first.example.com", "198.18.7.1")
+    external(second, "second.example.com", "198.18.7.2")
+    done = [proxy.on_name_table(first), proxy.on_name_table(second)]
+    assert ips(await udp(proxy, "productpage.")) == ["10.0.0.1"]  # the loop answers meanwhile
+    await asyncio.gather(*done)
+    assert proxy.name_table is second
+    assert ips(await udp(proxy, "second.example.com.")) == ["198.18.7.2"]
+    assert (await udp(proxy, "first.example.com.")).rcode() == dns.rcode.NXDOMAIN
+    late = proxy.on_name_table(first)
+    proxy.update(second)  # newer than the build still running: that one is dropped
+    await late
+    assert proxy.name_table is second
+
+
 # ---- forwarding ------------------------------------------------------------------------------------
 
 async def test_unknown_names_and_other_types_are_forwarded_as_is(proxy, upstream):
@@ -110,23 +123,32 @@ async def test_unknown_names_and_other_types_are_forwarded_as_is(proxy, upstream
     host, port = where(proxy)
     reply = await dns.asyncquery.udp(q, host, 5, port)
     assert reply.id == q.id and ips(reply) == ["198.18.5.5"] and reply.flags & dns.flags.RA
-    assert reply.edns < 0  # the EDNS0 we added upstream is not passed to a client that sent none
-    assert upstream.queries[-1].payload == 1232 and upstream.queries[-1].id == q.id
+    assert upstream.raw[-1] == q.to_wire()  # byte for byte
+    edns = dns.message.make_query("www.external.test.", "AAAA", use_edns=0, payload=1400, want_dnssec=True)
+    reply = await dns.asyncquery.udp(edns, host, 5, port)
+    assert upstream.raw[-1] == edns.to_wire() and reply.edns == 0 and ips(reply) == ["2001:db8::5"]
     assert (await udp(proxy, "nowhere.test.")).rcode() == dns.rcode.NXDOMAIN  # passed through
     txt = await udp(proxy, "productpage.", "TXT")  # known name, other type: the upstream's answer
-    assert txt.rcode() == dns.rcode.NXDOMAIN and upstream.received["udp"] == 3
-    assert proxy.stats.upstream_requests == 3 and proxy.stats.upstream_duration.count == 3
+    assert txt.rcode() == dns.rcode.NXDOMAIN and upstream.received["udp"] == 4
+    assert proxy.stats.upstream_requests == 4 and proxy.stats.upstream_duration.count == 4
 
 
 async def test_large_answer_truncated_for_udp_complete_over_tcp(proxy, upstream):
     small = await udp(proxy, "100.big.test.")
     assert small.flags & dns.flags.TC and len(small.to_wire()) <= 512
-    # upstream: UDP came back truncated (1232 bytes), so the proxy fetched it again over TCP
+    # upstream: UDP came back truncated (512 bytes), so the proxy fetched it again over TCP
     assert upstream.received == {"udp": 1, "tcp": 1}
     assert len(ips(await tcp(proxy, "100.big.test."))) == 100
     edns = await udp(proxy, "100.big.test.", use_edns=0, payload=4096)
     assert not edns.flags & dns.flags.TC and len(ips(edns)) == 100
     assert proxy.stats.truncated == 1
+
+
+async def test_oversized_udp_answer_is_cut_for_the_client_not_lost(proxy, upstream):
+    upstream.oversize = True  # 1.6 kB to a query without EDNS0: Istio's 512-byte read fails (istio#61371)
+    reply = await udp(proxy, "100.big.test.")
+    assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.TC
+    assert upstream.received == {"udp": 1, "tcp": 0} and proxy.stats.truncated == 1
 
 
 async def test_servers_in_order_a_silent_one_costs_one_attempt(tmp):
