@@ -7,11 +7,13 @@ A's certificate and tells B's app who called in `x-forwarded-client-cert`.
 """
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
 from datetime import datetime, timezone
 
+from tests.mesh_e2e.cluster import ROOT_CERT, TOKEN
 from tests.mesh_e2e.helpers import APP_PORT, LOADGEN, read_events
 from tests.support.netns import APP_UID, PROXY_UID
 from tests.support.process import PY, wait_until
@@ -116,3 +118,20 @@ def test_istiod_restart_mid_run(mesh, client_pod, server_pod, istiod_running):
         assert pod.envoy_pids() == envoys[pod.name]
         assert pod.agent.proc.poll() is None
     assert f"URI={client_pod.identity}" in _xfcc(client_pod)
+
+
+def test_sigterm_stops_envoy_then_the_mesh_services(mesh, server_pod):
+    """A pod of its own (the shared ones stay up): SIGTERM drains Envoy, then the agent exits 0 with
+    its sockets gone and no Envoy left."""
+    pod = mesh.pod("term", "nsc", "term")
+    agent = pod.start_agent(env={"TERMINATION_DRAIN_DURATION_SECONDS": "1"})
+    pod.wait_ready()
+    (envoy,) = pod.envoy_pids()
+    agent.signal(signal.SIGTERM)
+    assert agent.wait_exit(30) == 0
+    assert not os.path.exists(f"/proc/{envoy}/status") or "State:\tZ" in open(f"/proc/{envoy}/status").read()
+    log = agent.log()
+    assert "Traceback" not in log and "Agent has successfully terminated" in log, log[-2000:]
+    left = sorted(str(p.relative_to(pod.root)) for p in pod.root.rglob("*") if not p.is_dir())
+    assert left == [ROOT_CERT, TOKEN], left  # the mounted files only: no socket, no bootstrap
+    mesh.close_pod(pod)
