@@ -120,9 +120,9 @@ def test_istiod_restart_mid_run(mesh, client_pod, server_pod, istiod_running):
     assert f"URI={client_pod.identity}" in _xfcc(client_pod)
 
 
-def test_sigterm_stops_envoy_then_the_mesh_services(mesh, server_pod):
+def test_sigterm_exits_cleanly(mesh, server_pod):
     """A pod of its own (the shared ones stay up): SIGTERM drains Envoy, then the agent exits 0 with
-    its sockets gone and no Envoy left."""
+    its sockets and bootstrap gone and no Envoy left."""
     pod = mesh.pod("term", "nsc", "term")
     agent = pod.start_agent(env={"TERMINATION_DRAIN_DURATION_SECONDS": "1"})
     pod.wait_ready()
