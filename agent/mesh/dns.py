@@ -47,11 +47,19 @@ class DnsOptions:
     address: DNS_PROXY_ADDR. Host `localhost` listens on 127.0.0.1 if resolv.conf has an IPv4
     nameserver and on [::1] if it has an IPv6 one (both when both), as Istio does; any other host
     as given. Port 0 (tests) takes one free port for every listener.
+    resolv_conf: the upstream servers (port `upstream_port`) and the search list.
+    pod_namespace, proxy_domain: POD_NAMESPACE and --domain (`<ns>.svc.cluster.local`), for the
+    Kubernetes short names (`reviews.ns2.`, `productpage.`).
+    forward_parallel: DNS_FORWARD_PARALLEL, every server at once instead of one after another.
     timeout: the bound of a forwarded query (DNS_FORWARD_TIMEOUT); the client gets SERVFAIL then.
     Kept under glibc's 5 s so the SERVFAIL arrives before the client gives up on its own.
     attempt_timeout: one exchange with one server within that bound.
+    istio_cnames: Istio's answers for search-domain forms (agent/mesh/dns_table.py).
     forward_before_table: answer by forwarding before the first table (Istio's root `:53` mode);
-    otherwise SERVFAIL until then."""
+    otherwise SERVFAIL until then.
+    max_pending: forwarded queries waiting for an upstream at once; more get SERVFAIL at once.
+    tcp_idle_timeout: a client TCP connection with nothing to read for this long is closed.
+    log_burst, log_interval: at most that many lines of one kind per interval."""
 
     address: str = "localhost:15053"
     resolv_conf: str = "/etc/resolv.conf"

@@ -140,7 +140,7 @@ def aliases(host: str, info: nds_pb2.NameTable.NameInfo, settings: TableSettings
     if ns == settings.pod_namespace:
         out.append(f"{short}.")
     out.append(f"{short}.{ns}.{domain.split('.')[0]}.")
-    out.extend(alt + "." for alt in info.alt_hosts)
+    out.extend(alt.rstrip(".") + "." for alt in info.alt_hosts if alt.strip("."))
     return out
 
 

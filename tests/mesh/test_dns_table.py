@@ -126,7 +126,7 @@ def info(**kw) -> nds_pb2.NameTable.NameInfo:
 
 
 def test_aliases_as_istio_generates_them():
-    k = info(registry="Kubernetes", shortname="reviews", namespace="ns2", alt_hosts=["legacy.alias"])
+    k = info(registry="Kubernetes", shortname="reviews", namespace="ns2", alt_hosts=["legacy.alias", ""])
     assert aliases("reviews.ns2.svc.cluster.local", k, OURS) == [
         "reviews.ns2.svc.cluster.local.", "reviews.ns2.", "reviews.ns2.svc.", "legacy.alias."]
     same_ns = info(registry="Kubernetes", shortname="pp", namespace="ns1")
