@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from tests.mesh_e2e.cluster import BASE_ENV, Hub, IstiodProcess  # noqa: E402
 from tests.mesh_e2e.helpers import APP_PORT, MeshPod, bare_bootstrap, issue_files  # noqa: E402
 from tests.mesh_e2e.mesh_istiod import MESH_FILE, save_pki  # noqa: E402
 from tests.support.netns import PROXY_UID  # noqa: E402
-from tests.support.process import PILOT_AGENT  # noqa: E402
 
 CLONE_NEWNET = 0x40000000
 POD = ("bench", "nsa", "bench", "198.18.4.10")
@@ -157,4 +155,4 @@ def envoy_spawned_after(log: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-__all__ = ["MeshBench", "PILOT_AGENT", "bare_argv", "envoy_spawned_after", "time"]
+__all__ = ["MeshBench", "bare_argv", "envoy_spawned_after"]

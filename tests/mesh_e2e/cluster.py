@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.netns import ISTIO_INIT_ARGS, PROXY_UID, Netns, sh
-from tests.support.process import PY, REPO, wait_until
+from tests.support.process import PY, REPO
 
 HUB_IP = "198.18.4.1"
 ISTIOD_HOST = "istiod.istio-system.svc"
@@ -149,16 +149,6 @@ class IstiodProcess:
             self.proc.wait(10)
         self.proc = None
 
-    def reload(self) -> None:
-        """Re-read mesh.json and push it (SIGHUP)."""
-        self.proc.send_signal(1)
-
     def log(self) -> str:
         path = self.directory / f"istiod-{self.port}.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
-
-    def wait_listening(self, timeout: float = 10) -> None:
-        def listening() -> bool:
-            out = self.hub.ns.run(["ss", "-Htln", f"sport = :{self.port}"], check=False).stdout
-            return bool(out.strip())
-        wait_until(listening, timeout, 0.05, f"istiod listening on {self.port}")

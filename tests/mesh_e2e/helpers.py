@@ -3,11 +3,10 @@ line), the app beside it, and what a test reads back (readiness, Envoy's admin A
 """
 from __future__ import annotations
 
-import datetime
 import json
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -59,7 +58,6 @@ class MeshPod:
     root: Path
     agent: Agent | None = None
     envoy: subprocess.Popen | None = None
-    extra: list[subprocess.Popen] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -200,9 +198,5 @@ def read_events(directory: Path, event: str | None = None) -> list[dict]:
     return [e for e in out if event is None or e["event"] == event]
 
 
-def not_after(pem: bytes) -> datetime.datetime:
-    return x509.load_pem_x509_certificate(pem).not_valid_after_utc
-
-
-__all__ = ["ISTIOD", "APP_PORT", "LOADGEN", "MeshPod", "TOKEN", "ROOT_CERT", "issue_files", "read_events",
-           "not_after", "injected_args", "injected_env"]
+__all__ = ["ISTIOD", "APP_PORT", "LOADGEN", "MeshPod", "TOKEN", "ROOT_CERT", "bare_bootstrap", "issue_files",
+           "read_events", "injected_args", "injected_env"]
