@@ -15,12 +15,11 @@ import pytest
 from agent.mesh.dns import DnsProxy
 from agent.mesh.protos import nds_pb2
 from tests.mesh.dns_helpers import Upstream, external, resolv_conf, start_proxy, worked_example
-from tests.mesh.sds_fakes import short_tmp
 
 
 @pytest.fixture
-def tmp():
-    return short_tmp("dns")
+def tmp(tmp_path):
+    return str(tmp_path)
 
 
 @pytest.fixture

@@ -15,13 +15,12 @@ from structlog.testing import capture_logs
 from agent.mesh.dns import DnsOptions, DnsProxy, DnsProxyError, RateLimitedLog, listen_addresses
 from agent.mesh.dns_table import ResolvConf
 from tests.mesh.dns_helpers import Upstream, resolv_conf, start_proxy, worked_example
-from tests.mesh.sds_fakes import short_tmp
 from tests.mesh.test_dns_server import ips, udp
 
 
 @pytest.fixture
-def tmp():
-    return short_tmp("dnse")
+def tmp(tmp_path):
+    return str(tmp_path)
 
 
 @pytest.fixture
