@@ -109,14 +109,48 @@ class MeshBench:
 
     # -- the baseline: Envoy alone, dialling istiod with pre-issued files --------------------------
 
-    def bare_config(self) -> Path:
-        files = issue_files(self.pki, self.pod.identity, self.pod.root / "etc/certs")
-        config = bare_bootstrap(self.pod, files, self.pki.token(self.pod.namespace, self.pod.sa), delta=True)
-        config["node"]["id"] = f"sidecar~{self.pod.ip}~{BARE_NODE}~nsa.svc.cluster.local"
-        path = self.pod.root / "bare-envoy.json"
+    def _bare_files(self) -> dict[str, Path]:
+        # Not ./etc/certs: the agent would take certificates there as mounted ones and skip its CSR.
+        return issue_files(self.pki, self.pod.identity, self.pod.root / "bare-certs")
+
+    def _write(self, name: str, config: dict) -> Path:
+        path = self.pod.root / name
         path.write_text(json.dumps(config))
         path.chmod(0o644)
         return path
+
+    def bare_config(self) -> Path:
+        """A minimal static bootstrap: admin, ADS over TLS to istiod, the two secrets."""
+        config = bare_bootstrap(self.pod, self._bare_files(), self._token(), delta=True)
+        config["node"]["id"] = self._bare_node_id()
+        return self._write("bare-envoy-minimal.json", config)
+
+    def istio_bare_config(self, rendered: dict) -> Path:
+        """The agent's own rendered bootstrap (Istio's, with its stats, health and Prometheus listeners)
+        turned into one that dials istiod itself: xds-grpc as TLS to istiod with the token as initial
+        metadata instead of the agent's pipe, the secrets as static ones from pre-issued files."""
+        minimal = bare_bootstrap(self.pod, self._bare_files(), self._token(), delta=True)
+        direct = next(c for c in minimal["static_resources"]["clusters"] if c["name"] == "xds-grpc")
+        config = json.loads(json.dumps(rendered))
+        clusters = config["static_resources"]["clusters"]
+        for i, cluster in enumerate(clusters):
+            if cluster["name"] == "xds-grpc":
+                clusters[i] = {**cluster, "load_assignment": direct["load_assignment"],
+                               "transport_socket": direct["transport_socket"]}
+        config["dynamic_resources"]["ads_config"]["grpc_services"] = \
+            minimal["dynamic_resources"]["ads_config"]["grpc_services"]
+        config["static_resources"]["secrets"] = minimal["static_resources"]["secrets"]
+        config["node"]["id"] = self._bare_node_id()
+        return self._write("bare-envoy-istio.json", config)
+
+    def rendered_bootstrap(self) -> dict:
+        return json.loads((self.pod.root / "etc/istio/proxy/envoy-rev.json").read_text())
+
+    def _token(self) -> str:
+        return self.pki.token(self.pod.namespace, self.pod.sa)
+
+    def _bare_node_id(self) -> str:
+        return f"sidecar~{self.pod.ip}~{BARE_NODE}~nsa.svc.cluster.local"
 
     def start_bare_envoy(self, argv: list[str]) -> subprocess.Popen:
         for port in (15000, 15001):

@@ -110,7 +110,7 @@ class MeshPod:
 
     def start_bare_envoy(self, pki: TestPKI, token: str, *, delta: bool = True) -> subprocess.Popen:
         """Envoy alone, as uid 1337, dialling istiod itself with certificates pre-issued as files."""
-        files = issue_files(pki, self.identity, self.root / "etc/certs")
+        files = issue_files(pki, self.identity, self.root / "bare-certs")
         config = bare_bootstrap(self, files, token, delta=delta)
         path = self.root / "bare-envoy.json"
         write_file(path, json.dumps(config).encode())
