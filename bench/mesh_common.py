@@ -9,6 +9,7 @@ The agent runs as today's injection starts it (tests/mesh_e2e/helpers.py: `injec
 from __future__ import annotations
 
 import ctypes
+import datetime
 import json
 import os
 import re
@@ -183,10 +184,26 @@ def _kill(pid: int) -> None:
         pass
 
 
+def timeline(log: str, exec_wall: float, until: str = "Envoy proxy is ready") -> list[tuple[float, str]]:
+    """The agent's log lines (one run's) as (ms since exec, message), up to the line containing `until`."""
+    out = []
+    for line in log.splitlines():
+        stamp, _, rest = line.partition("\t")
+        try:
+            at = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            continue
+        if "FLAG: " not in rest:
+            out.append((round((at - exec_wall) * 1000, 1), rest.split("\t", 1)[-1][:140]))
+        if until in rest:
+            break
+    return out
+
+
 def envoy_spawned_after(log: str) -> float | None:
     """Seconds from the agent's start to Envoy's spawn, as the agent logs it."""
     m = re.search(r"Envoy started pid=\d+ .*seconds_since_start=([0-9.]+)", log)
     return float(m.group(1)) if m else None
 
 
-__all__ = ["MeshBench", "bare_argv", "envoy_spawned_after"]
+__all__ = ["MeshBench", "bare_argv", "envoy_spawned_after", "timeline"]

@@ -16,7 +16,8 @@
 Both get the same resources (an ISTIO_MUTUAL outbound cluster that waits for its secrets, and the
 listeners). Polled every 2 ms with a raw HTTP GET from inside the pod namespace; runs alternate
 sides. Prints one JSON line: medians, the ratio (target <= 2.5x), when the agent spawned Envoy, and
-with --profile the agent's slowest top-level imports (PYTHONPROFILEIMPORTTIME) in one more run.
+the last run's agent log as a timeline (ms since exec), and with --profile the agent's slowest
+top-level imports (PYTHONPROFILEIMPORTTIME) in one more run.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.mesh_common import MeshBench, bare_argv, envoy_spawned_after  # noqa: E402
+from bench.mesh_common import MeshBench, bare_argv, envoy_spawned_after, timeline  # noqa: E402
 from bench.sidecar_common import emit, http_get, median, wait_for  # noqa: E402
 
 TARGET = 2.5
@@ -43,9 +44,11 @@ class OurRun:
     envoy_argv: list[str]
     bootstrap: dict
     csr: bool  # the certificate came from a CSR (not from files)
+    timeline: list[tuple[float, str]]  # the agent's log, ms since exec
 
 
 def run_ours(bench: MeshBench) -> OurRun:
+    exec_wall = time.time()
     start = time.monotonic()
     proc = bench.start_agent()
     try:
@@ -59,7 +62,8 @@ def run_ours(bench: MeshBench) -> OurRun:
     finally:
         bench.stop_agent(proc)
     log = bench.agent_log().rsplit("Version ", 1)[-1]
-    return OurRun(took, envoy_spawned_after(log), argv, rendered, "generated new workload certificate" in log)
+    return OurRun(took, envoy_spawned_after(log), argv, rendered, "generated new workload certificate" in log,
+                  timeline("Version " + log, exec_wall))
 
 
 def import_profile(bench: MeshBench) -> dict:
@@ -140,7 +144,7 @@ def main() -> int:
               "ours_all": [round(r.seconds, 4) for r in ours],
               "baseline_all": [round(x, 4) for x in bare["istio"]],
               "baseline_minimal_all": [round(x, 4) for x in bare["minimal"]],
-              "envoy_argv": " ".join(sides["istio"]), **profile})
+              "envoy_argv": " ".join(sides["istio"]), "last_run_timeline_ms": ours[-1].timeline, **profile})
     finally:
         bench.close()
     return 0
