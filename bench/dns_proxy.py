@@ -9,7 +9,8 @@ time), latency = reply received minus query sent. Series: mesh names (random nam
 forwarded names through the proxy, and the same forwarded names straight to dnsmasq; series are
 interleaved in rounds so background load hits them alike. Target: forwarded p50 and p99 at most
 1.2x direct + 0.5 ms. Memory: the proxy's VmRSS with an empty table, then after the 10,000-name
-table was swapped in (SIGHUP), and how long building it took. The last stdout line is one JSON
+table was swapped in (SIGHUP; the runner drops the garbage of reading its JSON file and trims the
+heap first, as the agent's xDS relay does after a big push), and how long building it took. The last stdout line is one JSON
 object (bench/run_all.py's convention).
 """
 from __future__ import annotations
