@@ -154,11 +154,12 @@ class DnsProxy:
             self.update(self.name_table)  # a table that came before start() gets our settings
         addresses = listen_addresses(o.address, self.resolv)
         # Port 0 (tests): the port the first listener got may be taken for the others; try again.
-        for attempt in range(1 if addresses[0][1] else 10):
+        tries = 1 if addresses[0][1] else 10
+        for attempt in range(tries):
             try:
                 return await self._listen(addresses)
             except DnsProxyError:
-                if attempt == 9 or addresses[0][1]:
+                if attempt == tries - 1:
                     raise
 
     async def _listen(self, addresses: list[tuple[str, int]]) -> None:

@@ -171,12 +171,17 @@ class Forwarder:
                         timeout: float | None = None) -> dns.message.Message:
         timeout = timeout or self.settings.attempt_timeout
         port = self.settings.port
-        if not tcp:
-            async with asyncio.timeout(timeout):
-                reply = await self._udp(server, port, query)
-            if not reply.flags & dns.flags.TC:
-                return reply
-        return await dns.asyncquery.tcp(query, server, timeout, port)
+        if tcp:
+            return await dns.asyncquery.tcp(query, server, timeout, port)
+        async with asyncio.timeout(timeout):
+            reply = await self._udp(server, port, query)
+        if not reply.flags & dns.flags.TC:
+            return reply
+        try:
+            return await dns.asyncquery.tcp(query, server, timeout, port)
+        except Exception as e:  # a server without TCP: its truncated answer is still an answer
+            self._failure(f"upstream failure: {server}: over TCP after a truncated answer: {_describe(e)}")
+            return reply
 
     @staticmethod
     async def _udp(server: str, port: int, query: dns.message.Message) -> dns.message.Message:

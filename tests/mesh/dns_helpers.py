@@ -63,6 +63,7 @@ class Upstream:
     records: dict[str, list[str]] = field(default_factory=dict)
     silent: bool = False
     oversize: bool = False  # answer over UDP whatever the size, without TC (a broken resolver)
+    tcp: bool = True  # False: no TCP listener at all
     port: int = 0
     received: dict[str, int] = field(default_factory=lambda: {"udp": 0, "tcp": 0})
     queries: list[dns.message.Message] = field(default_factory=list)
@@ -73,12 +74,13 @@ class Upstream:
         self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpSide(self),
                                                            local_addr=(self.host, port))
         self.port = self._udp.get_extra_info("sockname")[1]
-        self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port)
+        self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port) if self.tcp else None
         return self
 
     async def close(self) -> None:
         self._udp.close()
-        self._tcp.close()
+        if self._tcp is not None:
+            self._tcp.close()
 
     def reply(self, wire: bytes, transport: str) -> bytes | None:
         query = dns.message.from_wire(wire)

@@ -150,6 +150,17 @@ async def test_oversized_udp_answer_is_cut_for_the_client_not_lost(proxy, upstre
     assert upstream.received == {"udp": 1, "tcp": 0} and proxy.stats.truncated == 1
 
 
+async def test_truncated_answer_passed_on_when_the_upstream_has_no_tcp(tmp):
+    up = await Upstream(tcp=False).start()
+    p = await start_proxy(tmp, [up], worked_example(), timeout=2)
+    try:
+        reply = await udp(p, "100.big.test.")
+        assert reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.TC
+        assert p.stats.upstream_failures == 0
+    finally:
+        await p.stop(), await up.close()
+
+
 async def test_servers_in_order_a_silent_one_costs_one_attempt(tmp):
     silent = await Upstream(host="127.0.0.2", silent=True).start()
     good = await Upstream(host="127.0.0.3", records={"x.test.": ["198.18.9.9"]}).start(silent.port)
