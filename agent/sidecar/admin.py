@@ -113,8 +113,8 @@ class ReadinessProbe:
                 why = envoy.config_reason(envoy.parse_stats(await self.admin.stats(envoy.CONFIG_STATS, 1.0)))
             except AdminError as e:
                 return str(e)
-            if why:
-                return self._mesh_problem("config") or why
+            if why:  # Envoy asks for listeners only once its clusters have their secrets
+                return self._mesh_problem("config") or self._mesh_problem("certificate") or why
             self._config_ok = True
         if self.terminated:
             return f"server is terminated: {self.terminated}"

@@ -56,7 +56,7 @@ class Mesh:
         return f"no certificate yet: {self.secrets.last_error}" if self.secrets.last_error else "no certificate yet"
 
 
-def ca_options(cfg: SidecarConfig) -> CAClientOptions:
+def ca_options(cfg: SidecarConfig, token: str) -> CAClientOptions:
     m = cfg.mesh
     address = ca_client.ca_address(m.ca_addr, cfg.discovery_address)
     ca_client.check_ca_provider(m.ca_provider, address)
@@ -66,7 +66,7 @@ def ca_options(cfg: SidecarConfig) -> CAClientOptions:
     return CAClientOptions(
         address=address, root_cert_path=root,
         server_name=ca_client.tls_server_name(address, cfg.istiod_san, ca_addr_set=bool(m.ca_addr)),
-        token_path=ca_client.token_path(m.jwt_policy), cluster_id=m.cluster_id, headers=dict(m.ca_headers),
+        token_path=token, cluster_id=m.cluster_id, headers=dict(m.ca_headers),
         cert_signer=m.cert_signer, client_cert_dir=m.prov_cert or None,
         keepalive_interval=m.keepalive_interval, keepalive_timeout=m.keepalive_timeout)
 
@@ -80,7 +80,7 @@ def secret_options(cfg: SidecarConfig, files: secret_files.CertPaths) -> SecretO
         output_certs=m.output_certs, output_file_mode=0o644 if m.kubernetes else 0o600)
 
 
-def upstream_options(cfg: SidecarConfig) -> upstream.UpstreamOptions:
+def upstream_options(cfg: SidecarConfig, token: str) -> upstream.UpstreamOptions:
     m = cfg.mesh
     client_cert = client_key = None
     if m.prov_cert:
@@ -91,7 +91,7 @@ def upstream_options(cfg: SidecarConfig) -> upstream.UpstreamOptions:
         address=cfg.discovery_address, auth_policy=upstream.AuthPolicy(cfg.control_plane_auth_policy),
         root_cert_path=None if cfg.xds_root_cert == "SYSTEM" else cfg.xds_root_cert,
         istiod_san=cfg.istiod_san, cluster_id=m.cluster_id, headers=m.xds_headers,
-        token_path=ca_client.token_path(m.jwt_policy), client_cert=client_cert, client_key=client_key,
+        token_path=token, client_cert=client_cert, client_key=client_key,
         keepalive_time=m.keepalive_interval, keepalive_timeout=m.keepalive_timeout)
 
 
@@ -106,20 +106,22 @@ async def start_mesh(cfg: SidecarConfig, on_shutdown: OnShutdown) -> Mesh:
 
 async def _start(cfg: SidecarConfig, on_shutdown: OnShutdown) -> Mesh:
     socket_file = cfg.workload_identity_socket_file
+    token = ca_client.token_path(cfg.mesh.jwt_policy)
     secrets = ca = sds_server = None
     owner = await sds.sds_owner(WORKLOAD_IDENTITY_DIR, socket_file)
     if owner is sds.SdsOwner.AGENT:
         use_ca, files = secret_files.cert_source(cfg.mesh.file_mounted_certs, cfg.mesh.prov_cert)
         if use_ca:
-            ca = CAClient(ca_options(cfg))
+            ca = CAClient(ca_options(cfg, token))
             on_shutdown("CA client", ca.close)
         secrets = SecretManager(secret_options(cfg, files), ca)
         secrets.start()
         on_shutdown("secret manager", secrets.stop)
-        sds_server = sds.SdsServer(secrets, sds.SdsOptions(socket_path=f"{WORKLOAD_IDENTITY_DIR}/{socket_file}"))
-        await sds_server.start()
-        on_shutdown("SDS server", sds_server.stop)
-    xds = XdsProxy(upstream_options(cfg), XdsProxyOptions(
+        if not cfg.mesh.disable_envoy:  # proxyless: the certificates go to OUTPUT_CERTS, not over SDS
+            sds_server = sds.SdsServer(secrets, sds.SdsOptions(socket_path=f"{WORKLOAD_IDENTITY_DIR}/{socket_file}"))
+            await sds_server.start()
+            on_shutdown("SDS server", sds_server.stop)
+    xds = XdsProxy(upstream_options(cfg, token), XdsProxyOptions(
         socket_path=cfg.xds_socket_path, request_name_table=cfg.mesh.dns_capture,
         request_proxy_config=cfg.mesh.proxy_config_xds_agent, keepalive_time=cfg.mesh.keepalive_interval,
         keepalive_timeout=cfg.mesh.keepalive_timeout),
