@@ -70,11 +70,22 @@ class Upstream:
     raw: list[bytes] = field(default_factory=list)
 
     async def start(self, port: int = 0) -> "Upstream":
+        """Listen on `port`, or on a port free for both UDP and TCP (retried: the one UDP got
+        may be in use for TCP)."""
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpSide(self),
-                                                           local_addr=(self.host, port))
-        self.port = self._udp.get_extra_info("sockname")[1]
-        self._tcp = await asyncio.start_server(self._tcp_client, self.host, self.port) if self.tcp else None
+        for attempt in range(1 if port else 10):
+            self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpSide(self),
+                                                               local_addr=(self.host, port))
+            self.port = self._udp.get_extra_info("sockname")[1]
+            try:
+                self._tcp = (await asyncio.start_server(self._tcp_client, self.host, self.port)
+                             if self.tcp else None)
+                return self
+            except OSError:
+                self._udp.close()
+                if port or attempt == 9:
+                    raise
+                await asyncio.sleep(0)
         return self
 
     async def close(self) -> None:
