@@ -113,8 +113,12 @@ class ReadinessProbe:
                 why = envoy.config_reason(envoy.parse_stats(await self.admin.stats(envoy.CONFIG_STATS, 1.0)))
             except AdminError as e:
                 return str(e)
-            if why:  # Envoy asks for listeners only once its clusters have their secrets
-                return self._mesh_problem("config") or self._mesh_problem("certificate") or why
+            if why:
+                problem = self._mesh_problem("config")
+                if problem is None and why.startswith("config not fully received"):
+                    # clusters in, listeners not: Envoy asks for listeners once its clusters have their secrets
+                    problem = self._mesh_problem("certificate")
+                return problem or why
             self._config_ok = True
         if self.terminated:
             return f"server is terminated: {self.terminated}"

@@ -121,3 +121,46 @@ async def test_envoy_down_and_restart_clear_caches():
     admin.answers[envoy.CONFIG_STATS] = CONFIG_OK
     assert await probe.check() is None
     assert ready == [2.5]  # startup duration recorded once only
+
+
+class MeshStub:
+    def __init__(self, control_plane=None, certificate=None):
+        self.control_plane, self.certificate = control_plane, certificate
+
+    def control_plane_problem(self):
+        return self.control_plane
+
+    def certificate_problem(self):
+        return self.certificate
+
+
+@pytest.mark.parametrize("config, live, mesh, want", [
+    # istiod unreachable: said instead of Envoy's "config not received"
+    ("", LIVE, MeshStub(control_plane="control plane unreachable: refused"), "control plane unreachable: refused"),
+    # no config for another reason, a certificate missing too: Envoy's reason (the certificate is not why)
+    ("", LIVE, MeshStub(certificate="no certificate yet: CA down"), "config not received from XDS server"),
+    # clusters in, listeners not, no certificate: the clusters wait on their secrets
+    ("cluster_manager.cds.update_success: 1\n", LIVE, MeshStub(certificate="no certificate yet: CA down"),
+     "no certificate yet: CA down"),
+    # config in, Envoy not LIVE, no certificate
+    (CONFIG_OK, "server.state: 3\nlistener_manager.workers_started: 0\n", MeshStub(certificate="no certificate yet"),
+     "no certificate yet"),
+    (CONFIG_OK, LIVE, MeshStub(certificate="no certificate yet"), None),  # LIVE wins: Envoy has what it needs
+])
+async def test_mesh_reasons(config, live, mesh, want):
+    probe = ReadinessProbe(FakeAdmin(config, live), standalone=False, on_first_ready=lambda s: None,
+                           process_start=0.0, mesh=mesh)
+    got = await probe.reason()
+    assert got == want if want is None else got.startswith(want)
+
+
+@pytest.mark.parametrize("mesh, want", [
+    (MeshStub(), None), (MeshStub(certificate="no certificate yet"), "no certificate yet"),
+    (MeshStub(control_plane="control plane unreachable: x"), "control plane unreachable: x")])
+async def test_no_envoy_readiness_is_the_mesh_services(mesh, want):
+    admin = FakeAdmin(None, None)
+    probe = ReadinessProbe(admin, standalone=False, on_first_ready=lambda s: None, process_start=0.0, mesh=mesh,
+                           no_envoy=True)
+    assert await probe.reason() == want and admin.calls == []
+    probe.terminate("received signal: SIGTERM")
+    assert await probe.reason() == "server is terminated: received signal: SIGTERM"
