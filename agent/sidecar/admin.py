@@ -24,6 +24,8 @@ class MeshStatus(Protocol):
 
     def certificate_problem(self) -> str | None: ...
 
+    def dns_problem(self) -> str | None: ...
+
 
 class AdminError(Exception):
     """Envoy's admin API did not answer, or answered non-200."""
@@ -106,7 +108,8 @@ class ReadinessProbe:
     async def reason(self) -> str | None:
         if self.no_envoy:
             why = (f"server is terminated: {self.terminated}" if self.terminated else
-                   self._mesh_problem("certificate") or self._mesh_problem("config"))
+                   self._mesh_problem("certificate") or self._mesh_problem("config") or
+                   (self.mesh.dns_problem() if self.mesh else None))
             return why or self._ready()
         if not self._config_ok:
             try:
@@ -132,6 +135,8 @@ class ReadinessProbe:
             if why:
                 return self._mesh_problem("certificate") or why
             self._live_ok = True
+        if self.mesh is not None and (why := self.mesh.dns_problem()):
+            return why
         return self._ready()
 
     def _ready(self) -> None:

@@ -279,7 +279,7 @@ def _resolve(parsed: flags.Parsed, environ: Mapping[str, str], read_file: ReadFi
         **_identity(parsed, env, pc, mesh, host_ips),
         **_envoy(parsed, env, pc, path_exists, find_wheel_envoy),
         **_control_plane(parsed, env, pc, path_exists),
-        mesh=_mesh(env, meta),
+        mesh=_mesh(env, meta, proxy_type),
         **config_bootstrap.mesh_settings(env, meta),
         **config_bootstrap.collectors(pc, env["HOST_IP"], meta),
         load_stats_config=config_bootstrap.load_stats_config(meta),
@@ -367,7 +367,14 @@ def _control_plane(parsed: flags.Parsed, env: Environment, pc: Mapping[str, Any]
     }
 
 
-def _mesh(env: Environment, meta: Mapping[str, Any]) -> MeshSettings:
+def _dns_proxy_on(meta: Mapping[str, Any], proxy_type: str) -> bool:
+    """Istio's rule: DNS capture turns the proxy on for sidecars; ENABLE_DNS_SERVER for any proxy."""
+    def on(key: str) -> bool:
+        return str(meta.get(key, "")).lower() == "true"
+    return (on("DNS_CAPTURE") and proxy_type == "sidecar") or on("ENABLE_DNS_SERVER")
+
+
+def _mesh(env: Environment, meta: Mapping[str, Any], proxy_type: str) -> MeshSettings:
     """Workload identity, SDS and the xDS proxy; the files they name are checked when they start."""
     ratio = {name: _fraction(name, env[name]) for name in ("SECRET_GRACE_PERIOD_RATIO", "SECRET_GRACE_PERIOD_RATIO_JITTER")}
     if env["WORKLOAD_RSA_KEY_SIZE"] < 2048:
@@ -387,7 +394,8 @@ def _mesh(env: Environment, meta: Mapping[str, Any]) -> MeshSettings:
         kubernetes=bool(env["KUBERNETES_SERVICE_HOST"]), xds_headers=_headers(env, "XDS_HEADER_"),
         keepalive_interval=env["GRPC_KEEPALIVE_INTERVAL"], keepalive_timeout=env["GRPC_KEEPALIVE_TIMEOUT"],
         proxy_config_xds_agent=env["PROXY_CONFIG_XDS_AGENT"],
-        dns_capture=str(meta.get("DNS_CAPTURE", "")).lower() == "true",
+        dns_proxy=_dns_proxy_on(meta, proxy_type), dns_proxy_addr=env["DNS_PROXY_ADDR"],
+        dns_forward_parallel=env["DNS_FORWARD_PARALLEL"], dns_forward_timeout=env["DNS_FORWARD_TIMEOUT"],
         disable_envoy=env["DISABLE_ENVOY"], grpc_xds_bootstrap=env["GRPC_XDS_BOOTSTRAP"],
     )
 

@@ -230,6 +230,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "`root-cert.pem` are written on every renewal; unset: the key never touches disk"),
     EnvVar("KUBERNETES_SERVICE_HOST", Kind.TEXT, "", "set (in Kubernetes): OUTPUT_CERTS files are 0644, as Istio "
            "writes them"),
+    # The DNS proxy (on with ISTIO_META_DNS_CAPTURE=true for sidecars, ISTIO_META_ENABLE_DNS_SERVER=true for any).
+    EnvVar("DNS_PROXY_ADDR", Kind.TEXT, "localhost:15053", "the DNS proxy's `host:port`; `localhost`: 127.0.0.1 and/or "
+           "[::1] after the families of the resolv.conf nameservers"),
+    EnvVar("DNS_FORWARD_PARALLEL", Kind.BOOL, False, "ask every resolv.conf nameserver at once instead of in order"),
+    EnvVar("DNS_FORWARD_TIMEOUT", Kind.DURATION, None, "bound of a forwarded query, after which the client gets "
+           "SERVFAIL; unset: 4s (under the C library's 5 s)"),
     # Proxyless gRPC (the injector's `grpc-agent` template).
     EnvVar("DISABLE_ENVOY", Kind.BOOL, False, "run no Envoy: the agent serves the xDS proxy and the certificates "
            "only, until SIGTERM"),

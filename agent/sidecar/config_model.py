@@ -101,7 +101,10 @@ class MeshSettings:
     keepalive_interval: float = 30.0
     keepalive_timeout: float = 10.0
     proxy_config_xds_agent: bool = False
-    dns_capture: bool = False  # ISTIO_META_DNS_CAPTURE: the agent asks istiod for the NDS name table
+    dns_proxy: bool = False  # ISTIO_META_DNS_CAPTURE (sidecars) or ISTIO_META_ENABLE_DNS_SERVER
+    dns_proxy_addr: str = "localhost:15053"
+    dns_forward_parallel: bool = False
+    dns_forward_timeout: float | None = None  # None: the DNS proxy's default
     disable_envoy: bool = False
     grpc_xds_bootstrap: str = ""
 

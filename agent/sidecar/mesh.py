@@ -2,6 +2,8 @@
 xDS proxy, built from the config and started by `Sidecar.startup()` before Envoy is spawned, in the
 order Istio's agent starts them (https://github.com/istio/istio/blob/master/pkg/istio-agent/agent.go):
 
+0. the DNS proxy on 15053 when DNS capture is on (agent.mesh.dns), its table filled from the xDS
+   proxy's NDS responses;
 1. the secret manager, which asks the CA for the workload certificate at once (Istio waits for
    Envoy's first SDS request; asking now overlaps the CSR with Envoy's start);
 2. the SDS server on `./var/run/secrets/workload-spiffe-uds/<WORKLOAD_IDENTITY_SOCKET_FILE>`, unless
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 from agent.mesh import ca_client, sds, secret_files, upstream, uds
 from agent.mesh.ca_client import CAClient, CAClientOptions
+from agent.mesh.dns import NOT_READY, DnsOptions, DnsProxy, DnsProxyError
 from agent.mesh.keys import KeyOptions, WorkloadIdentity
 from agent.mesh.secret_manager import SecretManager, SecretOptions
 from agent.mesh.secrets import RotationPolicy
@@ -44,6 +47,10 @@ class Mesh:
     sds: sds.SdsServer | None
     xds: XdsProxy
     awaited_sds: str | None = None  # the external SDS socket Envoy's secrets wait for
+    dns: DnsProxy | None = None
+
+    def dns_problem(self) -> str | None:
+        return NOT_READY if self.dns is not None and not self.dns.ready else None
 
     def control_plane_problem(self) -> str | None:
         return self.xds.unreachable_reason()
@@ -100,11 +107,23 @@ async def start_mesh(cfg: SidecarConfig, on_shutdown: OnShutdown) -> Mesh:
     try:
         return await _start(cfg, on_shutdown)
     except (ca_client.CAConfigError, secret_files.SecretConfigError, upstream.UpstreamError, uds.UdsError,
-            ValueError) as e:
+            DnsProxyError, ValueError) as e:
         raise StartupError(str(e)) from None
 
 
+def dns_options(cfg: SidecarConfig) -> DnsOptions:
+    m = cfg.mesh
+    timeout = {} if m.dns_forward_timeout is None else {"timeout": m.dns_forward_timeout}
+    return DnsOptions(address=m.dns_proxy_addr, pod_namespace=cfg.pod_namespace, proxy_domain=cfg.domain,
+                      forward_parallel=m.dns_forward_parallel, **timeout)
+
+
 async def _start(cfg: SidecarConfig, on_shutdown: OnShutdown) -> Mesh:
+    dns = None
+    if cfg.mesh.dns_proxy:
+        dns = DnsProxy(dns_options(cfg))
+        await dns.start()
+        on_shutdown("DNS proxy", dns.stop)
     socket_file = cfg.workload_identity_socket_file
     token = ca_client.token_path(cfg.mesh.jwt_policy)
     secrets = ca = sds_server = None
@@ -122,11 +141,12 @@ async def _start(cfg: SidecarConfig, on_shutdown: OnShutdown) -> Mesh:
             await sds_server.start()
             on_shutdown("SDS server", sds_server.stop)
     xds = XdsProxy(upstream_options(cfg, token), XdsProxyOptions(
-        socket_path=cfg.xds_socket_path, request_name_table=cfg.mesh.dns_capture,
+        socket_path=cfg.xds_socket_path, request_name_table=dns is not None,
         request_proxy_config=cfg.mesh.proxy_config_xds_agent, keepalive_time=cfg.mesh.keepalive_interval,
         keepalive_timeout=cfg.mesh.keepalive_timeout),
-        on_trust_bundle=secrets.update_trust_anchors if secrets else None)
+        on_trust_bundle=secrets.update_trust_anchors if secrets else None,
+        on_name_table=dns.on_name_table if dns else None)
     await xds.start()
     on_shutdown("xDS proxy", xds.stop)
     awaited = f"{WORKLOAD_IDENTITY_DIR}/{socket_file}" if owner is sds.SdsOwner.AWAITED else None
-    return Mesh(secrets, ca, sds_server, xds, awaited)
+    return Mesh(secrets, ca, sds_server, xds, awaited, dns)

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import prometheus_client
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from agent.sidecar.scrape import BODY_CAP, TEXT, Target, negotiate_accept, response_content_type, strip_eof
 
@@ -52,6 +52,8 @@ class MeshCollector:
                 yield family
             yield CounterMetricFamily("istio_agent_num_file_secret_failures", "Failed reads of file secrets",
                                       value=m.secrets.stats.file_secret_failures)
+        if m.dns is not None:
+            yield from _dns_metrics(m.dns.stats)
         c = m.xds.counters
         yield CounterMetricFamily("istio_agent_istiod_connection_failures", "Failed connections to istiod",
                                   value=c.istiod_connection_failures)
@@ -65,6 +67,22 @@ class MeshCollector:
                                   value=c.xds_proxy_requests)
         yield CounterMetricFamily("istio_agent_xds_proxy_responses", "Responses istiod sent through the xDS proxy",
                                   value=c.xds_proxy_responses)
+
+
+def _dns_metrics(stats: Any):
+    """Istio's DNS proxy metrics (https://github.com/istio/istio/blob/master/pkg/dns/client/monitoring.go)."""
+    for name, value, doc in (("dns_requests", stats.requests, "DNS queries the proxy received"),
+                             ("dns_upstream_requests", stats.upstream_requests, "Queries forwarded upstream"),
+                             ("dns_upstream_failures", stats.upstream_failures, "Forwarded queries that failed")):
+        yield CounterMetricFamily(f"istio_agent_{name}", doc, value=value)
+    h = stats.upstream_duration
+    buckets, total = [], 0
+    for bound, count in zip((*h.bounds, float("inf")), h.counts):
+        total += count
+        buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+    family = HistogramMetricFamily("istio_agent_dns_upstream_request_duration_seconds",
+                                   "Time of forwarded queries", buckets=buckets, sum_value=h.sum)
+    yield family
 
 
 class AgentMetrics:

@@ -112,6 +112,10 @@ MESH = "defaultConfig:\n  drainDuration: 30s\n  proxyMetadata: {A: mesh, B: mesh
     ([], {"ISTIO_DELTA_XDS": "false"}, {}, "xds_type", "GRPC"),
     ([], {"CA_ADDR": "ca.example:15012", "XDS_HEADER_X_Team": "a", "ISTIO_META_CLUSTER_ID": "c1"}, {}, "mesh",
      MeshSettings(ca_addr="ca.example:15012", xds_headers=(("X_Team", "a"),), cluster_id="c1")),
+    ([], {"ISTIO_META_DNS_CAPTURE": "true", "DNS_FORWARD_TIMEOUT": "2s"}, {}, "mesh",
+     MeshSettings(dns_proxy=True, dns_forward_timeout=2.0)),
+    (["router"], {"ISTIO_META_DNS_CAPTURE": "true"}, {}, "mesh", MeshSettings()),  # capture is for sidecars
+    (["router"], {"ISTIO_META_ENABLE_DNS_SERVER": "true"}, {}, "mesh", MeshSettings(dns_proxy=True)),
     # log flags
     (["--log_as_json", "--log_output_level=default:debug"], {}, {}, "log_as_json", True),
     (["--proxyLogLevel=info,misc:error,upstream:debug"], {}, {}, "proxy_log_level", "info,misc:error,upstream:debug"),

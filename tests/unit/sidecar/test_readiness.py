@@ -124,8 +124,11 @@ async def test_envoy_down_and_restart_clear_caches():
 
 
 class MeshStub:
-    def __init__(self, control_plane=None, certificate=None):
-        self.control_plane, self.certificate = control_plane, certificate
+    def __init__(self, control_plane=None, certificate=None, dns=None):
+        self.control_plane, self.certificate, self.dns = control_plane, certificate, dns
+
+    def dns_problem(self):
+        return self.dns
 
     def control_plane_problem(self):
         return self.control_plane
@@ -146,6 +149,8 @@ class MeshStub:
     (CONFIG_OK, "server.state: 3\nlistener_manager.workers_started: 0\n", MeshStub(certificate="no certificate yet"),
      "no certificate yet"),
     (CONFIG_OK, LIVE, MeshStub(certificate="no certificate yet"), None),  # LIVE wins: Envoy has what it needs
+    (CONFIG_OK, LIVE, MeshStub(dns="istio DNS capture is turned ON and DNS lookup table is not ready yet"),
+     "istio DNS capture is turned ON and DNS lookup table is not ready yet"),
 ])
 async def test_mesh_reasons(config, live, mesh, want):
     probe = ReadinessProbe(FakeAdmin(config, live), standalone=False, on_first_ready=lambda s: None,
