@@ -1,7 +1,7 @@
 """istio-iptables' log: Istio's lines (agent.logformat) on stderr, from a standard-library writer.
 
-Not the `logging` package nor structlog: this path runs in every pod's init container, where the
-imports would cost more than building the rules (see bench/iptables_apply.py). The interface is the
+Not the `logging` package nor structlog: this path runs in every pod's init container, where their
+imports would cost more than building the rules (see agent/iptables/__init__.py). The interface is the
 subset of `logging.Logger` these modules use (`debug`, `info`, `warning`, `error` with %-style
 arguments, `isEnabledFor`), so call sites read the same.
 
@@ -13,12 +13,9 @@ sys.stderr, as `logging` does without a handler.
 from __future__ import annotations
 
 import sys
+from typing import TextIO
 
 from agent.logformat import DEFAULT_SCOPE, Level, parse_levels, render
-
-TYPE_CHECKING = False  # typing is not imported on this path (see the module docstring)
-if TYPE_CHECKING:
-    from typing import TextIO
 
 DEBUG = Level.DEBUG
 
