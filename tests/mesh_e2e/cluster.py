@@ -56,8 +56,9 @@ class Hub:
             raise
         return cls(ns, work)
 
-    def attach(self, name: str, ip: str) -> Netns:
-        """A new pod namespace on the bridge at `ip`, with /etc/hosts and istio-iptables."""
+    def attach(self, name: str, ip: str, *, init_args: tuple[str, ...] = (), resolv_conf: str | None = None) -> Netns:
+        """A new pod namespace on the bridge at `ip`, with /etc/hosts and istio-iptables (the injector's
+        arguments plus `init_args`, run after `resolv_conf` is in place: --redirect-dns reads it)."""
         pod = Netns.create("mp")
         tmp = "v" + secrets.token_hex(4)
         try:
@@ -70,9 +71,10 @@ class Hub:
             pod.run(["ip", "link", "set", "eth0", "up"])
             pod.run(["ip", "route", "add", "default", "via", HUB_IP])
             self.write_hosts(pod)
-            # Nothing answers DNS here: lookups fail at once instead of timing out.
-            (pod.etc_dir / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-            init = pod.run([str(Path(PY).parent / "pilot-agent"), "istio-iptables", *ISTIO_INIT_ARGS],
+            # By default nothing answers DNS here: lookups fail at once instead of timing out.
+            resolv_conf = resolv_conf or "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+            (pod.etc_dir / "resolv.conf").write_text(resolv_conf)
+            init = pod.run([str(Path(PY).parent / "pilot-agent"), "istio-iptables", *ISTIO_INIT_ARGS, *init_args],
                            check=False, env=BASE_ENV)
             assert init.returncode == 0, f"istio-iptables in {name}: {init.stderr}"
         except BaseException:
