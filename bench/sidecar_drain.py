@@ -34,13 +34,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.sidecar_common import emit, median  # noqa: E402
-from tests.netns.harness import APP_UID, POD4, PROXY_UID, PY, Pod  # noqa: E402
-from tests.sidecar._agent import APP, HERE, Agent  # noqa: E402
+from tests.support.agent import APP, HOLD_CLIENT, Agent  # noqa: E402
+from tests.support.netns import APP_UID, POD4, PROXY_UID, Pod  # noqa: E402
+from tests.support.process import PY  # noqa: E402
 
 INIT_FLAGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
               "-b", "*", "-d", "15090,15021,15020"]
 CLIENT = str(Path(__file__).resolve().parent / "sidecar_drain_client.py")
-HOLD = str(HERE / "hold_client.py")
+HOLD = HOLD_CLIENT
 
 
 def exit_watch(agent: Agent) -> dict:

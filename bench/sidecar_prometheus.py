@@ -4,7 +4,7 @@
 
 In a netns of its own: the test ADS server (tests/support/ads.py, in this process) serves N STATIC
 clusters and one listener; the agent runs with the 2020 control-plane flags (`--discoveryAddress
-127.0.0.1:15012 --controlPlaneAuthPolicy NONE`). Once Envoy ACKed the clusters and the agent is ready:
+127.0.0.1:15010 --controlPlaneAuthPolicy NONE`). Once Envoy ACKed the clusters and the agent is ready:
 
 * time:   GET :15020/stats/prometheus (ours: Envoy's stats + the agent's, merged) vs GET
           :15090/stats/prometheus (Envoy's own), alternating, medians (target <= 1.3x);
@@ -29,7 +29,7 @@ from bench.sidecar_common import (Agent, emit, http_get, in_own_netns, median, p
                                   wait_for)  # noqa: E402
 
 ENV = {"POD_NAME": "bench-0", "POD_NAMESPACE": "bench", "INSTANCE_IP": "127.0.0.1",
-       "TERMINATION_DRAIN_DURATION_SECONDS": "0"}
+       "TERMINATION_DRAIN_DURATION_SECONDS": "0", "ISTIO_DELTA_XDS": "false"}  # the test ADS server: SotW only
 
 
 def timed_get(port: int, path: str) -> tuple[float, int, int]:
@@ -58,12 +58,12 @@ def main() -> int:
         return code
     from tests.support.ads import CLUSTER, AdsServer, many_clusters, tcp_listener
 
-    with AdsServer("127.0.0.1", 15012) as ads:
+    with AdsServer("127.0.0.1", 15010) as ads:
         ads.set(clusters=many_clusters(args.clusters), listeners=[tcp_listener("front", "127.0.0.1", 10000, "cluster-00000")])
         env = dict(ENV)
         if args.matcher == "cluster":
             env["PROXY_CONFIG"] = json.dumps({"proxyStatsMatcher": {"inclusionPrefixes": ["cluster."]}})
-        agent = Agent("--discoveryAddress", "127.0.0.1:15012", "--controlPlaneAuthPolicy", "NONE", "--concurrency", "2",
+        agent = Agent("--discoveryAddress", "127.0.0.1:15010", "--controlPlaneAuthPolicy", "NONE", "--concurrency", "2",
                       env=env, standalone=False)
         try:
             agent.wait_ready(60)
