@@ -1,7 +1,7 @@
 """Run every benchmark and print one table: figure, ours, baseline, ratio, target, verdict.
 
-    /opt/agent/bin/python bench/run_all.py            # the full run, as root (about 10 minutes)
-    /opt/agent/bin/python bench/run_all.py --quick    # shorter windows, fewer repeats (~4 minutes)
+    /opt/agent/bin/python bench/run_all.py            # the full run, as root (about 4 minutes here)
+    /opt/agent/bin/python bench/run_all.py --quick    # shorter windows, fewer repeats (about 1 minute)
     ... --json results.json                           # also write every raw figure
     ... --only mesh_start dns                         # a subset (names: see --help)
 
