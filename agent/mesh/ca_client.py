@@ -206,8 +206,8 @@ class CAStats:
 
 
 class CAClient:
-    """Signs CSRs at one CA. The channel is dialled once and re-dialled after any
-    failed request, which is how a new CA serving certificate or root file is picked up."""
+    """Signs CSRs at one CA, on a channel dialled for each certificate (with its retries): a new
+    CA serving certificate or root file is picked up, and no connection idles between renewals."""
 
     def __init__(self, options: CAClientOptions, *,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -216,7 +216,7 @@ class CAClient:
         self.stats = CAStats()
         self._sleep, self._uniform = sleep, uniform
         self._channel: grpc.aio.Channel | None = None
-        self._dialled_before = False
+        self._failed_before = False
 
     async def create_certificate(self, csr_pem: bytes | str, validity_seconds: int) -> list[str]:
         """The PEM chain (leaf first, root last) for ``csr_pem``; CAError on failure."""
@@ -230,10 +230,14 @@ class CAClient:
             response = await self._call_with_retries(request)
         except CAError:
             self.stats.failures += 1
-            await self.close()
+            self._failed_before = True
             raise
         finally:
             self.stats.latency_ms += (time.monotonic() - started) * 1000
+            # A new channel for every certificate: renewals are hours apart, and a connection kept
+            # idle that long may be dead without the channel knowing (an istiod restarted or moved),
+            # which costs a whole attempt deadline to find out.
+            await self.close()
         if len(response.cert_chain) <= 1:
             raise CAError(self.options.address, "invalid empty CertChain")
         return list(response.cert_chain)
@@ -278,10 +282,10 @@ class CAClient:
 
     def _dial(self) -> grpc.aio.Channel:
         if self._channel is None:
-            if self._dialled_before:
+            if self._failed_before:
                 log.info("recreated connection", address=self.options.address)
+                self._failed_before = False
             self._channel = self._new_channel()
-            self._dialled_before = True
         return self._channel
 
     def _new_channel(self) -> grpc.aio.Channel:

@@ -246,7 +246,9 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         resources = []
         for name in names:
             resolved = provider_name(name, self.options.system_bundles)
-            if resolved == WORKLOAD_CERT and name != WORKLOAD_CERT and name not in self._warned:
+            # Bounded: any process in the pod can connect and make up names.
+            if resolved == WORKLOAD_CERT and name != WORKLOAD_CERT and name not in self._warned \
+                    and len(self._warned) < 64:
                 self._warned.add(name)
                 log.warning(f'unknown SDS resource name "{name}": answering with the workload certificate')
             try:
@@ -279,8 +281,9 @@ async def sds_owner(socket_dir: str = SOCKET_DIR, socket_file: str = DEFAULT_SOC
                     timeout: float = 1.0) -> SdsOwner:
     """Who serves `<socket_dir>/<socket_file>`, as Istio decides it
     (https://github.com/istio/istio/blob/master/pkg/istio-agent/agent.go, checkSocket): a live socket
-    there is another SDS server's (Istio then serves only file certificates, on another socket); a
-    socket file nobody answers on is removed.
+    there is another SDS server's (Istio then serves file certificates on another socket,
+    `./var/run/secrets/credential-uds/files-socket`, which this agent does not); a socket file nobody
+    answers on is removed.
 
     A non-default file name with no live socket means an external server is expected. Istio refuses
     to start then, and the pod restarts until that server is up; here the agent starts without an SDS
@@ -292,7 +295,7 @@ async def sds_owner(socket_dir: str = SOCKET_DIR, socket_file: str = DEFAULT_SOC
     path = os.path.join(socket_dir, socket_file)
     if os.path.exists(path):
         if await uds.is_live(path, timeout):
-            log.info(f"SDS socket found: {path}; serving file certificates only")
+            log.info(f"SDS socket found: {path}; the workload certificates come from that server")
             return SdsOwner.EXTERNAL
         try:
             os.remove(path)

@@ -43,7 +43,9 @@ class Backoff:
     maximum: float = 60.0
 
     def wait(self, failures: int, u: float) -> float:
-        base = min(self.initial * self.multiplier ** (failures - 1), self.maximum)
+        # The exponent is capped: past the maximum it changes nothing, and a float power overflows
+        # after a day or so of failures otherwise.
+        base = min(self.initial * self.multiplier ** min(failures - 1, 64), self.maximum)
         return base * (1 + self.randomization * (2 * u - 1))
 
 
@@ -76,6 +78,12 @@ class _Watched:
     version: str = ""
 
 
+def _log_death(task: asyncio.Task) -> None:
+    """These tasks run for the agent's life: one that ends by an error would stop renewals silently."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("secret manager task died", task=task.get_name(), error=repr(task.exception()))
+
+
 class SecretManager:
     """Serves ``default``, ``ROOTCA``, ``file-cert:`` and ``file-root:`` (a SecretProvider).
 
@@ -102,6 +110,8 @@ class SecretManager:
         if self.issuer is not None:
             self._tasks.append(asyncio.create_task(self._renew_loop(), name="workload-cert"))
         self._tasks.append(asyncio.create_task(self._poll_files(), name="secret-files"))
+        for task in self._tasks:
+            task.add_done_callback(_log_death)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -213,8 +223,11 @@ class SecretManager:
         except pem.PEMError as err:
             raise SecretError(f"failed to extract expire time from server certificate in CSR response: {err}") \
                 from None
+        now = self._clock()
+        if expires_at <= now:  # a broken CA or a skewed clock: renewing at once would loop on the CA
+            raise SecretError(f"the CA returned a certificate that expired {now - expires_at:.0f}s ago")
         root = pem.join_chain(chain[-1:])
-        issued = IssuedCert(cert_chain, made.private_key_pem, root, self._clock(), expires_at)
+        issued = IssuedCert(cert_chain, made.private_key_pem, root, now, expires_at)
         changed = self.cache.accept(issued)
         self.stats.certificates_issued += 1
         self.last_error = None
@@ -229,9 +242,11 @@ class SecretManager:
 
     def _write_output(self, issued: IssuedCert) -> None:
         if self.options.output_certs:
+            # The key stays 0600 even where Istio writes every file 0644 (KUBERNETES_SERVICE_HOST set):
+            # the certificates are public, the key is not.
+            secret_files.write_output(self.options.output_certs, {"key.pem": issued.private_key}, 0o600)
             secret_files.write_output(self.options.output_certs, {
-                "key.pem": issued.private_key, "cert-chain.pem": issued.cert_chain,
-                "root-cert.pem": issued.root_cert}, self.options.output_file_mode)
+                "cert-chain.pem": issued.cert_chain, "root-cert.pem": issued.root_cert}, self.options.output_file_mode)
 
     def _notify(self, name: str) -> None:
         for callback in list(self._subscribers):

@@ -138,8 +138,8 @@ class Relay:
     async def _connect_and_relay(self) -> End:
         proxy, opts = self.proxy, self.proxy.upstream
         try:
+            metadata = upstream.metadata(opts)  # first: a token that cannot be read leaves no channel open
             channel = upstream.channel(opts)
-            metadata = upstream.metadata(opts)
         except upstream.UpstreamError as e:
             return self._failed(f"failed to connect to upstream {opts.address}: {e}")
         try:

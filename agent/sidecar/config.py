@@ -208,8 +208,9 @@ def effective_config_summary(cfg: SidecarConfig) -> dict[str, Any]:
             value = flags.format_duration(value)
         elif isinstance(value, tuple):
             value = list(value)
-        elif dataclasses.is_dataclass(value):
-            value = dataclasses.asdict(value)
+        elif isinstance(value, MeshSettings):  # header values may be credentials: their names only
+            value = {**dataclasses.asdict(value), "ca_headers": [k for k, _ in value.ca_headers],
+                     "xds_headers": [k for k, _ in value.xds_headers]}
         out[name] = value
     out["app_probes"] = sorted(cfg.app_probers)
     out["proxy_config"] = cfg.proxy_config

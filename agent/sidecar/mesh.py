@@ -1,6 +1,7 @@
 """The sidecar's mesh services: the secret manager (with the CA client), the SDS server and the
 xDS proxy, built from the config and started by `Sidecar.startup()` before Envoy is spawned, in the
-order Istio's agent starts them (https://github.com/istio/istio/blob/master/pkg/istio-agent/agent.go):
+order Istio's agent starts them (https://github.com/istio/istio/blob/master/pkg/istio-agent/agent.go;
+Istio starts its status server first, here it comes after Envoy's spawn):
 
 0. the DNS proxy on 15053 when DNS capture is on (agent.mesh.dns), its table filled from the xDS
    proxy's NDS responses;
@@ -80,9 +81,11 @@ def ca_options(cfg: SidecarConfig, token: str) -> CAClientOptions:
 
 def secret_options(cfg: SidecarConfig, files: secret_files.CertPaths) -> SecretOptions:
     m = cfg.mesh
+    key = KeyOptions(m.ecc_signature_algorithm, m.ecc_curve, m.rsa_key_size, m.pkcs8_key)
+    key.validate()  # CSRError (a ValueError): a start-up error, not a CSR failing forever
     return SecretOptions(
         identity=WorkloadIdentity(cfg.trust_domain, cfg.pod_namespace, cfg.service_account),
-        key=KeyOptions(m.ecc_signature_algorithm, m.ecc_curve, m.rsa_key_size, m.pkcs8_key),
+        key=key,
         secret_ttl=m.secret_ttl, rotation=RotationPolicy(m.grace_ratio, m.grace_jitter), files=files,
         output_certs=m.output_certs, output_file_mode=0o644 if m.kubernetes else 0o600)
 

@@ -17,7 +17,6 @@ import socket
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -90,7 +89,8 @@ class AppProber:
     async def _grpc(self, prober: Prober, user_agent: str) -> ProbeResult:
         try:
             serving = await asyncio.wait_for(self._grpc_check(prober, user_agent), prober.timeout or None)
-        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
+        # IndexError: an answer too short for the frame it announces (the app's bytes, not ours).
+        except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as e:
             return ProbeResult(500, f"grpc probe failed: {e or type(e).__name__}".encode())
         return ProbeResult(200) if serving == 1 else ProbeResult(500, f"grpc health status {serving}".encode())
 

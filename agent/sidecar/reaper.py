@@ -1,5 +1,4 @@
-"""The Envoy child process and child reaping. Standard library only: Envoy is spawned
-before the agent's heavy imports (aiohttp, structlog), so that Envoy's start overlaps them.
+"""The Envoy child process and child reaping. Standard library only.
 
 Envoy is started in its own session (setsid: a terminal's Ctrl-C or a signal to the agent's process
 group does not reach it; the agent decides when Envoy stops) with the parent-death signal set to

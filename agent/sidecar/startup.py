@@ -39,7 +39,7 @@ class StartupPlan:
 
 
 def prepare(cfg: SidecarConfig, stack: contextlib.ExitStack) -> StartupPlan:
-    """Pure checks first, then ports, then the one write (the bootstrap)."""
+    """Pure checks first, then the status port, then Envoy's: binary, ports, the one write (the bootstrap)."""
     try:
         parse_levels(cfg.log_output_level)
         probers = parse_probers(cfg.app_probers)
@@ -47,15 +47,26 @@ def prepare(cfg: SidecarConfig, stack: contextlib.ExitStack) -> StartupPlan:
         targets = scrape_targets(cfg.prometheus_annotations, cfg.status_port) if cfg.proxy_type == "sidecar" else None
     except (LogConfigError, ProbeConfigError, MetricsConfigError) as e:
         raise StartupError(str(e)) from None
-    _check_binary(cfg.binary_path)
-    data = None if cfg.custom_config_file else bootstrap.build_bootstrap(cfg)
-    path = bootstrap.bootstrap_path(cfg)
     status_sock = None
     if cfg.status_port:
         try:
             status_sock = stack.enter_context(bind_status(cfg.status_port))
         except OSError as e:
             raise StartupError(f"--statusPort: port {cfg.status_port} is not available: {e.strerror}") from None
+    path = bootstrap.bootstrap_path(cfg)
+    if not cfg.mesh.disable_envoy:  # proxyless (DISABLE_ENVOY): no binary, no bootstrap, no ports of Envoy's
+        _prepare_envoy(cfg, path, stack)
+    return StartupPlan(envoy.envoy_args(
+        cfg.binary_path, path, drain_duration=cfg.drain_duration, node_ips=cfg.instance_ips,
+        file_flush_interval_ms=cfg.file_flush_interval_ms, proxy_log_level=cfg.proxy_log_level,
+        proxy_component_log_level=cfg.proxy_component_log_level,
+        skip_deprecated_logs=cfg.skip_deprecated_logs, enable_core_dump=cfg.enable_core_dump,
+        concurrency=cfg.concurrency), probers, targets, status_sock)
+
+
+def _prepare_envoy(cfg: SidecarConfig, path: str, stack: contextlib.ExitStack) -> None:
+    _check_binary(cfg.binary_path)
+    data = None if cfg.custom_config_file else bootstrap.build_bootstrap(cfg)
     for address, port, what in listener_addresses(data) if data else [("127.0.0.1", cfg.admin_port, "proxyAdminPort")]:
         check_port_free(address, port, what)
     if data is not None:
@@ -64,12 +75,6 @@ def prepare(cfg: SidecarConfig, stack: contextlib.ExitStack) -> StartupPlan:
         except OSError as e:
             raise StartupError(f"--configPath: cannot write bootstrap {path}: {e.strerror or e}") from None
         stack.callback(_remove, path)
-    return StartupPlan(envoy.envoy_args(
-        cfg.binary_path, path, drain_duration=cfg.drain_duration, node_ips=cfg.instance_ips,
-        file_flush_interval_ms=cfg.file_flush_interval_ms, proxy_log_level=cfg.proxy_log_level,
-        proxy_component_log_level=cfg.proxy_component_log_level,
-        skip_deprecated_logs=cfg.skip_deprecated_logs, enable_core_dump=cfg.enable_core_dump,
-        concurrency=cfg.concurrency), probers, targets, status_sock)
 
 
 def _check_binary(path: str) -> None:

@@ -101,6 +101,11 @@ class Supervisor:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 loop.remove_signal_handler(signum)
+            # Shutdown of the mesh services and the edge's cleanup are still to come: a late
+            # SIGTERM/SIGINT must not kill the agent half-way (the default action) or raise
+            # KeyboardInterrupt; Envoy has stopped already, so there is nothing left to act on.
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_IGN)
             for task in list(self._tasks):
                 task.cancel()
 
