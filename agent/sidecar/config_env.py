@@ -228,8 +228,8 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "the client certificate to the CA and istiod (VMs)"),
     EnvVar("OUTPUT_CERTS", Kind.TEXT, "", "directory where the workload `key.pem` (0600), `cert-chain.pem` and "
            "`root-cert.pem` are written on every renewal; unset: the key never touches disk"),
-    EnvVar("KUBERNETES_SERVICE_HOST", Kind.TEXT, "", "set (in Kubernetes): OUTPUT_CERTS files are 0644, as Istio "
-           "writes them"),
+    EnvVar("KUBERNETES_SERVICE_HOST", Kind.TEXT, "", "set (in Kubernetes): the OUTPUT_CERTS certificates are 0644 "
+           "as Istio writes them; the key stays 0600 (Istio: 0644)"),
     # The DNS proxy (on with ISTIO_META_DNS_CAPTURE=true for sidecars, ISTIO_META_ENABLE_DNS_SERVER=true for any).
     EnvVar("DNS_PROXY_ADDR", Kind.TEXT, "localhost:15053", "the DNS proxy's `host:port`; `localhost`: 127.0.0.1 and/or "
            "[::1] after the families of the resolv.conf nameservers"),

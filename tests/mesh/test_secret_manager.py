@@ -155,6 +155,19 @@ async def test_output_certs_written_atomically_with_key_mode(pki, files):
     assert sorted(os.listdir(out)) == ["cert-chain.pem", "key.pem", "root-cert.pem"]  # no temp files left
 
 
+async def test_output_certs_key_stays_0600_where_istio_writes_0644(pki, files):
+    """KUBERNETES_SERVICE_HOST set: Istio writes every OUTPUT_CERTS file 0644; the key stays 0600 here."""
+    out = files / "out644"
+    async with TestCA(pki) as ca:
+        manager = SecretManager(_options(files, output_certs=str(out), output_file_mode=0o644),
+                                _client(files, ca.address))
+        manager.start()
+        await manager.secret("default")
+        await manager.stop()
+    modes = {name: stat.S_IMODE(os.stat(out / name).st_mode) for name in os.listdir(out)}
+    assert modes == {"key.pem": 0o600, "cert-chain.pem": 0o644, "root-cert.pem": 0o644}
+
+
 def _mount(pki: TestPKI, directory, spiffe=SPIFFE, seconds=3600):
     key = ec.generate_private_key(ec.SECP256R1())
     cert = pki.issue(key.public_key(), x509.UniformResourceIdentifier(spiffe), seconds)
