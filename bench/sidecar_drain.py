@@ -4,7 +4,7 @@
 
 A pod netns with the init container's rules (`pilot-agent istio-iptables`), an app (uid 1000) on
 8080 (+ a connection holder on 7070), the standalone sidecar with Envoy as uid 1337, and a remote
-netns across a veth sending the traffic (tests/netns/harness.py).
+netns across a veth sending the traffic (tests/support/netns.py).
 
 * drain: 1,000 requests at 200/s from the remote side to the app (captured into Envoy's inbound
   listener); SIGTERM to the agent after 200 of them (t = 1 s). With the default
