@@ -24,6 +24,7 @@ import grpc
 from cryptography import x509
 
 from agent.mesh import pem
+from agent.mesh.upstream import ISTIOD_SVC
 from agent.mesh.protos import ca_pb2, ca_pb2_grpc
 from agent.sidecar import logs
 
@@ -32,7 +33,6 @@ log = logs.get("ca")
 THIRD_PARTY_TOKEN_PATH = "./var/run/secrets/tokens/istio-token"
 DEFAULT_ROOT_CERT = "./var/run/secrets/istio/root-cert.pem"
 LEGACY_ROOT_CERT = "./etc/certs/root-cert.pem"
-ISTIOD_SERVER_NAME = "istiod.istio-system.svc"
 PLAINTEXT_PORT_SUFFIX = ":15010"
 
 # gRPC codes worth another attempt; the others (Unauthenticated, PermissionDenied,
@@ -78,7 +78,7 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class CAClientOptions:
-    address: str = f"{ISTIOD_SERVER_NAME}:15012"  # see ca_address()
+    address: str = f"{ISTIOD_SVC}:15012"  # see ca_address()
     root_cert_path: str | None = DEFAULT_ROOT_CERT  # None: the OS trust store; see ca_root_cert()
     server_name: str | None = None  # TLS name to verify; None: tls_server_name(address)
     token_path: str = THIRD_PARTY_TOKEN_PATH  # see token_path()
@@ -128,7 +128,7 @@ def tls_server_name(address: str, istiod_san: str = "", ca_addr_set: bool = True
     host = address.rsplit(":", 1)[0] if address.count(":") == 1 or "]" in address else address
     host = host.strip("[]")
     if "localhost" in host:
-        host = ISTIOD_SERVER_NAME
+        host = ISTIOD_SVC
     if not ca_addr_set and istiod_san:
         host = istiod_san
     return host

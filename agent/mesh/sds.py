@@ -34,6 +34,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import any_pb2
 
 from agent.mesh import uds
+from agent.mesh.pem import SYSTEM_BUNDLES
 from agent.mesh.secrets import SecretItem, SecretProvider
 from agent.sidecar import logs
 
@@ -46,11 +47,6 @@ FILE_CERT = "file-cert:"
 FILE_ROOT = "file-root:"
 SOCKET_DIR = "./var/run/secrets/workload-spiffe-uds"
 DEFAULT_SOCKET_FILE = "socket"
-#: Where Istio looks for the OS trust bundle that `file-root:system` names, first existing wins.
-SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt",
-                  "/etc/ssl/ca-bundle.pem", "/etc/pki/tls/cacert.pem",
-                  "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", "/etc/ssl/cert.pem",
-                  "/usr/local/etc/ssl/cert.pem", "/etc/ssl/certs/ca-certificates")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +74,7 @@ def provider_name(name: str, system_bundles: tuple[str, ...] = SYSTEM_BUNDLES) -
     if name.startswith(FILE_ROOT):
         path = name.removeprefix(FILE_ROOT)
         if path == "system":
-            bundle = next((b for b in system_bundles if os.path.exists(b)), None)
+            bundle = next((b for b in system_bundles if os.path.isfile(b)), None)  # a file to read, as pem's
             return f"{FILE_ROOT}{bundle}" if bundle else WORKLOAD_CERT
         return name if path and "~" not in path else WORKLOAD_CERT
     return WORKLOAD_CERT
@@ -128,7 +124,6 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
         self._server: grpc.aio.Server | None = None
         self._unwatch: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.pushes = 0
 
     @property
     def path(self) -> str:
@@ -260,7 +255,6 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
             packed.Pack(to_secret(name, resolved, item, self.options.crl_path))
             resources.append(packed)
         stream.last_nonce = str(uuid.uuid4())
-        self.pushes += 1
         return discovery_pb2.DiscoveryResponse(type_url=SECRET_TYPE, version_info=self._version(),
                                                nonce=stream.last_nonce, resources=resources)
 
