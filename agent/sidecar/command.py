@@ -10,8 +10,8 @@
 
 Nothing here imports aiohttp, grpc or prometheus_client: the sidecar imports each when its part of
 start-up comes, so Envoy's own start overlaps what follows its spawn.
-From the first side effect on, SIGTERM/SIGINT are only recorded; the supervisor replays them once its
-loop runs, so a pod deleted during start-up still drains and cleans up instead of dying half-way.
+From the first side effect on, SIGTERM/SIGINT are blocked; the supervisor unblocks them once its loop
+has its handlers, so a pod deleted during start-up still drains and cleans up instead of dying half-way.
 """
 from __future__ import annotations
 
@@ -55,13 +55,28 @@ def _fail(message: str) -> int:
     return Exit.USAGE
 
 
-class EarlySignals:
-    """Records SIGTERM/SIGINT from construction until the supervisor's loop takes over."""
+#: The signals that stop the sidecar (kubelet's SIGTERM, a terminal's Ctrl-C).
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
-    def __init__(self) -> None:
-        self.received: list[int] = []
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda n, _frame: self.received.append(n))
+
+def hold_stop_signals() -> set[int]:
+    """Block the stop signals: from the first side effect on they stay pending, not lost and not
+    acted on half-way, until the supervisor's loop has its handlers and unblocks them. (A handler
+    that records them could miss one arriving while the loop's handler replaces it.) Returns the
+    mask before, for `release_stop_signals`."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def release_stop_signals(mask: set[int]) -> None:
+    """The run has answered any stop signal still pending: drop it, then put the mask back (for
+    callers in the same process, and the processes they start, which inherit it)."""
+    while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
+        pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def pending_stop_signal() -> int | None:
+    return min(signal.sigpending() & STOP_SIGNALS, default=None)
 
 
 def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> SidecarConfig:
@@ -91,7 +106,14 @@ def _run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         return _fail(str(e))
     except Exception as e:  # a config bug must still be one line and exit 255, not a traceback
         return _fail(f"invalid configuration: {type(e).__name__}: {e}")
-    signals = EarlySignals()
+    mask = hold_stop_signals()
+    try:
+        return _start(cfg)
+    finally:
+        release_stop_signals(mask)
+
+
+def _start(cfg: SidecarConfig) -> int:
     with contextlib.ExitStack() as stack:
         try:
             plan = prepare(cfg, stack)
@@ -99,13 +121,13 @@ def _run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
             return _fail(str(e))
         except Exception as e:  # e.g. a bootstrap the builder cannot render from odd settings
             return _fail(f"invalid configuration: {type(e).__name__}: {e}")
-        if signals.received:
-            return _stopped_before_start(cfg, signals.received[0])
+        if (signum := pending_stop_signal()) is not None:
+            return _stopped_before_start(cfg, signum)
         envoy = stack.enter_context(EnvoyHandle(plan.envoy_argv))
-        return _serve(cfg, plan, envoy, signals)
+        return _serve(cfg, plan, envoy)
 
 
-def _serve(cfg: SidecarConfig, plan: StartupPlan, envoy: EnvoyHandle, signals: EarlySignals) -> int:
+def _serve(cfg: SidecarConfig, plan: StartupPlan, envoy: EnvoyHandle) -> int:
     """Configure logging, then run the sidecar (agent.sidecar.sidecar spawns Envoy in its start-up)."""
     import asyncio
 
@@ -114,7 +136,7 @@ def _serve(cfg: SidecarConfig, plan: StartupPlan, envoy: EnvoyHandle, signals: E
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
     from agent.sidecar import logs
-    from agent.sidecar.sidecar import Sidecar, wall_clock_start
+    from agent.sidecar.sidecar import Sidecar
 
     try:
         logs.configure(cfg.log_output_level, cfg.log_as_json, cfg.log_target)
@@ -122,8 +144,7 @@ def _serve(cfg: SidecarConfig, plan: StartupPlan, envoy: EnvoyHandle, signals: E
         return _fail(f"--log_target: {e}")
     log = logs.get()
     _log_config(cfg, log)
-    sidecar = Sidecar(cfg, plan, envoy, process_start=wall_clock_start(_T0), process_t0=_T0,
-                      early_signals=signals.received)
+    sidecar = Sidecar(cfg, plan, envoy, process_t0=_T0)
     try:
         return asyncio.run(sidecar.serve())
     except StartupError as e:  # the mesh services or Envoy could not start: nothing is left running

@@ -125,6 +125,7 @@ def spawn(argv: Sequence[str], env: dict[str, str] | None = None) -> EnvoyProces
                 os._exit(1)
             for signum in (signal.SIGPIPE, signal.SIGXFSZ):
                 signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, ())  # the agent blocks SIGTERM during its start-up
             os.closerange(3, err_w)
             os.closerange(err_w + 1, os.sysconf("SC_OPEN_MAX"))
             if env is None:

@@ -1,6 +1,6 @@
 """The running sidecar: `startup()`, `main_loop()`, `shutdown()`, in uvicorn's `Server` shape.
 
-    code = asyncio.run(Sidecar(cfg, plan, envoy, process_start=t0).serve())
+    code = asyncio.run(Sidecar(cfg, plan, envoy, process_t0=t0).serve())
 
 - `startup()`, in this order:
   1. the mesh services Envoy needs before it starts: secret manager, SDS server, xDS proxy
@@ -45,15 +45,12 @@ log = logs.get()
 
 class Sidecar:
     def __init__(self, cfg: SidecarConfig, plan: StartupPlan, envoy_handle: EnvoyHandle, *,
-                 process_start: float, process_t0: float = 0.0, early_signals: list[int] | None = None) -> None:
+                 process_t0: float) -> None:
         self.cfg = cfg
         self.plan = plan
         self.envoy = envoy_handle
-        self.process_start = process_start  # wall-clock time the agent's process started
-        self.process_t0 = process_t0  # the same instant on the monotonic clock
-        # The edge's recorder, read by the supervisor once its own handlers are in (a signal can land
-        # until then, so this is the live list, not a copy).
-        self.early_signals = early_signals if early_signals is not None else []
+        self.process_t0 = process_t0  # when the agent's process started, on the monotonic clock
+        self.process_start = time.time() - (time.monotonic() - process_t0)  # the same, wall clock
         self.services = contextlib.AsyncExitStack()
         self.mesh: Mesh | None = None
 
@@ -131,8 +128,7 @@ class Sidecar:
                             excluded_ports=(cfg.envoy_status_port, cfg.envoy_prometheus_port),
                             clock=MonotonicClock()),
             on_restart=self.metrics.envoy_restarts.inc,
-            budget=envoy.RestartBudget(cfg.restart_budget, cfg.restart_window, base_delay=cfg.restart_backoff),
-            early_signals=self.early_signals))
+            budget=envoy.RestartBudget(cfg.restart_budget, cfg.restart_window, base_delay=cfg.restart_backoff)))
         if self.plan.status_sock is not None:
             server = StatusServer(self._status_deps(session, admin), self.plan.status_sock)
             await server.start()
@@ -159,8 +155,3 @@ class Sidecar:
 
     async def shutdown(self) -> None:
         await self.services.aclose()
-
-
-def wall_clock_start(monotonic_start: float) -> float:
-    """The wall-clock time of a `time.monotonic()` reading (readiness reports time since start)."""
-    return time.time() - (time.monotonic() - monotonic_start)

@@ -32,6 +32,8 @@ from agent.sidecar.drainer import Clock, Drainer, MonotonicClock
 
 log = logs.get()
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 class State(enum.Enum):
     RUNNING = "running"
@@ -52,8 +54,6 @@ class Supervision:
     budget: envoy.RestartBudget
     reap_all: bool = field(default_factory=lambda: os.getpid() == 1)
     stop_grace: float = 2.0
-    # Recorded by the edge's handler until run() installs the loop's own: read only after that.
-    early_signals: list[int] = field(default_factory=list)
     clock: Clock = field(default_factory=MonotonicClock)
 
 
@@ -91,21 +91,21 @@ class Supervisor:
             loop.add_signal_handler(signum, self.enqueue, "signal", signum)
         loop.add_signal_handler(signal.SIGCHLD, self.enqueue, "child")
         self.enqueue("child")  # Envoy may have exited before the handler was installed
-        for signum in self.s.early_signals:
-            self.enqueue("signal", signum)
+        # The edge blocked the stop signals during start-up: one sent meanwhile is delivered now,
+        # to the handlers above. The mask found here is put back at the end.
+        mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         try:
             while self.exit_code is None:
                 name, *args = await self.events.get()
                 await getattr(self, f"handle_{name}")(*args)
             return self.exit_code
         finally:
+            # First the mask (blocked again in the agent): the mesh services' shutdown and the edge's
+            # cleanup are still to come, and a late SIGTERM/SIGINT must not kill the agent half-way
+            # (the default action once the handlers are gone) or raise KeyboardInterrupt.
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                 loop.remove_signal_handler(signum)
-            # Shutdown of the mesh services and the edge's cleanup are still to come: a late
-            # SIGTERM/SIGINT must not kill the agent half-way (the default action) or raise
-            # KeyboardInterrupt; Envoy has stopped already, so there is nothing left to act on.
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, signal.SIG_IGN)
             for task in list(self._tasks):
                 task.cancel()
 
