@@ -98,12 +98,14 @@ def _bind_reason(path: str) -> str:
 
 
 async def is_live(path: str, timeout: float = 1.0) -> bool:
-    """True when something answers gRPC on the socket at `path` within `timeout` seconds."""
-    channel = grpc.aio.insecure_channel(grpc_target(path))
+    """True when a server accepts connections on the socket at `path` (within `timeout` seconds).
+
+    A plain connect, not a gRPC handshake as Istio dials: the kernel answers it at once (refused for
+    a socket file nobody listens on), where a gRPC channel's readiness depends on how busy the
+    machine is and made the answer flaky under load."""
     try:
-        await asyncio.wait_for(channel.channel_ready(), timeout)
-        return True
-    except (asyncio.TimeoutError, grpc.RpcError):
+        _reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+    except (OSError, asyncio.TimeoutError):
         return False
-    finally:
-        await channel.close()
+    writer.close()
+    return True
