@@ -246,6 +246,12 @@ LOG_FLAGS = (
     Flag("log_stacktrace_level", default="default:none", help="accepted for compatibility; ignored"),
 )
 
+#: istio-iptables takes the same flags, but its stdout carries the rules (the dry-run transcript, the
+#: nft script), so its log always goes to stderr and --log_target is only accepted.
+INIT_LOG_FLAGS = tuple(
+    Flag("log_target", default="stderr", help="accepted for compatibility; logs always go to stderr")
+    if f.name == "log_target" else f for f in LOG_FLAGS)
+
 
 def usage(title: str, flags: Sequence[Flag]) -> str:
     """The --help text: one line per flag with its short form, env vars and default."""

