@@ -91,9 +91,6 @@ def run(argv: Sequence[str], environ: Mapping[str, str], *, stdout: TextIO | Non
         cfg = _load(argv, environ, out, err)
     except _Stop as stop:
         return stop.code
-    if cfg.native_nftables:
-        log.error("--native-nftables is not supported by this implementation; use the iptables backend")
-        return Exit.FAILURE
     try:
         facts = gather(dual_stack=cfg.dual_stack, need_dns=cfg.redirect_dns and not cfg.capture_all_dns)
     except host.HostError as e:
@@ -101,6 +98,11 @@ def run(argv: Sequence[str], environ: Mapping[str, str], *, stdout: TextIO | Non
         return Exit.FAILURE
     if cfg.redirect_dns and not rules.dns_enabled(cfg, facts):
         log.warning("REDIRECT_DNS is set but no DNS servers were found in %s; DNS capture is off", host.RESOLV_CONF)
+    if cfg.native_nftables:
+        from agent.iptables import nft_command  # only this mode imports the nft modules
+
+        _log_config(cfg, facts)
+        return nft_command.run(cfg, facts, out)
     ruleset = rules.build(cfg, facts)
     _log_config(cfg, facts)
     if not cfg.dry_run:

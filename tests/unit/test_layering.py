@@ -22,6 +22,8 @@ CORE = [
     "iptables/record.py",
     "iptables/rules.py",
     "iptables/restore.py",
+    "iptables/nft_rules.py",
+    "iptables/nft_script.py",
     "sidecar/__init__.py",
     "sidecar/config_parse.py",
     "sidecar/config_env.py",
