@@ -1,0 +1,60 @@
+"""The nft golden cases (nft_golden/cases.json) as command lines, host facts and expected scripts."""
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from agent.iptables import command
+from agent.iptables.host import HostError, HostFacts, parse_resolv_conf
+
+GOLDEN = Path(__file__).parent / "nft_golden"
+CASES: list[dict] = json.loads((GOLDEN / "cases.json").read_text())
+NAMES = [c["name"] for c in CASES]
+BY_NAME = {c["name"]: c for c in CASES}
+
+
+def facts(case: dict) -> HostFacts:
+    """The host facts the case's namespace gives: the servers as a command reading resolv.conf
+    sees them (canonical text: `::127.0.0.53` -> `::7f00:35`)."""
+    host = case["host"]
+    servers = host.get("dns_servers_v4", []) + host.get("dns_servers_v6", [])
+    v4, v6 = parse_resolv_conf("".join(f"nameserver {s}\n" for s in servers))
+    ipv6 = host.get("enable_ipv6", False)
+    return HostFacts(enable_ipv6=ipv6, host_ip="2001:db8::2" if ipv6 else "198.18.0.2", dns_v4=v4, dns_v6=v6)
+
+
+def expected(case: dict) -> str:
+    """The golden, with the resolvers in the canonical text a real command prints."""
+    text = (GOLDEN / f"{case['name']}.golden").read_text()
+    for server in case["host"].get("dns_servers_v6", []):
+        canonical = parse_resolv_conf(f"nameserver {server}\n")[1][0]
+        text = text.replace(f" {server}/", f" {canonical}/")
+    return text
+
+
+class Host:
+    """The host-facts reader command.run is given: fixed facts (or an error), calls recorded."""
+
+    def __init__(self, facts: HostFacts | None = None, error: str | None = None) -> None:
+        self.facts, self.error, self.calls = facts or HostFacts(), error, []
+
+    def __call__(self, **kw) -> HostFacts:
+        self.calls.append(kw)
+        if self.error:
+            raise HostError(self.error)
+        return self.facts
+
+
+def run(argv: Sequence[str], env: Mapping[str, str] | None = None,
+        host: Host | None = None) -> tuple[int, str, str]:
+    """`pilot-agent istio-iptables <argv>` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    rc = command.run(list(argv), dict(env or {}), stdout=out, stderr=err, gather=host or Host())
+    return rc, out.getvalue(), err.getvalue()
+
+
+def script(case: dict) -> tuple[int, str, str]:
+    """The case's dry run: `--native-nftables --dry-run <args>` on its host."""
+    return run(["--native-nftables", "--dry-run", *case["args"]], case["env"], Host(facts(case)))
