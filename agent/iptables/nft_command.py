@@ -47,6 +47,8 @@ def dry_run(cfg: IptablesConfig, ruleset: nft_rules.RuleSet, out: TextIO) -> int
 
 
 def apply_real(cfg: IptablesConfig, ruleset: nft_rules.RuleSet, facts: HostFacts, out: TextIO) -> int:
-    """Apply the transaction and the routes (and --verify / --reconcile / --cleanup-only)."""
-    log.error("--native-nftables without --dry-run is not yet implemented; nothing applied")
-    return Exit.FAILURE
+    """Apply the transaction and the routes (and --verify / --reconcile / --cleanup-only):
+    agent.iptables.nft_apply, which reads our tables back first."""
+    from agent.iptables import nft_apply
+
+    return nft_apply.main(cfg, facts, nft_script.render(ruleset), nft_script.render_cleanup(), out)
