@@ -79,7 +79,7 @@ FLAGS: tuple[Flag, ...] = (
     F("force-apply", kind="bool", default=False, env=("FORCE_APPLY",),
       help="apply even when the rules appear to be in place"),
     F("native-nftables", kind="bool", default=False, env=("NATIVE_NFTABLES",),
-      help="accepted for compatibility; the nftables backend is not implemented"),
+      help="use Istio's native nftables rules (one nft transaction) instead of iptables"),
     F("force-iptables-binary", env=("FORCE_IPTABLES_BINARY",), help="force the iptables backend: legacy or nft"),
     F("verify", kind="bool", default=False, env=("VERIFY",),
       help="(beyond Istio) compare live rules with these flags' rules, print the difference; exit 0 in place, 1 not"),
@@ -386,6 +386,33 @@ def _other_checks(check: _Checker) -> None:
         check.bad("iptables_probe_port", "0", "port out of range 1-65535")
 
 
+def _nft_word(item: str) -> bool:
+    """Whether nft reads `item` as one plain word (its lexer's unquoted string: a letter, '_' or '.',
+    then letters, digits, '_', '.', '-'), or it is a number."""
+    if item.isascii() and item.isdigit():
+        return True
+    return (item.isascii() and (item[0].isalpha() or item[0] in "_.")
+            and all(c.isalnum() or c in "_.-" for c in item))
+
+
+def _nft_checks(check: _Checker, values: dict[str, Any]) -> None:
+    """--native-nftables writes interface and owner names into the rules unquoted, as Istio does.
+    nft would read other names as several words or as syntax (`#` starts a comment, `;` a new
+    command), reject the whole script at apply time, or worse, read a different rule; so they are
+    refused here, before anything runs."""
+    pairs = (("istio_exclude_interfaces", "exclude_interfaces"), ("kube_virt_interfaces", "kube_virt_interfaces"),
+             ("proxy_uid", "proxy_uids"), ("proxy_gid", "proxy_gids"))
+    reported = {p.setting for p in check.problems}
+    for attr, key in pairs:
+        if _setting(check.parsed, _BY_ATTR[attr], check.env) in reported:
+            continue  # one line per bad value
+        for item in values[key]:
+            if not _nft_word(item):
+                check.bad(attr, check.value(attr) or item, f"{item!r} cannot be written into an nft rule "
+                          "(--native-nftables): use letters, digits, '_', '.' and '-', starting with a letter")
+                break
+
+
 def load(parsed: Any, environ: Mapping[str, str], *, user_id: Callable[[str], int | None],
          group_id: Callable[[str], int | None]) -> IptablesConfig:
     """Build the config from parsed flags (agent.flags.Parsed) and the environment.
@@ -414,6 +441,8 @@ def load(parsed: Any, environ: Mapping[str, str], *, user_id: Callable[[str], in
         force_iptables_binary=check.value("force_iptables_binary"),
     )
     _other_checks(check)
+    if check.value("native_nftables"):
+        _nft_checks(check, values)
     values.update({attr: check.value(attr) for attr in PASSTHROUGH}, probe_port=check.value("iptables_probe_port"))
     env_values, env_problems = _env_only(environ)
     problems = check.problems + env_problems
