@@ -39,7 +39,9 @@ def run(cfg: IptablesConfig, facts: HostFacts, out: TextIO) -> int:
 
 
 def dry_run(cfg: IptablesConfig, ruleset: nft_rules.RuleSet, out: TextIO) -> int:
-    """Print the transaction a real run would hand to `nft -f -`, and only that."""
+    """Print Istio's transaction (what Istio's tool hands to `nft -f -`; the conformance goldens
+    are this text), and only that. A real run applies it behind the deletion of our three tables,
+    in the same transaction (agent.iptables.nft_apply)."""
     log.info("dry run: printing the nft transaction; nothing is applied")
     out.write(nft_script.transaction(cfg, ruleset))
     out.flush()
