@@ -67,13 +67,26 @@ def timestamp(now: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 
 
+def one_line(text: str, limit: int | None = None) -> str:
+    """`text` as one printable line: line breaks and other control characters escaped (`\\n`,
+    `\\x1b`, `\\u2028`), cut to `limit` characters first (marked `...`). For text a remote caller may
+    have chosen, which must not start a line of its own or reach a terminal raw."""
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _quote(value: object) -> str:
     import json
 
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value, default=str, separators=(",", ":"))
     text = value if isinstance(value, str) else str(value)
-    if text == "" or any(c in text for c in ' "=\t\n'):
+    # Quoted (JSON escapes) when a space, quote or `=` would blur the key=value split, and whenever a
+    # character is not printable: a line break, tab, escape sequence or lone surrogate stays escaped.
+    if text == "" or not text.isprintable() or any(c in text for c in ' "='):
         return json.dumps(text)
     return text
 

@@ -11,9 +11,12 @@ nothing else: it never imports the orchestrator, so its handlers can be exercise
 | /stats/prometheus, /metrics            | any    | anyone*  | merged metrics, always 200 (*loopback only with METRICS_LOCALHOST_ACCESS_ONLY) |
 | /quitquitquit                          | POST   | loopback | 200 OK: stop Envoy without draining, exit 0 |
 | /drain                                 | POST   | loopback | 200 OK: drain inbound listeners for good; the later SIGTERM skips the drain wait |
+
+The server's limits (header timeout, connection cap, head sizes) are agent.sidecar.http_server's.
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from agent.sidecar.http_server import BoundedServer, Limits
 from agent.sidecar.metrics import MetricsMerger
 from agent.sidecar.probes import AppProber
 
@@ -115,12 +119,14 @@ def make_app(deps: StatusDeps) -> web.Application:
             scrape.close()
         return resp
 
+    # Shielded: a handler is cancelled when its caller hangs up (see http_server), but a quit or a
+    # drain once asked for is carried out whatever the caller does next.
     async def quit_(_request: web.Request) -> web.Response:
-        await deps.on_quit()
+        await asyncio.shield(deps.on_quit())
         return web.Response(text="OK")
 
     async def drain(_request: web.Request) -> web.Response:
-        await deps.on_drain()
+        await asyncio.shield(deps.on_drain())
         return web.Response(text="OK")
 
     app = web.Application()
@@ -134,16 +140,8 @@ def make_app(deps: StatusDeps) -> web.Application:
     return app
 
 
-class StatusServer:
-    """runner/site split as in aiohttp's web_runner: start() on a pre-bound socket, stop() always."""
+class StatusServer(BoundedServer):
+    """The status app on the pre-bound socket, within `limits`: start() once, stop() always."""
 
-    def __init__(self, deps: StatusDeps, sock: socket.socket):
-        self.runner = web.AppRunner(make_app(deps), handle_signals=False, access_log=None, shutdown_timeout=1.0)
-        self.sock = sock
-
-    async def start(self) -> None:
-        await self.runner.setup()
-        await web.SockSite(self.runner, self.sock).start()
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
+    def __init__(self, deps: StatusDeps, sock: socket.socket, limits: Limits = Limits()):
+        super().__init__(make_app(deps), sock, limits)
