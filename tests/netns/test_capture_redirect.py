@@ -3,12 +3,14 @@ netns, proven with real connections (issue 2, "Tests that must exist"):
 
     -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x "" -b '*' -d 15090,15020
 
-One pod for the whole module (the rules are applied once; every test only connects).
+One pod per backend (iptables, and native nftables with `--native-nftables`): the rules are applied
+once; every test only connects, with the same expectations for both.
 """
 from __future__ import annotations
 
 import pytest
 
+from tests.netns.backends import init, state
 from tests.support.netns import APP_UID, POD4, PROXY_UID, REMOTE4, Pod
 
 INIT_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "",
@@ -16,13 +18,13 @@ INIT_ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i",
 
 
 @pytest.fixture(scope="module")
-def pod():
+def pod(backend):
     pod = Pod.create()
     try:
         pod.remote.spawn_listener(tcp="9090,8080", tag="remote", uid=None)
         pod.spawn_listener(tcp="15001,15006", tag="proxy", uid=PROXY_UID)
         pod.spawn_listener(tcp="8080,15090,15020,15008", tag="app", uid=APP_UID)
-        res = pod.istio_iptables(*INIT_ARGS)
+        res = init(pod, backend, *INIT_ARGS)
         assert res.returncode == 0, res.stderr
         yield pod
     finally:
@@ -76,15 +78,15 @@ def test_inbound_passthrough_from_127_0_0_6_is_not_captured(pod):
     assert (reply.get("tag"), reply.get("listener")) == ("app", 8080), reply
 
 
-def test_rerun_with_same_flags_changes_nothing(pod):
-    before = pod.save_all()
-    res = pod.istio_iptables(*INIT_ARGS)
+def test_rerun_with_same_flags_changes_nothing(pod, backend):
+    before = state(pod)
+    res = init(pod, backend, *INIT_ARGS)
     assert res.returncode == 0, res.stderr
     assert "already in place" in res.stderr
-    assert pod.save_all() == before
+    assert state(pod) == before
 
 
-def test_verify_reports_rules_in_place(pod):
-    res = pod.istio_iptables(*INIT_ARGS, "--verify")
+def test_verify_reports_rules_in_place(pod, backend):
+    res = init(pod, backend, *INIT_ARGS, "--verify")
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout == ""

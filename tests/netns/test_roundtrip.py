@@ -1,11 +1,13 @@
 """For every flag family: apply in a fresh pod, then --verify says in place, a re-run changes
 nothing, --verify with other flags says not in place, and --cleanup-only gives the pristine state
 back. This is where Istio's rule text meets iptables-save's rendering of it (marks in hex,
-implicit `-m tcp`, CT zones, multiport, TPROXY options...), for both backends."""
+implicit `-m tcp`, CT zones, multiport, TPROXY options...), for both iptables backends; and where
+the nft script meets `nft list`'s rendering of it (`native`: --native-nftables)."""
 from __future__ import annotations
 
 import pytest
 
+from tests.netns.backends import flags, nft_ruleset, state
 from tests.support.netns import rules_only
 
 BASE = ["-p", "15001", "-z", "15006", "-u", "1337"]
@@ -24,26 +26,30 @@ IPV6_VARIANTS = {
     "ipv6-redirect": ["-i", "*", "-b", "*", "-d", "15020", "-x", "2001:db8::20/128"],
     "ipv6-tproxy-dns": ["-m", "TPROXY", "-i", "*", "-b", "*", "--redirect-dns"],
 }
-CASES = [(name, args, False, backend) for name, args in VARIANTS.items() for backend in ("nft", "legacy")]
-CASES += [(name, args, True, "nft") for name, args in IPV6_VARIANTS.items()]
+CASES = [(name, args, False, backend) for name, args in VARIANTS.items() for backend in ("nft", "legacy", "native")]
+CASES += [(name, args, True, backend) for name, args in IPV6_VARIANTS.items() for backend in ("nft", "native")]
 
 
 @pytest.mark.parametrize("name,args,ipv6,backend", CASES, ids=[f"{c[0]}-{c[3]}" for c in CASES])
 def test_apply_verify_rerun_cleanup(pod_factory, name, args, ipv6, backend):
     pod = pod_factory(ipv4=True, ipv6=ipv6, nameservers=["198.18.0.20", "2001:db8::20"])
-    env = {"FORCE_IPTABLES_BINARY": backend}
-    flags = BASE + args + (["--dual-stack"] if ipv6 else [])
-    pristine = rules_only(pod.save_all())
-    res = pod.istio_iptables(*flags, env=env)
+    env = {"FORCE_IPTABLES_BINARY": backend} if backend != "native" else {}
+    argv = flags("nft" if backend == "native" else "iptables") + BASE + args + (["--dual-stack"] if ipv6 else [])
+
+    def snapshot() -> str:
+        return rules_only(pod.save_all()) + nft_ruleset(pod.ns)
+
+    pristine = snapshot()
+    res = pod.istio_iptables(*argv, env=env)
     assert res.returncode == 0, res.stderr
-    applied = pod.save_all()
-    res = pod.istio_iptables(*flags, "--verify", env=env)
+    applied = state(pod)
+    res = pod.istio_iptables(*argv, "--verify", env=env)
     assert (res.returncode, res.stdout) == (0, ""), res.stdout + res.stderr
-    res = pod.istio_iptables(*flags, env=env)
+    res = pod.istio_iptables(*argv, env=env)
     assert res.returncode == 0 and "already in place" in res.stderr, res.stderr
-    assert pod.save_all() == applied
-    other = pod.istio_iptables(*flags, "-o", "4444", "--verify", env=env)
+    assert state(pod) == applied
+    other = pod.istio_iptables(*argv, "-o", "4444", "--verify", env=env)
     assert other.returncode == 1 and "4444" in other.stdout, other.stdout
-    res = pod.istio_iptables(*flags, "--cleanup-only", env=env)
+    res = pod.istio_iptables(*argv, "--cleanup-only", env=env)
     assert res.returncode == 0, res.stderr
-    assert rules_only(pod.save_all()) == pristine
+    assert snapshot() == pristine
