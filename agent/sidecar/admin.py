@@ -7,12 +7,15 @@ the agent's lifecycle says).
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Callable, Protocol
 
 import aiohttp
 
 from agent.sidecar import envoy, logs
+from agent.sidecar.statelog import Note, StateLog
 
 log = logs.get()
 
@@ -73,11 +76,16 @@ class ReadinessProbe:
     stats: `control plane unreachable: <why>` while Envoy waits for config, `no certificate yet: <why>`
     while it waits on its secrets (beyond Istio, whose reasons only quote Envoy's stats). With
     `no_envoy` (DISABLE_ENVOY) the agent is ready when it has a certificate and reaches istiod.
+
+    `check()` (the status server's) logs a change of state once and, while not ready, a summary every
+    30 s (`states`), whatever the callers' rate. `watch()` asks until the first success, so the
+    startup duration is the time to ready, not to the first probe after it (Istio records it in the
+    probe, to within kubelet's probe period).
     """
 
     def __init__(self, admin: AdminClient, *, standalone: bool, on_first_ready: Callable[[float], None],
                  process_start: float, clock: Callable[[], float] = time.time, mesh: MeshStatus | None = None,
-                 no_envoy: bool = False):
+                 no_envoy: bool = False, states: StateLog | None = None):
         self.admin = admin
         self.standalone = standalone
         self.on_first_ready = on_first_ready
@@ -90,7 +98,8 @@ class ReadinessProbe:
         self._config_ok = standalone
         self._live_ok = False
         self._ever_ready = False
-        self._last_failed = True
+        self.states = states or StateLog()
+        self._watch: asyncio.Task | None = None
 
     def terminate(self, cause: str) -> None:
         self.terminated = cause
@@ -149,10 +158,29 @@ class ReadinessProbe:
 
     async def check(self) -> str | None:
         why = await self.reason()
-        if why:
+        report = self.states.observe("readiness", why, repeat=why is not None)
+        if report is None:
+            return why
+        if report.note is Note.STILL:
+            log.warning(f"Envoy proxy still not ready for {report.seconds:.0f}s ({report.checks} probes): {why}")
+        elif why:
             log.warning(f"Envoy proxy is NOT ready: {why}")
-            self._last_failed = True
-        elif self._last_failed:
+        else:
             log.info("Envoy proxy is ready")
-            self._last_failed = False
         return why
+
+    async def watch(self, interval: float = 0.1) -> None:
+        """Ask every `interval` seconds until the first success (which records the startup duration)."""
+        while not self._ever_ready:
+            await self.reason()
+            if not self._ever_ready:
+                await asyncio.sleep(interval)
+
+    def start_watch(self) -> None:
+        self._watch = asyncio.create_task(self.watch(), name="readiness watch")
+
+    async def stop_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch

@@ -240,8 +240,9 @@ def parse_app_probers(text: str) -> dict[str, dict]:
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise ConfigError(f"invalid {setting} (expected an object of probes): {_short(text)!r}")
     for path, probe in value.items():
-        if not path.startswith("/app-health/"):
-            raise ConfigError(f"invalid {setting}: path {shown(path)} does not start with /app-health/")
+        if not path.startswith(("/app-health/", "/app-lifecycle/")):  # lifecycle: prestopz, poststartz hooks
+            raise ConfigError(f"invalid {setting}: path {shown(path)} does not start with /app-health/ "
+                              "or /app-lifecycle/")
         kinds = [k for k in PROBE_KINDS if probe.get(k) is not None]
         if not kinds:
             raise ConfigError(f"invalid {setting}: probe {shown(path)} has no httpGet, tcpSocket or grpc")

@@ -1,34 +1,50 @@
-"""Forwarded application probes: `/app-health/<container>/{livez,readyz,startupz}`.
+"""Forwarded application probes and lifecycle hooks: `/app-health/<container>/{livez,readyz,startupz}`
+and `/app-lifecycle/<container>/{prestopz,poststartz}` (Istio's `handleAppProbe` in
+https://github.com/istio/istio/blob/master/pilot/cmd/pilot-agent/status/server.go).
 
-The injector moved the app's httpGet/tcpSocket probes into ISTIO_KUBE_APP_PROBERS and pointed kubelet
-at the agent. The agent probes the app at the pod IP from source 127.0.0.6: istio-iptables exempts
-that source on loopback, so the probe reaches the app directly instead of looping through Envoy's
-inbound listener (and it still works under STRICT mTLS, which kubelet's plain probe would not).
+The injector moved the app's httpGet/tcpSocket/grpc probes and HTTP/TCP lifecycle hooks into
+ISTIO_KUBE_APP_PROBERS and pointed kubelet at the agent. The agent probes the app at the pod IP
+(INSTANCE_IP) from source 127.0.0.6: istio-iptables exempts that source on loopback, so the probe
+reaches the app directly instead of looping through Envoy's inbound listener (and it still works
+under STRICT mTLS, which kubelet's plain probe would not).
 
-gRPC probes speak just enough cleartext HTTP/2 (h2c, prior knowledge) to call the standard
-`grpc.health.v1.Health/Check`: the request headers are sent as HPACK literals and only the DATA frame
-of the answer is read (HealthCheckResponse field 1 = SERVING), so no HPACK decoder is needed. Not
-grpcio: its channels cannot bind the source address 127.0.0.6 that keeps the probe out of Envoy.
+HTTP probes forward kubelet's request headers, every value of each, as Istio does: the injector
+leaves the probe's `httpHeaders` (a `Host` included) on the rewritten kubelet probe, so kubelet
+sends them. The copy in ISTIO_KUBE_APP_PROBERS is not added again (Istio's TestProbeHeader checks
+that the agent sends only what it received).
+
+A failure's body is a few words of our own (`http probe failed: connection refused`), never a
+library's text. Results are logged on a change per probe, with a summary while a failure lasts
+(agent.sidecar.statelog): the callers do not set the log rate.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import ssl
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
+from multidict import CIMultiDict
 from yarl import URL
 
 from agent.sidecar import logs
 from agent.sidecar.http import plain_connector
 from agent.sidecar.probe_config import Prober
 from agent.sidecar.scrape import read_capped
+from agent.sidecar.statelog import Note, StateLog
 
 log = logs.get("probes")
 BODY_LIMIT = 10 * 1024
 MAX_REDIRECTS = 10
+#: Not forwarded: hop-by-hop headers, and Accept-Encoding (the app's body is passed on as it comes,
+#: so it must come uncompressed).
+DROPPED = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+                     "upgrade", "content-length", "accept-encoding"})
+UNCONFIGURED = "unconfigured"  # the one log state of every path that has no prober
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +52,7 @@ class ProbeResult:
     status: int
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    reason: str = ""  # why it failed, when the agent could not get an answer
 
 
 def map_status(status: int | None, redirect_elsewhere: bool = False) -> int:
@@ -47,15 +64,32 @@ def map_status(status: int | None, redirect_elsewhere: bool = False) -> int:
     return status
 
 
-def forward_headers(incoming: Mapping[str, str], status_port: int, app_port: int) -> dict[str, str]:
-    """Copy kubelet's headers; a Host naming the status port is pointed at the app port instead."""
-    out = {k: v for k, v in incoming.items() if k.lower() not in ("connection", "content-length", "accept-encoding")}
-    host = incoming.get("Host", "")
-    name, sep, port = host.rpartition(":")
+def forward_headers(incoming: Mapping[str, str], status_port: int, app_port: int) -> CIMultiDict[str]:
+    """Kubelet's headers, every value; a Host naming the status port is pointed at the app port."""
+    items = incoming.items()  # a multidict's items() has every value of a repeated header
+    out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in items if k.lower() not in DROPPED)
+    name, sep, port = out.get("Host", "").rpartition(":")
     if sep and port == str(status_port):
         out["Host"] = f"{name}:{app_port}"
     out["Connection"] = "close"
     return out
+
+
+def describe(error: BaseException, timeout: float) -> str:
+    """An error in a few words of our own: never the library's text (addresses, `ssl:default [...]`)."""
+    if isinstance(error, TimeoutError):  # aiohttp's timeouts included
+        return f"timed out after {timeout:g}s" if timeout else "timed out"
+    if isinstance(error, (ssl.SSLError, aiohttp.ClientSSLError)):
+        return "TLS handshake with the app failed"
+    if isinstance(error, (socket.gaierror, aiohttp.ClientConnectorDNSError)):
+        return "cannot resolve the probe's destination"
+    if isinstance(error, (aiohttp.ServerDisconnectedError, asyncio.IncompleteReadError, ConnectionResetError)):
+        return "the app closed the connection before answering"
+    if isinstance(error, (aiohttp.ClientResponseError, aiohttp.ClientPayloadError)):
+        return "the app's answer is not valid HTTP"
+    if isinstance(error, OSError) and error.errno and error.errno > 0:
+        return os.strerror(error.errno).lower()
+    return "connection to the app failed"
 
 
 def _linger(sock: socket.socket) -> None:
@@ -66,15 +100,17 @@ class AppProber:
     """Runs the configured probes against the app. One instance per agent."""
 
     def __init__(self, probers: Mapping[str, Prober], *, pod_ip: str, status_port: int,
-                 legacy_localhost: bool = False):
+                 legacy_localhost: bool = False, states: StateLog | None = None):
         self.probers = dict(probers)
         self.dest = "localhost" if legacy_localhost else (pod_ip or "127.0.0.1")
         self.source = "::6" if ":" in self.dest else "127.0.0.6"
         self.status_port = status_port
+        self.states = states or StateLog()
 
     async def probe(self, path: str, headers: Mapping[str, str]) -> ProbeResult:
         prober = self.probers.get(path)
         if prober is None:
+            self._log_unconfigured(path)
             return ProbeResult(400, f"app prober config does not exists for {path}".encode())
         if prober.kind == "tcp":
             result = await self._tcp(prober)
@@ -82,34 +118,57 @@ class AppProber:
             result = await self._http(prober, headers)
         else:
             result = await self._grpc(prober, headers.get("User-Agent", ""))
-        level = log.info if result.status < 400 else log.error
-        level("app probe", path=path, kind=prober.kind, port=prober.port, status=result.status)
+        self._log(path, prober, result)
         return result
 
-    async def _grpc(self, prober: Prober, user_agent: str) -> ProbeResult:
-        try:
-            serving = await asyncio.wait_for(self._grpc_check(prober, user_agent), prober.timeout or None)
-        # IndexError: an answer too short for the frame it announces (the app's bytes, not ours).
-        except (OSError, TimeoutError, ValueError, IndexError, asyncio.IncompleteReadError) as e:
-            return ProbeResult(500, f"grpc probe failed: {e or type(e).__name__}".encode())
-        return ProbeResult(200) if serving == 1 else ProbeResult(500, f"grpc health status {serving}".encode())
+    def _log(self, path: str, prober: Prober, result: ProbeResult) -> None:
+        failed = result.status >= 400
+        report = self.states.observe(path, (result.status, result.reason), repeat=failed)
+        if report is None:
+            return
+        fields = {"path": path, "kind": prober.kind, "port": prober.port, "status": result.status}
+        if result.reason:
+            fields["reason"] = result.reason
+        if report.note is Note.STILL:
+            log.error(f"app probe still failing for {report.seconds:.0f}s ({report.checks} probes)", **fields)
+        elif failed:
+            log.error("app probe failed", **fields)
+        else:
+            log.info("app probe succeeded", **fields)
 
-    async def _grpc_check(self, prober: Prober, user_agent: str) -> int:
-        reader, writer = await asyncio.open_connection(self.dest, prober.port, local_addr=(self.source, 0))
+    def _log_unconfigured(self, path: str) -> None:
+        report = self.states.observe(UNCONFIGURED, 400, repeat=True)
+        if report is None:
+            return
+        if report.note is Note.STILL:
+            log.error(f"probes without a prober still asked for after {report.seconds:.0f}s "
+                      f"({report.checks} requests)", path=path)
+        else:
+            log.error("Prober does not exist", path=path)
+
+    def _failed(self, kind: str, error: BaseException, timeout: float) -> ProbeResult:
+        why = describe(error, timeout)
+        return ProbeResult(500, f"{kind} probe failed: {why}".encode(), reason=why)
+
+    async def _grpc(self, prober: Prober, user_agent: str) -> ProbeResult:
+        from agent.sidecar import grpc_health  # h2 is imported only where a gRPC probe is configured
+
         try:
-            host = f"[{self.dest}]" if ":" in self.dest else self.dest
-            writer.write(grpc_health_request(f"{host}:{prober.port}", prober.service, user_agent))
-            await writer.drain()
-            return await read_grpc_health_status(reader, writer)
-        finally:
-            writer.close()
+            why = await asyncio.wait_for(
+                grpc_health.check(self.dest, prober.port, self.source, prober.service, user_agent, prober.timeout),
+                prober.timeout or None)
+        except grpc_health.HealthError as e:
+            why = str(e)
+        except OSError as e:  # connecting; TimeoutError is one
+            return self._failed("grpc", e, prober.timeout)
+        return ProbeResult(200) if why is None else ProbeResult(500, f"grpc probe failed: {why}".encode(), reason=why)
 
     async def _tcp(self, prober: Prober) -> ProbeResult:
         try:
             conn = asyncio.open_connection(self.dest, prober.port, local_addr=(self.source, 0))
             _, writer = await asyncio.wait_for(conn, prober.timeout or None)
-        except (OSError, TimeoutError) as e:
-            return ProbeResult(500, f"tcp probe failed: {e or type(e).__name__}".encode())
+        except OSError as e:
+            return self._failed("tcp", e, prober.timeout)
         sock = writer.get_extra_info("socket")
         if sock is not None:
             _linger(sock)
@@ -122,14 +181,14 @@ class AppProber:
         headers = forward_headers(incoming, self.status_port, prober.port)
         connector = plain_connector(local_addr=(self.source, 0), force_close=True)
         timeout = aiohttp.ClientTimeout(total=prober.timeout or None)
-        try:
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                             auto_decompress=False) as session:
+        try:  # nothing of aiohttp's own is added: the app sees kubelet's headers
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                             skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent")) as session:
                 return await self._follow(session, url, headers)
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            return ProbeResult(500, f"http probe failed: {e or type(e).__name__}".encode())
+        except (aiohttp.ClientError, OSError, ValueError) as e:  # ValueError: a Location yarl cannot parse
+            return self._failed("http", e, prober.timeout)
 
-    async def _follow(self, session: "aiohttp.ClientSession", url: str, headers: dict) -> ProbeResult:
+    async def _follow(self, session: aiohttp.ClientSession, url: str, headers: CIMultiDict[str]) -> ProbeResult:
         origin = URL(url)
         for _ in range(MAX_REDIRECTS + 1):
             async with session.get(url, headers=headers, allow_redirects=False) as resp:
@@ -143,92 +202,5 @@ class AppProber:
                     continue
                 ctype = resp.headers.get("Content-Type")
                 return ProbeResult(map_status(resp.status), body, {"Content-Type": ctype} if ctype else {})
-        return ProbeResult(500, f"stopped after {MAX_REDIRECTS} redirects".encode())
-
-
-# ---------------------------------------------------------------------------------------------
-# Minimal gRPC health check over h2c (RFC 9113 frames, RFC 7541 literal header fields)
-
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY = 0x0, 0x1, 0x3, 0x4, 0x7
-END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
-
-
-def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
-
-
-def _hpack_int(value: int, prefix_bits: int = 7) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes([value])
-    out, value = [limit], value - limit
-    while value >= 128:
-        out.append(value % 128 + 128)
-        value //= 128
-    return bytes(out + [value])
-
-
-def _literal(name: str, value: str) -> bytes:
-    """HPACK 'literal header field without indexing, new name', no Huffman coding."""
-    n, v = name.encode(), value.encode()
-    return b"\x00" + _hpack_int(len(n)) + n + _hpack_int(len(v)) + v
-
-
-def _varint(value: int) -> bytes:
-    out = []
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    return bytes(out + [value])
-
-
-def _protobuf_string(field_no: int, text: str) -> bytes:
-    data = text.encode()
-    return (bytes([field_no << 3 | 2]) + _varint(len(data)) + data) if data else b""
-
-
-def grpc_health_request(authority: str, service: str, user_agent: str = "") -> bytes:
-    """Connection preface + SETTINGS + HEADERS + DATA(END_STREAM) for Health/Check on stream 1."""
-    headers = b"".join(_literal(k, v) for k, v in (
-        (":method", "POST"), (":scheme", "http"), (":path", "/grpc.health.v1.Health/Check"),
-        (":authority", authority), ("content-type", "application/grpc"), ("te", "trailers"),
-        ("user-agent", user_agent or "istio-agent-probe")))
-    message = _protobuf_string(1, service)
-    body = b"\x00" + len(message).to_bytes(4, "big") + message
-    return (H2_PREFACE + _frame(SETTINGS, 0, 0) + _frame(HEADERS, END_HEADERS, 1, headers)
-            + _frame(DATA, END_STREAM, 1, body))
-
-
-def health_status(data: bytes) -> int:
-    """gRPC-framed HealthCheckResponse -> its status (0 UNKNOWN, 1 SERVING, 2 NOT_SERVING, 3 SERVICE_UNKNOWN)."""
-    if len(data) < 5:
-        raise ValueError("no health response message (not implemented or failed)")
-    message, status, i = data[5:5 + int.from_bytes(data[1:5], "big")], 0, 0
-    while i < len(message):
-        key = message[i]
-        i += 1
-        if key == 0x08:  # field 1, varint
-            status = message[i]
-            i += 1
-        else:
-            break
-    return status
-
-
-async def read_grpc_health_status(reader, writer) -> int:
-    """Read frames until stream 1 ends; the DATA payload carries the answer, headers are skipped."""
-    data = b""
-    while True:
-        head = await reader.readexactly(9)
-        length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
-        stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
-        payload = await reader.readexactly(length)
-        if kind == SETTINGS and not flags & ACK:
-            writer.write(_frame(SETTINGS, ACK, 0))
-        elif kind == DATA and stream == 1:
-            data += payload[1 + payload[0]:] if flags & 0x8 else payload  # PADDED: pad length first
-        elif kind in (RST_STREAM, GOAWAY) and stream in (0, 1):
-            raise ValueError("stream reset by the server")
-        if stream == 1 and kind in (DATA, HEADERS) and flags & END_STREAM:
-            return health_status(data)
+        why = f"stopped after {MAX_REDIRECTS} redirects"
+        return ProbeResult(500, f"http probe failed: {why}".encode(), reason=why)

@@ -122,6 +122,8 @@ class Sidecar:
         self.readiness = ReadinessProbe(admin, standalone=cfg.standalone, process_start=self.process_start,
                                         on_first_ready=self.metrics.set_startup_duration, mesh=self.mesh,
                                         no_envoy=cfg.mesh.disable_envoy)
+        self.readiness.start_watch()  # the startup duration is the time to ready, probed or not
+        self.on_shutdown("readiness watch", self.readiness.stop_watch)
         self.supervisor = Supervisor(Supervision(
             envoy=self.envoy, admin=admin, readiness=self.readiness,
             drainer=Drainer(admin, drain.DrainPolicy.from_config(cfg), inbound_only=cfg.proxy_type == "sidecar",
