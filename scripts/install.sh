@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the agent and its test suite need on a fresh Debian machine (as root):
-# iptables (legacy and nft backends) and iproute2 for the network-namespace tests, dnsmasq (the
-# cluster resolver of the DNS proxy's tests), and a venv at
+# iptables (legacy and nft backends), nftables (`nft`, for --native-nftables) and iproute2 for the
+# network-namespace tests, dnsmasq (the cluster resolver of the DNS proxy's tests), and a venv at
 # $AGENT_VENV (default /opt/agent) built from Debian's /usr/bin/python3, so that processes running
 # as uid 1337 (Envoy, the agent as the sidecar user) can read it. AGENT_EDITABLE=1 installs the
 # checkout in editable mode for development.
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${AGENT_VENV:-/opt/agent}
 need=()
-for pkg in iptables iproute2 python3-venv procps dnsmasq-base; do
+for pkg in iptables nftables iproute2 python3-venv procps dnsmasq-base; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
