@@ -11,7 +11,9 @@ import pytest
 from agent.iptables import nft_apply, nft_live, nft_rules, nft_script
 from agent.iptables.config import IptablesConfig
 from agent.iptables.host import HostFacts
+from agent.iptables.logger import log
 from agent.iptables.runner import Result
+from agent.logformat import Level
 
 from ._nft_support import BY_NAME, CASES, expected, facts, run
 
@@ -210,10 +212,19 @@ def test_in_place_applies_nothing_unless_forced():
     assert len(_run(_listing(SCRIPT), force_apply=True)[1].applied) == 1
 
 
-def test_drift_fails_without_reconcile_and_is_replaced_with_it(capsys):
+@pytest.fixture
+def logs():
+    saved = log.level, log.as_json, log.stream
+    stream = io.StringIO()
+    log.configure(Level.INFO, False, stream)
+    yield stream
+    log.level, log.as_json, log.stream = saved
+
+
+def test_drift_fails_without_reconcile_and_is_replaced_with_it(logs):
     code, runner, _ = _run(_listing(OTHER))
     assert code == 1 and runner.applied == []
-    assert "re-run with --reconcile" in capsys.readouterr().err
+    assert "re-run with --reconcile" in logs.getvalue()
     code, runner, _ = _run(_listing(OTHER), reconcile=True)
     assert code == 0 and runner.applied == [nft_script.render_cleanup() + SCRIPT]
 
