@@ -1,11 +1,16 @@
 """The agent's own Prometheus registry and the merged `/stats/prometheus` endpoint.
 
-Merging is plain concatenation in Istio's order (agent metrics, all `istio_agent_*`; then Envoy's,
-from its :15090 listener; then the app's, ISTIO_PROMETHEUS_ANNOTATIONS), so an OpenMetrics `# EOF`
-from the app ends the document, as in Istio's status server
+Merging is concatenation in Istio's order (agent metrics, all `istio_agent_*`; then Envoy's, from
+its :15090 listener; then the app's, ISTIO_PROMETHEUS_ANNOTATIONS), as in Istio's status server
 (https://github.com/istio/istio/blob/master/pilot/cmd/pilot-agent/status/server.go). A failing source
 is counted in `istio_agent_scrape_failures_total{type=agent|envoy|application}` and skipped; the
 answer is always 200.
+
+The answer is OpenMetrics when an app target answered OpenMetrics (Prometheus asks for it first),
+else text. Unlike Istio, which sends its own and Envoy's parts as text under an OpenMetrics content
+type, an OpenMetrics answer is OpenMetrics throughout: the agent's registry is rendered as such,
+Envoy's text (it has no OpenMetrics output) and a text app target's are converted as they stream
+(agent.sidecar.openmetrics), each app's `# EOF` is dropped and one ends the document.
 """
 from __future__ import annotations
 
@@ -17,8 +22,11 @@ from typing import Any
 import aiohttp
 import prometheus_client
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
 
-from agent.sidecar.scrape import BODY_CAP, TEXT, Target, negotiate_accept, response_content_type, strip_eof
+from agent.sidecar.openmetrics import Names, TextToOpenMetrics
+from agent.sidecar.scrape import (BODY_CAP, TEXT, Target, is_openmetrics, negotiate_accept, response_content_type,
+                                  strip_eof)
 
 # ---------------------------------------------------------------------------------------------
 # The agent's registry
@@ -96,7 +104,8 @@ class AgentMetrics:
         prometheus_client.disable_created_metrics()  # Istio exposes no *_created series
         self.registry = reg = prometheus_client.CollectorRegistry(auto_describe=True)
         self.startup_duration = prometheus_client.Gauge(
-            "istio_agent_startup_duration_seconds", "Process start to first successful readiness", registry=reg)
+            "istio_agent_startup_duration_seconds", "The time from the process starting to being marked ready",
+            registry=reg)
         self.scrapes = prometheus_client.Counter("istio_agent_scrapes", "Merged metrics requests", registry=reg)
         self.scrape_failures = prometheus_client.Counter(
             "istio_agent_scrape_failures", "Failed scrapes per source", ["type"], registry=reg)
@@ -115,8 +124,11 @@ class AgentMetrics:
     def set_startup_duration(self, seconds: float) -> None:
         self.startup_duration.set(seconds)
 
-    def render(self) -> bytes:
+    def render(self, openmetrics: bool = False) -> bytes:
+        """The registry as Prometheus text, or as OpenMetrics (its `# EOF` included)."""
         try:
+            if openmetrics:
+                return openmetrics_exposition.generate_latest(self.registry)
             return prometheus_client.generate_latest(self.registry)
         except Exception:  # one broken collector must not take the endpoint down
             self.scrape_failures.labels("agent").inc()
@@ -145,15 +157,24 @@ class Scrape:
         self.merger, self.envoy, self.apps, self.content_type = merger, envoy, apps, content_type
 
     async def chunks(self):
+        openmetrics = self.content_type != TEXT
+        names = Names()  # with OpenMetrics: the family names written so far, across the parts
         try:
-            yield strip_eof(self.merger.metrics.render())
+            agent = self.merger.metrics.render(openmetrics)
+            if openmetrics:
+                names.take_rendered(agent)
+            yield strip_eof(agent)
             if self.envoy:
-                async for chunk in self.merger.stream(self.envoy, strip=False):
+                convert = TextToOpenMetrics(names) if openmetrics else None
+                async for chunk in self.merger.stream(self.envoy, strip=False, convert=convert):
                     yield chunk
             for app in self.apps:
-                async for chunk in self.merger.stream(app, strip=True):
+                convert = None
+                if openmetrics and not is_openmetrics(app.content_type):
+                    convert = TextToOpenMetrics(names, timestamps=True)
+                async for chunk in self.merger.stream(app, strip=True, convert=convert):
                     yield chunk
-            if self.content_type != TEXT:
+            if openmetrics:
                 yield b"# EOF\n"
         finally:
             self.close()
@@ -190,14 +211,19 @@ class MetricsMerger:
             return None
         return _Source(kind, url, resp)
 
-    async def stream(self, source: _Source, strip: bool):
-        """The upstream body in chunks, capped at 10 MiB, ending with a newline; `# EOF` dropped if `strip`."""
-        size, tail = 0, b""
+    async def stream(self, source: _Source, strip: bool, convert: TextToOpenMetrics | None = None):
+        """The upstream body in chunks, capped at 10 MiB, ending with a newline; `# EOF` dropped if
+        `strip`; text turned into OpenMetrics by `convert` (a line cut by a failure is dropped)."""
+        size, tail, failed = 0, b"", False
         try:
             async for chunk in source.resp.content.iter_any():
                 size += len(chunk)
                 if size > BODY_CAP:
                     raise ValueError("body over 10 MiB")
+                if convert is not None:
+                    if out := convert.feed(chunk):
+                        yield out
+                    continue
                 if not strip:  # passed on as it came (no copy); only its last byte is remembered
                     yield chunk
                     tail = chunk[-1:]
@@ -208,7 +234,11 @@ class MetricsMerger:
                     yield data
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
             self._failed(source.kind, source.url, e)
-        if strip:
+            failed = True
+        if convert is not None:
+            if out := convert.close(complete=not failed):
+                yield out
+        elif strip:
             last = strip_eof(tail)
             if last or size:
                 yield last if last.endswith(b"\n") or not last else last + b"\n"

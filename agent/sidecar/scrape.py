@@ -100,16 +100,20 @@ def negotiate_accept(header: str | None, openmetrics: bool) -> str:
     return ",".join(f"{v};q=0.{len(kept) - i}" for i, v in enumerate(kept))
 
 
+def is_openmetrics(content_type: str | None) -> bool:
+    return (content_type or "").lower().lstrip().startswith("application/openmetrics-text")
+
+
 def response_content_type(app_types: Sequence[str | None]) -> str:
-    """The merged answer's format follows the app's (first successful target; disagreement -> text)."""
-    formats = set()
+    """The merged answer is OpenMetrics (the first such target's version) when an app target answered
+    OpenMetrics, else text. Istio answers text when targets disagree, with the OpenMetrics bodies in
+    it unchanged; here the text parts are converted instead (agent.sidecar.openmetrics), so the
+    OpenMetrics-only types an app may use (info, stateset) survive."""
     for ctype in app_types:
-        low = (ctype or "").lower().replace(" ", "")
-        if low.startswith("application/openmetrics-text"):
-            formats.add(OPENMETRICS_1 if "version=1.0.0" in low else OPENMETRICS_0)
-        else:
-            formats.add(TEXT)
-    return formats.pop() if len(formats) == 1 else TEXT
+        if is_openmetrics(ctype):
+            low = (ctype or "").lower().replace(" ", "")
+            return OPENMETRICS_1 if "version=1.0.0" in low else OPENMETRICS_0
+    return TEXT
 
 
 def strip_eof(body: bytes) -> bytes:

@@ -3,6 +3,8 @@ Istio's status server does): targets, Accept negotiation, content type, real scr
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client import parser as text_parser
+from prometheus_client.openmetrics import parser as openmetrics_parser
 
 from agent.sidecar import logs
 from agent.sidecar.metrics import AgentMetrics, MetricsMerger
@@ -53,7 +55,9 @@ def test_negotiate_accept():
     ([], TEXT), (["text/plain; version=0.0.4"], TEXT), ([None], TEXT),
     (["application/openmetrics-text; version=1.0.0; charset=utf-8"], OPENMETRICS_1),
     (["application/openmetrics-text"], OPENMETRICS_0),
-    (["application/openmetrics-text; version=1.0.0", "text/plain"], TEXT),
+    # targets that disagree: OpenMetrics, the text ones converted (Istio answers text, the OpenMetrics bodies unchanged)
+    (["application/openmetrics-text; version=1.0.0", "text/plain"], OPENMETRICS_1),
+    (["text/plain", "application/openmetrics-text"], OPENMETRICS_0),
 ])
 def test_response_content_type(types, want):
     assert response_content_type(types) == want
@@ -110,6 +114,8 @@ async def test_merge_with_app(serve):
     assert ctype == OPENMETRICS_1
     agent_at, envoy_at, app_at = body.index("istio_agent_scrapes_total"), body.index("envoy_x 1"), body.index("app_y 2")
     assert agent_at < envoy_at < app_at and body.endswith("# EOF\n") and body.count("# EOF") == 1
+    families = {f.name: f for f in openmetrics_parser.text_string_to_metric_families(body)}  # strict: raises if not
+    assert families["istio_agent_scrapes"].type == "counter" and families["envoy_x"].type == "unknown"
     assert seen["envoy_query"] == "usedonly" and seen["envoy_accept"] == "text/plain;version=0.0.4;q=0.1"
     assert seen["envoy_encoding"] == "identity"  # no gzip on loopback only to inflate it again
     assert seen["app_accept"].startswith("application/openmetrics-text;version=1.0.0")
@@ -119,6 +125,8 @@ async def test_merge_with_app(serve):
 async def test_merge_with_app_down_still_answers_and_counts(serve):
     body, ctype, _, registry, body2 = await _merge(serve, False)
     assert ctype == TEXT and "envoy_x 1" in body and "app_y" not in body
+    families = {f.name: f for f in text_parser.text_string_to_metric_families(body)}
+    assert families["istio_agent_scrapes"].type == "counter" and "envoy_x" in families
     assert 'istio_agent_scrape_failures_total{type="application"} 2.0' in registry
     assert "istio_agent_scrapes_total 2.0" in registry
 
