@@ -41,7 +41,7 @@ FULL = {
     "mesh_start": ["-n", "7", "--profile"], "agent_rss": ["--window", "10", "-n", "3"],
     "xds_push": ["--clusters", "5000", "--rounds", "3", "--flavour", "both"], "csr": ["-n", "30"],
     "dns": ["--rate", "1000", "--seconds", "6", "--rounds", "3", "--names", "10000"],
-    "iptables_imports": ["-n", "25"],
+    "iptables_imports": ["-n", "25"], "nft_apply": ["-n", "15"],
 }
 QUICK = {
     "start": ["-n", "3"], "idle": ["--window", "10"], "latency": ["--requests", "400", "--rounds", "1"],
@@ -51,18 +51,19 @@ QUICK = {
     "mesh_start": ["-n", "3"], "agent_rss": ["--window", "3", "-n", "1"],
     "xds_push": ["--clusters", "5000", "--rounds", "1", "--flavour", "both"], "csr": ["-n", "5"],
     "dns": ["--rate", "1000", "--seconds", "2", "--rounds", "2", "--names", "10000"],
-    "iptables_imports": ["-n", "5"],
+    "iptables_imports": ["-n", "5"], "nft_apply": ["-n", "5"],
 }
 SCRIPTS = {"start": "sidecar_start.py", "idle": "sidecar_idle.py", "latency": "sidecar_latency.py",
            "prometheus": "sidecar_prometheus.py", "prometheus_default": "sidecar_prometheus.py",
            "drain": "sidecar_drain.py", "drain_short": "sidecar_drain.py", "drain_closed": "sidecar_drain.py",
            "mesh_start": "mesh_start.py", "agent_rss": "agent_rss.py", "xds_push": "xds_push.py",
-           "csr": "csr_latency.py", "dns": "dns_proxy.py", "iptables_imports": "iptables_imports.py"}
+           "csr": "csr_latency.py", "dns": "dns_proxy.py", "iptables_imports": "iptables_imports.py",
+           "nft_apply": "nft_apply.py"}
 #: --only names; a name stands for the runs listed with it.
 GROUPS = {"start": ["start"], "iptables": ["iptables"], "idle": ["idle"], "latency": ["latency"],
           "prometheus": ["prometheus", "prometheus_default"], "drain": ["drain", "drain_short", "drain_closed"],
           "mesh_start": ["mesh_start"], "agent_rss": ["agent_rss"], "xds_push": ["xds_push"], "csr": ["csr"],
-          "dns": ["dns"], "iptables_imports": ["iptables_imports"]}
+          "dns": ["dns"], "iptables_imports": ["iptables_imports"], "nft_apply": ["nft_apply"]}
 
 CSR_LINE = re.compile(r"^(RSA 2048|ECDSA P-256)\s+(first|key|csr|rpc|total)\s+([\d.]+)(?:\s+([\d.]+))?")
 IMPORT_LINE = re.compile(r"^(\S.*?)\s+(-?[\d.]+)ms\s+(-?[\d.]+)ms(.*)$")
@@ -180,6 +181,13 @@ def iptables_rows(out: Rows, i: dict) -> None:
     if "python_S_ms" in i:
         out.add("  context: bare `python -S -c pass`, same wrapper", f"{i['python_S_ms']:.1f} ms",
                 f"{i['floor_ms']:.1f} ms iptables-restore", f"{i['python_S_ms'] / i['floor_ms']:.2f}x", "", None)
+
+
+def nft_apply_rows(out: Rows, n: dict) -> None:
+    out.add("istio-iptables --native-nftables apply (init rule set)", f"{n['ours_ms']:.1f} ms",
+            f"{n['floor_ms']:.1f} ms one nft -f", f"{n['ratio']:.2f}x", "(report)", None)
+    out.add("istio-iptables --native-nftables processes spawned", str(n["processes"]), "1 (nft -f)", "", "(report)",
+            None)
 
 
 def idle_rows(out: Rows, d: dict) -> None:
@@ -305,6 +313,7 @@ SECTIONS: list[tuple[str, str, Callable[[Rows, dict], None]]] = [
     ("mesh_start", "mesh start to ready", mesh_start_rows),
     ("iptables", "istio-iptables apply", iptables_rows),
     ("iptables_imports", "istio-iptables import costs", iptables_imports_rows),
+    ("nft_apply", "istio-iptables --native-nftables apply", nft_apply_rows),
     ("idle", "agent idle, standalone", idle_rows),
     ("agent_rss", "agent RSS in the mesh", agent_rss_rows),
     ("latency", "/healthz/ready latency", latency_rows),

@@ -12,11 +12,12 @@ iptables flow does (agent.iptables.apply):
 * other rules of ours live (drift): exit 1 with one line naming the first difference, nothing
   touched; with `--reconcile` (or `--force-apply`), apply.
 
-"Apply" is always ONE `nft -f -`: the cleanup lines (`add table` + `delete table` for each of the
-three tables) followed by the script. The kernel commits a batch completely or not at all, so the
-old tables, stale chains included, are replaced by exactly the new ones without a moment where
-traffic sees neither, and a script nft rejects leaves the ruleset as it was. So no guardrails and
-no rollback are needed, unlike iptables' per-family restores.
+"Apply" is always ONE `nft -f -`: the cleanup lines (`add table` + `delete table`) of each of our
+tables that is live, followed by the script (so on a fresh pod exactly Istio's transaction). The
+kernel commits a batch completely or not at all, so the old tables, stale chains included, are
+replaced by exactly the new ones without a moment where traffic sees neither, and a script nft
+rejects leaves the ruleset as it was. So no guardrails and no rollback are needed, unlike iptables'
+per-family restores.
 
 `--cleanup-only` runs the cleanup lines alone (when any of our tables is live) and removes the TPROXY
 routes; `--verify` prints the difference (agent.iptables.nft_live.diff, then missing routes) and
@@ -144,14 +145,20 @@ class NftApplier:
         return Exit.OK
 
     def apply(self, done: str) -> None:
-        """Our three tables replaced by the script's, in one transaction."""
-        self.runner.apply(self.cleanup_script + self.script)
+        """Our live tables replaced by the script's, in one transaction."""
+        self.runner.apply(self.deletes() + self.script)
         log.info("%s (tables %s)", done, ", ".join(self.expected) or "none")
         log.debug("nftables rules programmed:\n%s", self.script)
 
+    def deletes(self) -> str:
+        """The cleanup lines of the tables that are live. Only those: deleting a table makes the
+        kernel wait for a grace period when the batch commits (some 10 ms here), even for a table
+        the same batch has just added, and a fresh pod has none to delete."""
+        return "".join(line + "\n" for line in self.cleanup_script.splitlines() if line.split()[-1] in self.live)
+
     def cleanup(self) -> None:
         if self.live:
-            self.runner.apply(self.cleanup_script)
+            self.runner.apply(self.deletes())
             log.info("removed nftables tables %s", ", ".join(self.live))
         else:
             log.info("no nftables table of ours is in place; nothing to clean up")

@@ -40,8 +40,8 @@ def run(cfg: IptablesConfig, facts: HostFacts, out: TextIO) -> int:
 
 def dry_run(cfg: IptablesConfig, ruleset: nft_rules.RuleSet, out: TextIO) -> int:
     """Print Istio's transaction (what Istio's tool hands to `nft -f -`; the conformance goldens
-    are this text), and only that. A real run applies it behind the deletion of our three tables,
-    in the same transaction (agent.iptables.nft_apply)."""
+    are this text), and only that. A real run applies it behind the deletion of those of our
+    tables that are live, in the same transaction (agent.iptables.nft_apply)."""
     log.info("dry run: printing the nft transaction; nothing is applied")
     out.write(nft_script.transaction(cfg, ruleset))
     out.flush()

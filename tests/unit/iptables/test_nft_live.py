@@ -201,9 +201,18 @@ def _run(live: str, **flags) -> tuple[int, FakeNft, str]:
     return code, runner, out.getvalue()
 
 
-def test_nothing_live_applies_cleanup_and_script_in_one_transaction():
+DELETE_NAT = f"add table inet {NAT}\ndelete table inet {NAT}\n"
+
+
+def test_nothing_live_applies_istios_transaction_alone():
     code, runner, _ = _run("")
-    assert code == 0 and runner.applied == [nft_script.render_cleanup() + SCRIPT]
+    assert code == 0 and runner.applied == [SCRIPT]
+
+
+def test_a_replacement_deletes_the_live_tables_in_the_same_transaction():
+    live = _listing(OTHER) + f"table inet {MANGLE} {{\n}}\n"
+    code, runner, _ = _run(live, reconcile=True)
+    assert code == 0 and runner.applied == [DELETE_NAT + f"add table inet {MANGLE}\ndelete table inet {MANGLE}\n" + SCRIPT]
 
 
 def test_in_place_applies_nothing_unless_forced():
@@ -226,7 +235,7 @@ def test_drift_fails_without_reconcile_and_is_replaced_with_it(logs):
     assert code == 1 and runner.applied == []
     assert "re-run with --reconcile" in logs.getvalue()
     code, runner, _ = _run(_listing(OTHER), reconcile=True)
-    assert code == 0 and runner.applied == [nft_script.render_cleanup() + SCRIPT]
+    assert code == 0 and runner.applied == [DELETE_NAT + SCRIPT]
 
 
 def test_verify_prints_the_difference_and_applies_nothing():
@@ -238,7 +247,7 @@ def test_verify_prints_the_difference_and_applies_nothing():
 
 def test_cleanup_runs_only_when_something_of_ours_is_live():
     assert _run("", cleanup_only=True)[1].applied == []
-    assert _run(_listing(OTHER), cleanup_only=True)[1].applied == [nft_script.render_cleanup()]
+    assert _run(_listing(OTHER), cleanup_only=True)[1].applied == [DELETE_NAT]
 
 
 def test_nft_errors_are_one_line():
