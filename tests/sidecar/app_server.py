@@ -3,8 +3,10 @@
     app_server.py --http 8080 [--hold 7070] [--tag app]
 
 HTTP routes: /ok (200, body `<tag> peer=<ip>`), /fail (500), /slow (sleeps 5 s), /metrics
-(OpenMetrics text), anything else 200 with the peer. `--hold` accepts TCP connections and keeps them
-open until the client closes (for exit-on-zero drain tests). Prints `ready` once listening.
+(OpenMetrics when the Accept header names it, else Prometheus text, as client libraries answer),
+/headers (`local: <ip>`, then the request's headers as `Name: value` lines), anything else 200 with
+the peer. `--hold` accepts TCP connections and keeps them open until the client closes (for
+exit-on-zero drain tests). Prints `ready` once listening.
 """
 from __future__ import annotations
 
@@ -27,9 +29,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif self.path == "/slow":
             time.sleep(5)
             self._send(200, b"slow\n")
-        elif self.path == "/metrics":
-            body = b"# TYPE app_requests counter\napp_requests_total 42\n# EOF\n"
+        elif self.path == "/metrics" and "application/openmetrics-text" in self.headers.get("Accept", ""):
+            body = (b"# TYPE app_requests counter\napp_requests_total 42\n"  # info: a type only OpenMetrics has
+                    b"# TYPE app_build info\napp_build_info{v=\"1\"} 1\n# EOF\n")
             self._send(200, body, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+        elif self.path == "/metrics":
+            self._send(200, b"# TYPE app_requests_total counter\napp_requests_total 42\n", "text/plain; version=0.0.4")
+        elif self.path == "/headers":  # and the address the request came to
+            lines = [f"local: {self.connection.getsockname()[0]}", *(f"{k}: {v}" for k, v in self.headers.items())]
+            self._send(200, "".join(line + "\n" for line in lines).encode())
         else:
             self._send(200, f"{self.tag} peer={peer}\n".encode())
 
