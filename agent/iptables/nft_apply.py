@@ -26,7 +26,6 @@ on the common path: `nft -s list ruleset inet`, `nft -f -`; `nft --version` only
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from typing import TextIO
@@ -52,7 +51,7 @@ class Drift(Exception):
 
 def find_nft(cni_mode: bool, path: str | None = None) -> str:
     """The nft binary in PATH, or NftError with Istio's words for a missing one."""
-    found = shutil.which("nft", path=path if path is not None else os.environ.get("PATH", os.defpath))
+    found = shutil.which("nft", path=path)  # None: $PATH
     if found:
         return found
     where = "on the host filesystem" if cni_mode else "in the sidecar container image"

@@ -24,6 +24,14 @@ def start(pod_factory, backend: str, args: list[str], *, transparent: bool = Fal
     return pod
 
 
+def conntrack_zone(pod: Pod, peer: str) -> str:
+    """The conntrack zone of the pod's UDP flow from `peer` (`addr:port`) to port 53."""
+    port = peer.rsplit(":", 1)[1]
+    entries = pod.run(["cat", "/proc/net/nf_conntrack"]).stdout.splitlines()
+    entry = next(e for e in entries if f" sport={port} dport=53 " in e)
+    return entry.split(" zone=", 1)[1].split()[0] if " zone=" in entry else "0"
+
+
 def landed(reply: dict) -> tuple:
     return reply.get("tag"), reply.get("listener"), reply.get("orig")
 
@@ -154,7 +162,10 @@ def test_dns_to_the_resolv_conf_server_lands_on_15053(pod_factory, backend):
     assert (udp.get("tag"), udp.get("listener"), udp.get("got")) == ("proxy", 15053, "query"), udp
     assert landed(app.tcp(REMOTE4, 53))[:2] == ("proxy", 15053)
     # the agent's own upstream queries (uid 1337) go out
-    assert pod.client(uid=PROXY_UID).udp(REMOTE4, 53).get("tag") == "remote"
+    upstream = pod.client(uid=PROXY_UID).udp(REMOTE4, 53)
+    assert upstream.get("tag") == "remote"
+    # conntrack zones keep the two apart: app <-> agent in zone 2, agent <-> upstream in zone 1
+    assert conntrack_zone(pod, udp["peer"]) == "2" and conntrack_zone(pod, upstream["peer"]) == "1"
     # another server is not captured without --capture-all-dns
     assert pod.client(uid=APP_UID).udp(SECOND_REMOTE4, 53).get("tag") == "remote"
 
