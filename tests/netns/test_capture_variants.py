@@ -64,6 +64,19 @@ def test_tproxy_inbound_outbound_and_policy_routing(pod_factory, backend):
     assert state(pod) == before
 
 
+def test_tproxy_without_a_transparent_listener(pod_factory, backend):
+    """Inbound TCP that arrives before the proxy listens on -z: iptables' TPROXY target drops it;
+    Istio's nft `tproxy` statement falls through, so it reaches the app unproxied."""
+    pod = pod_factory()
+    pod.spawn_listener(tcp="8080", tag="app", uid=APP_UID)
+    assert init(pod, backend, *TPROXY_ARGS).returncode == 0
+    reply = pod.remote.client(uid=None).tcp(POD4, 8080, timeout=1)
+    if backend == "iptables":
+        assert "error" in reply, reply
+    else:
+        assert landed(reply)[:2] == ("app", 8080), reply
+
+
 # ---- IPv6 ---------------------------------------------------------------------------------------
 
 INIT_ARGS = BASE + ["-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*", "-d", "15090,15020"]
