@@ -184,12 +184,28 @@ def local_clusters(cfg: SidecarConfig) -> list[dict[str, Any]]:
 
 
 def _hcm(stat_prefix: str, routes: list[tuple[str, str]], filters: list[dict[str, Any]]) -> dict[str, Any]:
+    """An HTTP listener that forwards exactly `routes` (path, cluster) and answers 404 to the rest.
+
+    Its clusters are Envoy's admin port and the agent, which sees Envoy's loopback address as the
+    caller: a path that got past the route would hand any workload in the cluster the config dump,
+    /quitquitquit or /drain_listeners. Istio's template matches a prefix and passes the path on as
+    sent, and the admin port resolves `..` itself, so there `/stats/prometheus/../../config_dump`
+    on :15090 is the config dump. Here Envoy normalises the path first (dot segments, percent-
+    encoded unreserved characters, doubled slashes), then matches it whole; the query string is
+    not part of the match and goes on as sent (`?usedonly`). An escaped slash or backslash (%2F,
+    %5C) is refused with a 400 rather than unescaped and redirected: no scraper or prober sends
+    one, and a redirect would only invite the client to try the decoded path.
+    """
     return {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
         "@type": HCM,
         "codec_type": "AUTO",
         "stat_prefix": stat_prefix,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
         "route_config": {"virtual_hosts": [{"name": "backend", "domains": ["*"], "routes": [
-            {"match": {"prefix": prefix}, "route": {"cluster": cluster}} for prefix, cluster in routes]}]},
+            *({"match": {"path": path}, "route": {"cluster": cluster}} for path, cluster in routes),
+            {"match": {"prefix": "/"}, "direct_response": {"status": 404}}]}]},
         "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
     }}
 

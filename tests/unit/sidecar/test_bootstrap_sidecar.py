@@ -347,7 +347,8 @@ def test_stats_annotations_and_secure_metrics_listeners():
     tls = listeners["0.0.0.0_15092"]["filter_chains"][0]["transport_socket"]["typed_config"]
     assert tls["require_client_certificate"] is True
     routes = listeners["0.0.0.0_15092"]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
-    assert [r["match"]["prefix"] for r in routes["virtual_hosts"][0]["routes"]] == ["/stats/prometheus", "/metrics"]
+    assert [r["match"] for r in routes["virtual_hosts"][0]["routes"]] == [
+        {"path": "/stats/prometheus"}, {"path": "/metrics"}, {"prefix": "/"}]  # the rest: 404
 
 
 @pytest.mark.parametrize("notes, warning", [
