@@ -149,10 +149,12 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("ISTIO_METAJSON_", Kind.JSON, None, "node metadata `<KEY>` = the JSON object (`LABELS` also sets "
            "`STATIC_LABELS`); not a JSON object: a warning", prefix=True),
     # The status server.
-    EnvVar("ISTIO_KUBE_APP_PROBERS", Kind.JSON, None, "app probes the status server answers "
-           "(`/app-health/<container>/livez`, `readyz`, `startupz`)", parse=parse_app_probers),
-    EnvVar("ISTIO_PROMETHEUS_ANNOTATIONS", Kind.JSON, None, "app metrics scrape config (`scrape`, `path`, `port`, "
-           "`targets`) merged into the agent's metrics", parse=parse_prometheus_annotations),
+    EnvVar("ISTIO_KUBE_APP_PROBERS", Kind.JSON, None, "app probes and lifecycle hooks the status server answers "
+           "(`/app-health/<container>/livez`, `readyz`, `startupz`; `/app-lifecycle/<container>/prestopz`, "
+           "`poststartz`), sent to `INSTANCE_IP`", parse=parse_app_probers),
+    EnvVar("ISTIO_PROMETHEUS_ANNOTATIONS", Kind.JSON, None, "the app's metrics to merge into the agent's, scraped "
+           "at 127.0.0.1: `{\"scrape\":\"true\",\"path\":\"/metrics\",\"port\":\"8080\"}` (or a `targets` "
+           "list)", parse=parse_prometheus_annotations),
     EnvVar("PILOT_AGENT_MERGE_ENVOY_STATS", Kind.BOOL, True, "include Envoy's stats in the agent's merged metrics"),
     EnvVar("METRICS_LOCALHOST_ACCESS_ONLY", Kind.BOOL, False, "metrics only for loopback clients; also binds 15090 "
            "to 127.0.0.1"),
