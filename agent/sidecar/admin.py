@@ -169,12 +169,16 @@ class ReadinessProbe:
             log.info("Envoy proxy is ready")
         return why
 
-    async def watch(self, interval: float = 0.1) -> None:
-        """Ask every `interval` seconds until the first success (which records the startup duration)."""
+    async def watch(self, interval: float = 0.1, slow_after: float = 30.0) -> None:
+        """Ask every `interval` seconds until the first success (which records the startup duration);
+        every second once `slow_after` seconds have passed (a pod that stays unready for long, its
+        control plane down, should not cost ten admin requests a second)."""
+        loop = asyncio.get_running_loop()
+        slow_at = loop.time() + slow_after
         while not self._ever_ready:
             await self.reason()
             if not self._ever_ready:
-                await asyncio.sleep(interval)
+                await asyncio.sleep(interval if loop.time() < slow_at else max(interval, 1.0))
 
     def start_watch(self) -> None:
         self._watch = asyncio.create_task(self.watch(), name="readiness watch")
