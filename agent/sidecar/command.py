@@ -123,7 +123,7 @@ def _start(cfg: SidecarConfig) -> int:
             return _fail(f"invalid configuration: {type(e).__name__}: {e}")
         if (signum := pending_stop_signal()) is not None:
             return _stopped_before_start(cfg, signum)
-        envoy = stack.enter_context(EnvoyHandle(plan.envoy_argv))
+        envoy = stack.enter_context(EnvoyHandle(plan.envoy_argv, plan.envoy_user))
         return _serve(cfg, plan, envoy)
 
 

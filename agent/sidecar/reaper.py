@@ -4,7 +4,8 @@ Envoy is started in its own session (setsid: a terminal's Ctrl-C or a signal to 
 group does not reach it; the agent decides when Envoy stops) with the parent-death signal set to
 SIGKILL (prctl PR_SET_PDEATHSIG), so an agent killed with SIGKILL takes Envoy with it instead of
 leaving an orphan serving stale config. stdout/stderr are inherited: Envoy's logs go to the
-container log like the agent's.
+container log like the agent's. When the agent runs as root, Envoy is started as the proxy user
+(agent.sidecar.proxy_user: the pod's capture rules exempt only that uid).
 
 When the agent is PID 1 (the container's entrypoint), every orphan in the container is re-parented to
 it, and zombies pile up unless it waits for them (the kernel's reparenting rule; gunicorn's arbiter
@@ -19,6 +20,8 @@ import signal
 import time
 
 from collections.abc import Sequence
+
+from agent.sidecar.proxy_user import ProxyUser
 
 PR_SET_PDEATHSIG = 1
 
@@ -57,8 +60,9 @@ class EnvoyHandle:
     outlives the agent; a drained Envoy has already exited by then).
     """
 
-    def __init__(self, argv: Sequence[str]) -> None:
+    def __init__(self, argv: Sequence[str], user: ProxyUser | None = None) -> None:
         self.argv = list(argv)
+        self.user = user  # None: Envoy runs as the agent's own user
         self.process: EnvoyProcess | None = None
 
     def __enter__(self) -> EnvoyHandle:
@@ -69,7 +73,7 @@ class EnvoyHandle:
 
     def spawn(self) -> EnvoyProcess:
         """Start Envoy (again). OSError if it cannot be executed."""
-        self.process = spawn(self.argv)
+        self.process = spawn(self.argv, user=self.user)
         return self.process
 
     @property
@@ -100,13 +104,14 @@ class EnvoyHandle:
         self.process.forget(-signal.SIGKILL)
 
 
-def spawn(argv: Sequence[str], env: dict[str, str] | None = None) -> EnvoyProcess:
+def spawn(argv: Sequence[str], env: dict[str, str] | None = None, user: ProxyUser | None = None) -> EnvoyProcess:
     """Start Envoy. Raises OSError (e.g. FileNotFoundError) if it cannot be executed.
 
     fork + exec by hand rather than subprocess.Popen(preexec_fn=...): the child must call prctl
     between fork and exec, which os.posix_spawn cannot, and subprocess (with threading, selectors)
     is a few milliseconds of imports on the path to Envoy's spawn. What Popen did for us is done
-    here: a new session, inherited stdio only (every other descriptor is closed), SIGPIPE and
+    here: a new session, `user`'s credentials (set before the parent-death signal, which the kernel
+    clears on a credential change), inherited stdio only (every other descriptor is closed), SIGPIPE and
     SIGXFSZ back to default (Python ignores them), PATH lookup when argv[0] has no '/', and an exec
     failure raised in the parent as OSError, reported through a close-on-exec pipe.
     """
@@ -119,6 +124,8 @@ def spawn(argv: Sequence[str], env: dict[str, str] | None = None) -> EnvoyProces
         try:
             os.close(err_r)
             os.setsid()
+            if user is not None:
+                user.become()
             if _libc is not None:
                 _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != parent:  # the agent died before prctl: nobody would send the signal

@@ -1,7 +1,9 @@
 """Everything before Envoy is spawned: the checks that can fail cleanly, and the start-up plan.
 
 `prepare(cfg, stack)` validates what Envoy and the status server will need, binds the status port,
-checks Envoy's ports, and writes the bootstrap; each resource it takes is registered on the caller's
+checks Envoy's ports, decides who Envoy runs as (the proxy user when the agent is root:
+agent.sidecar.proxy_user) and that this user reaches what Envoy opens, and writes the bootstrap;
+each resource it takes is registered on the caller's
 `ExitStack`, so a failure at any step (or the end of the run) undoes exactly what was done. A
 failure is a `StartupError` whose message is the one line the edge prints.
 
@@ -18,9 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.logformat import LogConfigError, parse_levels
-from agent.sidecar import bootstrap, envoy
+from agent.sidecar import bootstrap, envoy, proxy_user
+from agent.sidecar.config_env import WORKLOAD_IDENTITY_DIR
 from agent.sidecar.config_model import SidecarConfig
 from agent.sidecar.probe_config import ProbeConfigError, Prober, parse_probers
+from agent.sidecar.proxy_user import ProxyUser
 from agent.sidecar.scrape import MetricsConfigError, Target, scrape_targets
 
 
@@ -36,6 +40,7 @@ class StartupPlan:
     probers: dict[str, Prober]
     targets: list[Target] | None  # app metrics to merge; None: none
     status_sock: socket.socket | None  # bound and listening; None with --statusPort 0
+    envoy_user: ProxyUser | None = None  # who Envoy runs as; None: the agent's own user
 
 
 def prepare(cfg: SidecarConfig, stack: contextlib.ExitStack) -> StartupPlan:
@@ -54,21 +59,25 @@ def prepare(cfg: SidecarConfig, stack: contextlib.ExitStack) -> StartupPlan:
         except OSError as e:
             raise StartupError(f"--statusPort: port {cfg.status_port} is not available: {e.strerror}") from None
     path = bootstrap.bootstrap_path(cfg)
+    user = None
     if not cfg.mesh.disable_envoy:  # proxyless (DISABLE_ENVOY): no binary, no bootstrap, no ports of Envoy's
-        _prepare_envoy(cfg, path, stack)
+        user = proxy_user.for_agent()
+        _prepare_envoy(cfg, path, stack, user)
     return StartupPlan(envoy.envoy_args(
         cfg.binary_path, path, drain_duration=cfg.drain_duration, node_ips=cfg.instance_ips,
         file_flush_interval_ms=cfg.file_flush_interval_ms, proxy_log_level=cfg.proxy_log_level,
         proxy_component_log_level=cfg.proxy_component_log_level,
         skip_deprecated_logs=cfg.skip_deprecated_logs, enable_core_dump=cfg.enable_core_dump,
-        concurrency=cfg.concurrency), probers, targets, status_sock)
+        concurrency=cfg.concurrency), probers, targets, status_sock, user)
 
 
-def _prepare_envoy(cfg: SidecarConfig, path: str, stack: contextlib.ExitStack) -> None:
+def _prepare_envoy(cfg: SidecarConfig, path: str, stack: contextlib.ExitStack, user: ProxyUser | None) -> None:
     _check_binary(cfg.binary_path)
     data = None if cfg.custom_config_file else bootstrap.build_bootstrap(cfg)
     for address, port, what in listener_addresses(data) if data else [("127.0.0.1", cfg.admin_port, "proxyAdminPort")]:
         check_port_free(address, port, what)
+    if user is not None:
+        _prepare_for_user(cfg, user, stack)
     if data is not None:
         try:
             bootstrap.write_bootstrap(cfg, data)
@@ -80,6 +89,45 @@ def _prepare_envoy(cfg: SidecarConfig, path: str, stack: contextlib.ExitStack) -
 def _check_binary(path: str) -> None:
     if not os.path.isfile(path) or not os.access(path, os.X_OK):
         raise StartupError(f"--binaryPath: Envoy binary {path!r} not found or not executable")
+
+
+def _prepare_for_user(cfg: SidecarConfig, user: ProxyUser, stack: contextlib.ExitStack) -> None:
+    """Envoy will run as `user`: what it opens by path must be reachable by that uid. The
+    directories the agent writes Envoy's files and sockets into are created owned by it (as the
+    pod's emptyDirs are the proxy's); existing paths are checked, never changed."""
+    _check_reach(user, cfg.binary_path, os.X_OK, "--binaryPath")
+    if cfg.custom_config_file:
+        _check_reach(user, cfg.custom_config_file, os.R_OK, "--customConfigFile")
+    else:
+        _own_dir(user, cfg.config_path, "--configPath")
+    if not cfg.standalone:  # the mesh services' sockets: the xDS proxy's and the SDS server's
+        _own_dir(user, os.path.dirname(cfg.xds_socket_path) or ".", "--configPath (XDS socket)")
+        _own_dir(user, WORKLOAD_IDENTITY_DIR, "the SDS socket directory")
+    stack.callback(proxy_user.give_back_stdio, proxy_user.hand_over_stdio(user))
+
+
+def _own_dir(user: ProxyUser, path: str, what: str) -> None:
+    """`path` exists and uid `user.uid` can enter it: the part that is missing is made, owned by
+    that uid, once the part that exists has been found reachable (a refusal changes nothing)."""
+    missing, base = [], os.path.abspath(path)
+    while not os.path.exists(base):
+        missing.append(base)
+        base = os.path.dirname(base)
+    _check_reach(user, path, os.X_OK, what, base)
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+            os.chown(directory, user.uid, user.gid)
+        except OSError as e:
+            raise StartupError(f"{what}: cannot create {directory}: {e.strerror or e}") from None
+
+
+def _check_reach(user: ProxyUser, path: str, want: int, what: str, existing: str | None = None) -> None:
+    if (why := proxy_user.reachable(existing or path, user.uid, user.gid, want)) is not None:
+        raise StartupError(
+            f"{what}: {path} cannot be reached by uid {user.uid}, which Envoy runs as because the agent runs "
+            f"as root (the pod's capture rules exempt only the proxy's uid): {why}; make it reachable by "
+            f"uid {user.uid}, or run the agent as uid {user.uid}")
 
 
 def _remove(path: str) -> None:

@@ -86,6 +86,9 @@ class Supervisor:
 
     # -- main loop ---------------------------------------------------------------------------------
     async def run(self) -> int:
+        if self.envoy.user is not None:
+            log.info("the agent runs as root: Envoy runs as the proxy user, whose connections the pod's "
+                     "capture rules let out", **self.envoy.user.describe())
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.enqueue, "signal", signum)

@@ -3,7 +3,9 @@
 Each case runs in a private mount namespace (`unshare -m`) inside the test's network namespace, on
 a tiny tmpfs: read-only (mounted ro, with and without the directory already there) or full (filled
 with a filler file until ENOSPC, so the bootstrap write fails part way). The listing of the tmpfs is
-taken inside the same mount namespace right after the agent exits.
+taken inside the same mount namespace right after the agent exits. The directories are 0755: the
+agent runs as root here, so Envoy would run as uid 1337, and a 0700 root directory is refused before
+any write (tests/sidecar/test_sidecar_root.py).
 """
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ from tests.support.process import PILOT_AGENT
 
 SETUPS = {
     "read-only": "mount -t tmpfs -o size=1m,mode=755 none $D && mount -o remount,ro $D",
-    "read-only-existing-dir": "mount -t tmpfs -o size=1m,mode=755 none $D && mkdir -m 700 $D/proxy && "
+    "read-only-existing-dir": "mount -t tmpfs -o size=1m,mode=755 none $D && mkdir -m 755 $D/proxy && "
                               "mount -o remount,ro $D",
-    "full": "mount -t tmpfs -o size=16k,mode=755 none $D && mkdir -m 700 $D/proxy && "
+    "full": "mount -t tmpfs -o size=16k,mode=755 none $D && mkdir -m 755 $D/proxy && "
             "(dd if=/dev/zero of=$D/filler bs=1k count=64 2>/dev/null || true)",
 }
 WANT = {"read-only": "Read-only file system", "read-only-existing-dir": "Read-only file system",

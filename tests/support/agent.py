@@ -60,9 +60,9 @@ class Agent:
               prefix: tuple[str, ...] = (), standalone: bool = True) -> "Agent":
         config_path = tmp / "proxy"
         config_path.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o755)  # Envoy runs as uid 1337 whoever starts the agent (root: agent.sidecar.proxy_user)
         if uid is not None:
             os.chown(config_path, uid, uid)
-            os.chmod(tmp, 0o755)
         log_path = tmp / "agent.log"
         argv = [*prefix, PILOT_AGENT, "proxy", "sidecar", "--configPath", str(config_path)]
         argv += ["--standalone"] if standalone else []

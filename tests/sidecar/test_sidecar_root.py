@@ -1,0 +1,106 @@
+"""The agent started as root in a pod whose istio-iptables rules exempt only uid/gid 1337: Envoy
+runs as 1337 (its upstream connections leave instead of being captured again and looping), keeps
+the network capabilities a root start gives, dies with the agent, and start-up refuses with one
+line when uid 1337 could not reach Envoy's files."""
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.agent import APP, BASE_ENV, Agent, curl, error_lines, stat
+from tests.support.netns import APP_UID, ISTIO_INIT_ARGS, POD4, REMOTE4, Pod
+from tests.support.process import PILOT_AGENT, PY, wait_until
+
+CAPS = (1 << 10) | (1 << 12)  # CAP_NET_BIND_SERVICE, CAP_NET_ADMIN
+
+
+def _status(pid: int) -> dict[str, list[str]]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.split()
+    return out
+
+
+@pytest.fixture(scope="module")
+def env():
+    pod = Pod.create(prefix="sroot")
+    work = Path(tempfile.mkdtemp(prefix="sidecar-root-"))
+    work.chmod(0o755)
+    try:
+        assert pod.istio_iptables(*ISTIO_INIT_ARGS).returncode == 0
+        pod.spawn([PY, APP, "--http", "8080"], uid=APP_UID, wait_ready=True)
+        pod.remote.spawn([PY, APP, "--http", "9090", "--tag", "remote"], wait_ready=True)
+        config_path = work / "etc" / "proxy"  # not there yet: the agent makes it, owned by uid 1337
+        log_path = work / "agent.log"
+        argv = [PILOT_AGENT, "proxy", "sidecar", "--standalone", "--configPath", str(config_path),
+                "--concurrency", "1"]
+        with open(log_path, "ab") as log:  # as root: no uid given
+            proc = subprocess.Popen(pod.ns.argv(argv), stdout=log, stderr=subprocess.STDOUT, cwd=str(work),
+                                    env={**BASE_ENV, "INSTANCE_IP": POD4})
+        pod.ns.procs.append(proc)
+        agent = Agent(pod.ns, proc, log_path, config_path, time.monotonic())
+        agent.wait_ready()
+        yield pod, agent
+    finally:
+        pod.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_envoy_runs_as_the_proxy_user_with_network_capabilities(env):
+    pod, agent = env
+    assert _status(agent.proc.pid)["Uid"][0] == "0"  # `ip netns exec` execs the agent: it runs as root
+    (envoy,) = agent.envoy_pids()
+    st = _status(envoy)
+    assert st["Uid"] == ["1337"] * 4 and st["Gid"] == ["1337"] * 4 and st["Groups"] == []
+    assert int(st["CapAmb"][0], 16) == CAPS and int(st["CapEff"][0], 16) == CAPS
+    assert "Envoy runs as the proxy user" in agent.log() and "uid=1337" in agent.log()
+    made = agent.config_path.stat()
+    assert (made.st_uid, made.st_gid, made.st_mode & 0o777) == (1337, 1337, 0o700)
+
+
+def test_outbound_request_through_envoy_leaves_the_pod_once(env):
+    """As root, Envoy's upstream connection would be captured again: hundreds of connections, no answer."""
+    pod, agent = env
+    before = stat(pod.ns, "cluster.PassthroughCluster;.upstream_cx_total") or 0
+    for _ in range(5):
+        code, body = curl(pod.ns, f"http://{REMOTE4}:9090/ok", uid=APP_UID)
+        assert (code, body) == (200, f"remote peer={POD4}")
+    assert stat(pod.ns, "cluster.PassthroughCluster;.upstream_cx_total") == before + 5
+    assert (stat(pod.ns, "listener.0.0.0.0_15001.downstream_cx_total") or 0) <= before + 5 + 1
+
+
+def test_inbound_request_through_envoy(env):
+    pod, agent = env
+    assert curl(pod.remote, f"http://{POD4}:8080/ok") == (200, "app peer=127.0.0.6")
+
+
+def test_agent_sigkill_takes_the_proxy_user_envoy_along(env):
+    pod, agent = env
+    (envoy,) = agent.envoy_pids()
+    agent.signal(signal.SIGKILL)
+    agent.wait_exit(10)
+    wait_until(lambda: agent.envoy_pids() == [], 10, 0.05, "Envoy gone with the agent")
+
+
+def test_unreachable_config_path_is_refused_in_one_line(netns_factory):
+    ns = netns_factory("sroot")
+    work = Path(tempfile.mkdtemp(prefix="sidecar-root-"))  # 0700 root: uid 1337 cannot enter it
+    try:
+        config_path = work / "proxy"
+        argv = [PILOT_AGENT, "proxy", "sidecar", "--standalone", "--configPath", str(config_path)]
+        cp = ns.run(argv, check=False, env=BASE_ENV, timeout=60)
+        assert cp.returncode == 255, cp.stderr
+        (line,) = error_lines(cp.stderr)
+        assert line == (f"Error: --configPath: {config_path} cannot be reached by uid 1337, which Envoy runs as "
+                        "because the agent runs as root (the pod's capture rules exempt only the proxy's uid): "
+                        f"{work} is 0700, owner uid 0 gid 0; make it reachable by uid 1337, or run the agent "
+                        "as uid 1337")
+        assert not config_path.exists()  # refused before anything was made
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
