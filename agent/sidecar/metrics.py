@@ -27,6 +27,7 @@ from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from agent.sidecar.openmetrics import Names, TextToOpenMetrics
 from agent.sidecar.scrape import (BODY_CAP, TEXT, Target, is_openmetrics, negotiate_accept, response_content_type,
                                   strip_eof)
+from agent.sidecar.statelog import Note, StateLog
 
 # ---------------------------------------------------------------------------------------------
 # The agent's registry
@@ -185,19 +186,34 @@ class Scrape:
 
 
 class MetricsMerger:
-    """Answers one scrape: agent + Envoy + app, never failing as a whole."""
+    """Answers one scrape: agent + Envoy + app, never failing as a whole.
+
+    A source's failure is counted every time but logged when it changes, then every 30 s while it
+    lasts (`states`), and its recovery once: whoever scrapes does not set the log rate."""
 
     def __init__(self, metrics: AgentMetrics, session: aiohttp.ClientSession, *,
-                 envoy_port: int | None, targets: Sequence[Target] | None, log: Any):
+                 envoy_port: int | None, targets: Sequence[Target] | None, log: Any, states: StateLog | None = None):
         self.metrics = metrics
         self.session = session
         self.envoy_port = envoy_port
         self.targets = list(targets or [])
         self.log = log
+        self.states = states or StateLog()
 
     def _failed(self, kind: str, url: str, error: Any) -> None:
         self.metrics.scrape_failures.labels(kind).inc()
-        self.log.warning("metrics scrape failed", source=kind, url=url, error=str(error) or type(error).__name__)
+        why = str(error) or type(error).__name__
+        report = self.states.observe((kind, url), why, repeat=True)
+        if report is not None and report.note is Note.STILL:
+            self.log.warning(f"metrics scrape still failing for {report.seconds:.0f}s ({report.checks} scrapes)",
+                             source=kind, url=url, error=why)
+        elif report is not None:
+            self.log.warning("metrics scrape failed", source=kind, url=url, error=why)
+
+    def _answered(self, kind: str, url: str) -> None:
+        report = self.states.observe((kind, url), None, repeat=False)
+        if report is not None and not report.first:
+            self.log.info("metrics scrape succeeded again", source=kind, url=url)
 
     async def _connect(self, kind: str, url: str, headers: Mapping[str, str], timeout: float) -> _Source | None:
         try:
@@ -235,6 +251,8 @@ class MetricsMerger:
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
             self._failed(source.kind, source.url, e)
             failed = True
+        else:
+            self._answered(source.kind, source.url)  # the whole body: a failure after the headers is a failure
         if convert is not None:
             if out := convert.close(complete=not failed):
                 yield out

@@ -33,6 +33,7 @@ class Report:
     note: Note
     seconds: float  # how long the current state has lasted (0 for CHANGED)
     checks: int  # how many checks saw it, this one included
+    first: bool = False  # CHANGED from nothing: the key's first check
 
 
 @dataclass(slots=True)
@@ -59,7 +60,7 @@ class StateLog:
         state = self._states.get(key)
         if state is None or state.value != value:
             self._states[key] = _State(value, now, now)
-            return Report(Note.CHANGED, 0.0, 1)
+            return Report(Note.CHANGED, 0.0, 1, first=state is None)
         state.checks += 1
         if repeat and now - state.logged >= self.every:
             state.logged = now

@@ -146,3 +146,34 @@ async def test_merge_reads_a_streamed_body_to_the_end(serve):
         merger = MetricsMerger(AgentMetrics(), session, envoy_port=envoy_port, targets=None, log=logs.get())
         body = (await merger.scrape("", {}))[0].decode()
     assert body.count("\nenvoy_metric_") == 200 * 50 and body.endswith("envoy_metric_199_49 1\n")
+
+
+async def test_a_failing_source_is_logged_on_change_not_per_scrape(serve):
+    """50 scrapes with the app down, then up, then over the size cap: each change one line, every
+    failure counted."""
+    import io
+
+    from agent.sidecar.scrape import BODY_CAP
+
+    state = {"body": None}
+
+    async def app(_):
+        if state["body"] is None:
+            return web.Response(status=503)
+        return web.Response(body=state["body"], content_type="text/plain")
+
+    port = await serve({"/metrics": app})
+    buf = io.StringIO()
+    logs.configure("default:info", stream=buf)
+    m = AgentMetrics()
+    async with aiohttp.ClientSession() as session:
+        merger = MetricsMerger(m, session, envoy_port=None, targets=[Target(port)], log=logs.get())
+        for body in [None] * 50 + [b"app_y 1\n"] * 5 + [b"x" * (BODY_CAP + 1)] * 5:
+            state["body"] = body
+            await merger.scrape("", {})
+    lines = [line.split("\t", 2)[2] for line in buf.getvalue().splitlines() if "metrics scrape" in line]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("metrics scrape failed source=application") and "HTTP status code 503" in lines[0]
+    assert lines[1].startswith("metrics scrape succeeded again source=application")
+    assert lines[2].startswith("metrics scrape failed") and "over 10 MiB" in lines[2]
+    assert 'istio_agent_scrape_failures_total{type="application"} 55.0' in m.render().decode()
