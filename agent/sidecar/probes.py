@@ -87,6 +87,8 @@ def describe(error: BaseException, timeout: float) -> str:
         return "the app closed the connection before answering"
     if isinstance(error, (aiohttp.ClientResponseError, aiohttp.ClientPayloadError)):
         return "the app's answer is not valid HTTP"
+    if isinstance(error, ValueError):  # a forwarded header the client refuses to send, a bad Location
+        return "a header to forward or a redirect is not valid HTTP"
     if isinstance(error, OSError) and error.errno and error.errno > 0:
         return os.strerror(error.errno).lower()
     return "connection to the app failed"

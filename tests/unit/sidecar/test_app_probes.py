@@ -2,6 +2,8 @@
 probes Istio's injector rewrites to /app-health/<container>/<kind> on the status port)."""
 import asyncio
 import io
+import socket
+import ssl
 import time
 
 import pytest
@@ -243,3 +245,19 @@ async def test_probes_of_unconfigured_paths_are_one_line_then_summaries(lines):
     got = lines()
     assert len(got) == 4 and "Prober does not exist path=/app-health/c0/livez" in got[0]
     assert "probes without a prober still asked for after 30s (301 requests)" in got[1]
+
+
+@pytest.mark.parametrize("error, want", [
+    (TimeoutError(), "timed out after 1s"),
+    (ConnectionRefusedError(111, "Connect call failed ('198.18.0.10', 8080)"), "connection refused"),
+    (OSError(99, "Cannot assign requested address"), "cannot assign requested address"),
+    (socket.gaierror(-2, "Name or service not known"), "cannot resolve the probe's destination"),
+    (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)"), "TLS handshake with the app failed"),
+    (ConnectionResetError(104, "Connection reset by peer"), "the app closed the connection before answering"),
+    (ValueError("Forbidden control character detected in headers"), "a header to forward or a redirect is not valid HTTP"),
+    (RuntimeError("anything else"), "connection to the app failed"),
+])
+def test_failures_are_described_in_our_words(error, want):
+    from agent.sidecar.probes import describe
+
+    assert describe(error, 1.0) == want
