@@ -18,8 +18,9 @@ same exposure; this one bounds, with aiohttp's own knobs where it has them:
 - the work of a caller that hung up: `handler_cancellation` cancels its handler (a connect, send,
   close loop would otherwise pile up app probes waiting on the app).
 
-A malformed request is answered 400 and logged at debug only (`ServerLog`), as Go's server logs nothing
-for it: an error line per request would let any caller write the agent's log.
+A malformed request is answered 400 and logged at debug only (`ServerLog`), as is a caller that hung
+up before its answer: Go's server logs nothing for either, and an error line per request would let
+any caller write the agent's log.
 """
 from __future__ import annotations
 
@@ -55,10 +56,12 @@ class Limits:
 
 
 class ServerLog(logging.LoggerAdapter):
-    """aiohttp's `aiohttp.server` logger, with a request aiohttp could not parse logged at debug."""
+    """aiohttp's `aiohttp.server` logger, with what callers cause logged at debug: a request aiohttp
+    could not parse (answered 400), and a caller gone before its answer was written (aiohttp reports
+    a write to the closed connection, after `Expect: 100-continue` for one, as a handler's error)."""
 
     def log(self, level: int, msg: object, *args: object, exc_info: object = None, **kwargs: object) -> None:
-        if isinstance(exc_info, HttpProcessingError):  # the caller's error, already answered 400
+        if isinstance(exc_info, HttpProcessingError | ConnectionError):
             level = logging.DEBUG
         super().log(level, msg, *args, exc_info=exc_info, **kwargs)
 

@@ -107,6 +107,19 @@ async def test_malformed_requests_are_not_logged_at_info(status):
     assert buf.getvalue() == ""
 
 
+@pytest.mark.parametrize("path", [b"/healthz/ready", b"/app-health/x/livez"])
+async def test_a_caller_gone_before_its_answer_is_not_an_error(status, path):
+    """Found by the fuzz property: `Expect: 100-continue`, then a close before the server wrote
+    "100 Continue", was an error line per request."""
+    running, buf = await status(level="default:info")
+    for _ in range(3):
+        _, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n")
+        writer.close()
+        await asyncio.sleep(0.1)
+    assert buf.getvalue() == ""
+
+
 @pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
 async def test_a_failing_handler_is_one_error_line_without_traceback(status, as_json):
     running, buf = await status(as_json=as_json, level="default:info")
