@@ -3,11 +3,12 @@
     raw_http.py < requests.json > answers.json
 
 stdin: a JSON list of {"host", "port", "data", "expect"} (`data` is the request as a latin-1
-string, sent as is on a fresh connection; `expect`, default 1, how many responses to wait for) or {"host", "port", "h2": {"method", "path", "authority"}} (one HTTP/2
-request with prior knowledge, h2c). stdout: one JSON list, one answer per request in order:
-{"status": int | null, "head": str, "body": str, "error": str | null, "responses": [...]}: the first
-response's status, head and de-chunked body, and every response that came back (pipelined requests
-get several), and "seconds" it took. `status` is null when no HTTP answer came (refused, reset, closed or silent).
+string, sent as is on a fresh connection; `expect`, default 1, how many responses to wait for) or
+{"host", "port", "h2": {"method", "path", "authority"}} (one HTTP/2 request with prior knowledge,
+h2c). stdout: one JSON list, one answer per request in order: {"status": int | null, "head": str,
+"body": str, "error": str | null, "responses": [...], "seconds": float}: the first response's
+status, head and de-chunked body, every response that came back (pipelined requests get several),
+and the time it took. `status` is null when no HTTP answer came (refused, reset, closed, silent).
 Requests run a few at a time; each waits for its responses, for the server to close or to go quiet
 for `--idle` seconds.
 Exits 0 whatever the answers.

@@ -41,10 +41,11 @@ ADMIN_MARKERS = ("admin commands are", "envoy.admin.", '"configs"', "POST requir
 PROMETHEUS_LINE = re.compile(r"(#.*|[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})? \S+)")
 REFUSED = {400, 403, 404, 405, 408, 411, 413, 414, 426, 431, 501, 505}
 
-#: Ways to say "<base>/../../<target>" (`up` is one "../" per segment of the base) or to aim at
+#: Ways to say "<base>/../../<target>" (`n`: one "../" per segment of the base) or to aim at
 #: <target> past the route: dot segments plain and percent-encoded in any case, encoded and
 #: back slashes, doubled slashes, `;` parameters, fragments, query strings, absolute-form
-#: targets, case, double and overlong encodings, NUL and spaces.
+#: targets, case, double and overlong encodings, NUL and spaces; and queries that decode to a
+#: fragment or to a second request (the agent passes the query on to 15090).
 TRICKS = {
     "plain": lambda b, t, n: f"/{t}",
     "dots": lambda b, t, n: f"{b}/{'../' * n}{t}",
@@ -78,6 +79,8 @@ TRICKS = {
     "??": lambda b, t, n: f"{b}??/../{t}",
     "?#": lambda b, t, n: f"{b}?#/{'../' * n}{t}",
     "?-target": lambda b, t, n: f"/{t}?{b}",
+    "?%23": lambda b, t, n: f"{b}?%23/{'../' * n}{t}",
+    "?%0d%0a": lambda b, t, n: f"{b}?x%20HTTP/1.1%0d%0aHost:%20x%0d%0a%0d%0aPOST%20/{t}%20HTTP/1.1%0d%0aX:",
     "absolute-admin": lambda b, t, n: f"http://127.0.0.1:15000/{t}",
     "absolute-dots": lambda b, t, n: f"http://localhost{b}/{'../' * n}{t}",
     "upper": lambda b, t, n: f"{b.upper()}/{'../' * n}{t}",
@@ -124,37 +127,40 @@ def trick_requests(p: Port) -> list[dict]:
     return out
 
 
+def raw(port: int, data: str, expect: int = 1) -> dict:
+    return {"host": POD4, "port": port, "data": data, "expect": expect}
+
+
+def h2(port: int, method: str, path: str, authority: str = "x") -> dict:
+    return {"host": POD4, "port": port, "h2": {"method": method, "path": path, "authority": authority}}
+
+
 def framing_requests(p: Port) -> list[dict]:
     """Host headers, HTTP/1.0 and 0.9, pipelining, CONNECT, Upgrade, request smuggling and HTTP/2,
     each aimed at the admin or agent endpoints that have an effect."""
     base, n = p.bases[0], p.bases[0].count("/")
-    out = []
+    admin, out = "127.0.0.1:15000", []
     for t in ("config_dump", "quitquitquit", "drain_listeners?inboundonly", "healthcheck/fail", "drain"):
         dots = f"{base}/{'../' * n}{t}"
+        rewrites = "".join(f"{h}: /{t}\r\n" for h in ("X-Original-URL", "X-Rewrite-URL", "X-Envoy-Original-Path"))
         for method in ("GET", "POST"):
-            out += [http1(p.port, method, f"/{t}", host="127.0.0.1:15000"),
+            out += [http1(p.port, method, f"/{t}", host=admin),
                     http1(p.port, method, f"/{t}", host="localhost:15000"),
-                    http1(p.port, method, f"/{t}", host="127.0.0.1:15000", extra="Host: localhost\r\n"),
-                    http1(p.port, method, base, host="x", extra=f"X-Forwarded-Host: 127.0.0.1:15000\r\n"
-                          f"X-Original-URL: /{t}\r\nX-Rewrite-URL: /{t}\r\nX-Envoy-Original-Path: /{t}\r\n"),
+                    http1(p.port, method, f"/{t}", host=admin, extra="Host: localhost\r\n"),
+                    http1(p.port, method, base, host="x", extra=f"X-Forwarded-Host: {admin}\r\n{rewrites}"),
                     http1(p.port, method, dots, version="HTTP/1.0"),
-                    http1(p.port, method, dots, version="HTTP/1.0", host="127.0.0.1:15000"),
+                    http1(p.port, method, dots, version="HTTP/1.0", host=admin),
                     http1(p.port, method, dots),  # HTTP/1.1 without Host
-                    {"host": POD4, "port": p.port, "data": f"{method} /{t}\r\n"},  # HTTP/0.9
-                    {"host": POD4, "port": p.port, "h2": {"method": method, "path": dots, "authority": "x"}},
-                    {"host": POD4, "port": p.port, "h2": {"method": method, "path": f"/{t}", "authority": "127.0.0.1:15000"}}]
-        out += [dict(r, expect=2) for r in (
-            {"host": POD4, "port": p.port, "data": f"GET {base} HTTP/1.1\r\nHost: x\r\n\r\n"
-                                                   f"POST /{t} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"},
-            {"host": POD4, "port": p.port, "data": "CONNECT 127.0.0.1:15000 HTTP/1.1\r\nHost: 127.0.0.1:15000\r\n\r\n"
-                                                   f"POST /{t} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"},
-            {"host": POD4, "port": p.port, "data": f"GET {base} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
-                                                   "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
-                                                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-                                                   f"POST /{t} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"},
-            {"host": POD4, "port": p.port, "data": f"POST {base} HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
-                                                   "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-                                                   f"POST /{t} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"})]
+                    raw(p.port, f"{method} /{t}\r\n"),  # HTTP/0.9
+                    h2(p.port, method, dots), h2(p.port, method, f"/{t}", admin)]
+        then = f"POST /{t} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        upgrade = ("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                   "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+        out += [raw(p.port, f"GET {base} HTTP/1.1\r\nHost: x\r\n\r\n{then}", 2),  # pipelined
+                raw(p.port, f"CONNECT {admin} HTTP/1.1\r\nHost: {admin}\r\n\r\n{then}", 2),
+                raw(p.port, f"GET {base} HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n{then}", 2),
+                raw(p.port, f"POST {base} HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"  # CL and TE
+                            f"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{then}", 2)]
     return out
 
 
@@ -267,7 +273,8 @@ def test_no_encoding_reaches_admin_or_agent(env, port):
     requests = trick_requests(p) + framing_requests(p)
     answers = send(pod, requests)
     found = leaks(p, requests, answers)
-    assert not found, f"{len(found)} of {len(requests)} requests to :{port} got through:\n" + "\n".join(found[:40])
+    shown = "\n".join(found[:40])
+    assert not found, f"{len(found)} of {len(requests)} requests to :{port} got through:\n{shown}"
     assert state(pod, agent) == before
     print(f"\n:{port}: {len(requests)} requests, none reached admin or had an effect")
 
@@ -280,12 +287,12 @@ def test_the_one_path_of_each_listener_still_works(env):
     stats = [http1(15090, "GET", "/stats/prometheus", host=f"{POD4}:15090", extra=scrape),
              http1(15090, "GET", "/stats/prometheus?usedonly", host="x"),
              http1(15090, "GET", "/stats/prometheus?filter=server&usedonly", host="x"),
-             {"host": POD4, "port": 15090, "h2": {"method": "GET", "path": "/stats/prometheus", "authority": "x"}},
+             h2(15090, "GET", "/stats/prometheus"),
              http1(15020, "GET", "/stats/prometheus", host="x", extra=scrape)]
     ready = [http1(15021, "GET", "/healthz/ready", host=f"{POD4}:15021", extra="User-Agent: kube-probe/1.30\r\n"),
              http1(15021, "GET", "/healthz/ready?probe=1", host="x"),
              http1(15021, "HEAD", "/healthz/ready", host="x"),
-             {"host": POD4, "port": 15021, "h2": {"method": "GET", "path": "/healthz/ready", "authority": "x"}}]
+             h2(15021, "GET", "/healthz/ready")]
     answers = send(pod, stats + ready)
     for req, ans in zip(stats, answers):
         assert ans["status"] == 200 and "envoy_server_live" in ans["body"], (req, ans["status"], ans["body"][:300])
