@@ -9,7 +9,9 @@ for the event's scope and stamps Istio's level name), then `render_line` (text o
 Libraries log through the standard library's `logging` (aiohttp's server, asyncio's "Task exception
 was never retrieved", grpc's Python layer, `warnings`): `StdlibLines` sends each record through the
 same chain, in the scope named by the logger's top package (`aiohttp`, `asyncio`, `grpc`,
-`warnings`), so `--log_output_level aiohttp:debug` or `asyncio:none` applies to them too. Every record
+`warnings`), so `--log_output_level aiohttp:debug` or `asyncio:none` applies to them too; a library's
+debug records only when its scope is named (`default:debug` is the agent's own detail, not every
+HTTP/2 frame a library decodes). Every record
 is one line: never a traceback (the exception becomes `error="<type>: <message>"`), and their text,
 which can quote what a remote caller sent (aiohttp's parse errors quote the bad header), is escaped
 and cut. (grpc's C core writes its own lines to stderr, outside Python; `GRPC_VERBOSITY` governs them.)
@@ -62,7 +64,14 @@ TEXT_LIMIT = 300
 class StdlibLines(logging.Handler):
     """The root logger's one handler: each `logging` record as one of the agent's lines."""
 
+    def __init__(self, levels: Mapping[str, Level]):
+        super().__init__()
+        self.levels = levels
+
     def emit(self, record: logging.LogRecord) -> None:
+        scope = record.name.removeprefix("py.").split(".")[0]
+        if record.levelno < logging.INFO and scope not in self.levels:
+            return
         try:
             method = next((name for level, name in _METHODS if record.levelno >= level), "debug")
             first, _, rest = _message(record).partition("\n")
@@ -70,7 +79,7 @@ class StdlibLines(logging.Handler):
             error = record.exc_info[1] if record.exc_info else None
             if error is not None:
                 fields["error"] = exception_text(error)
-            getattr(get(record.name.removeprefix("py.").split(".")[0]), method)(one_line(first, TEXT_LIMIT), **fields)
+            getattr(get(scope), method)(one_line(first, TEXT_LIMIT), **fields)
         except Exception:  # noqa: BLE001 - a line that cannot be written (a closed stream) is dropped
             pass  # logging's own handleError would print a traceback
 
@@ -110,8 +119,11 @@ def configure(output_level: str = "default:info", as_json: bool = False, target:
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, StdlibLines)]:
         root.removeHandler(handler)  # configured again (tests, the early-signal path): one bridge
-    root.addHandler(StdlibLines())
-    root.setLevel(min(levels.values()))  # Istio's levels have the standard library's numbers
+    root.addHandler(StdlibLines(levels))
+    # Istio's levels have the standard library's numbers. The root's level is only a first cut (no
+    # record made for nothing); StdlibLines and ScopeFilter decide per scope.
+    named = [level for scope, level in levels.items() if scope != DEFAULT_SCOPE]
+    root.setLevel(min([max(levels[DEFAULT_SCOPE], Level.INFO), *named]))
     logging.captureWarnings(True)  # `warnings` output as records too, instead of two raw lines on stderr
 
 

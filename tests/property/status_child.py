@@ -36,7 +36,7 @@ async def app(request: web.Request) -> web.Response:
 
 
 async def main(as_json: bool, log_path: str) -> None:
-    logs.configure("default:debug", as_json, target=log_path)
+    logs.configure("default:debug,aiohttp:debug,asyncio:debug", as_json, target=log_path)
     app_runner = web.AppRunner(web.Application(), access_log=None)
     app_runner.app.router.add_route("*", "/{tail:.*}", app)
     await app_runner.setup()

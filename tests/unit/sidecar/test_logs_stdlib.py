@@ -59,6 +59,17 @@ def test_levels_per_scope_apply_to_libraries(capture):
     assert [fields(line)[1:] for line in buf.getvalue().splitlines()] == [["aiohttp", "shown"], ["other", "shown too"]]
 
 
+def test_library_debug_only_when_its_scope_is_named(capture):
+    buf = capture("default:debug")
+    logging.getLogger("hpack.hpack").debug("Decoded header")  # a library's detail: not the agent's
+    logging.getLogger("aiohttp.server").debug("hidden too")
+    logging.getLogger("aiohttp.server").info("shown")
+    capture("default:info,aiohttp:debug")
+    logging.getLogger("aiohttp.server").debug("shown too")
+    assert logging.getLogger().level == logging.DEBUG
+    assert [fields(line)[2] for line in buf.getvalue().splitlines()] == ["shown"]
+
+
 async def test_a_task_exception_never_retrieved_is_one_line(capture):
     buf = capture()
 
@@ -86,7 +97,7 @@ def test_a_warning_is_one_line(capture):
 
 
 def test_remote_text_is_escaped_and_cut(capture):
-    buf = capture("default:debug")
+    buf = capture("default:debug,aiohttp:debug")
     nasty = "GET /\x00\r\n2026-01-01T00:00:00.000000Z\terror\tforged\u2028\x85\udc80" + "a" * 1000
     logging.getLogger("aiohttp.server").debug("Error handling request %s", nasty, exc_info=ValueError(nasty))
     logs.get().info(nasty, header=nasty)  # the agent's own lines too, whatever they are given

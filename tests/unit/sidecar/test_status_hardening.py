@@ -24,7 +24,7 @@ async def status():
     """`await status(limits, as_json=..., level=...)` -> (Running, log buffer); stopped at teardown."""
     running = []
 
-    async def start(limits: Limits = Limits(), *, as_json: bool = False, level: str = "default:debug",
+    async def start(limits: Limits = Limits(), *, as_json: bool = False, level: str = "default:debug,aiohttp:debug",
                     calls: Calls | None = None):
         buf = io.StringIO()
         logs.configure(level, as_json, stream=buf)
