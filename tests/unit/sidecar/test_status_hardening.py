@@ -155,6 +155,14 @@ async def test_a_slow_head_is_closed_at_the_header_timeout(status):
     assert took is not None, "a connection sending its head a byte at a time was kept past the header timeout"
 
 
+async def test_a_handler_slower_than_the_header_timeout_still_answers(status):
+    """The timer bounds the caller's head, not the agent's work (an app probe may take its timeoutSeconds)."""
+    calls = Calls(hold=asyncio.Event())
+    running, _ = await status(Limits(header_timeout=0.3), calls=calls)
+    asyncio.get_running_loop().call_later(1.0, calls.hold.set)
+    assert await get_ready(running.port) == 200
+
+
 async def test_an_idle_connection_is_closed_at_the_header_timeout(status):
     running, _ = await status(Limits(header_timeout=0.5))
     reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
