@@ -160,7 +160,7 @@ def test_image_is_lean(proxyv2_image):
         assert unwanted == [], unwanted
         assert list((site / "agent").glob("__pycache__/cli.cpython-3*.pyc")), "agent not byte-compiled"
         for tool in ("usr/sbin/iptables-legacy", "usr/sbin/iptables-nft", "usr/sbin/ip6tables-legacy",
-                     "usr/sbin/ip6tables-nft", "usr/bin/ip", "usr/bin/setpriv"):
+                     "usr/sbin/ip6tables-nft", "usr/sbin/nft", "usr/bin/ip", "usr/bin/setpriv"):
             assert (root / tool).exists() or (root / tool.replace("usr/bin", "bin")).exists(), tool
         assert os.path.realpath(root / "usr/local/bin/envoy".lstrip("/")).endswith("envoy/_bin/envoy") \
             or os.readlink(root / "usr/local/bin/envoy").endswith("envoy/_bin/envoy")
