@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import Callable, Protocol
 
 import aiohttp
 
-from agent.sidecar import envoy, logs
+from agent.sidecar import envoy, in_flight, logs
 from agent.sidecar.statelog import Note, StateLog
 
 log = logs.get()
@@ -62,6 +63,25 @@ class AdminClient:
 
     async def active_connections(self, excluded_ports: tuple[int, ...], timeout: float = 2.0) -> int | None:
         return envoy.active_connections(await self.stats(envoy.ACTIVE_CX_STATS, timeout), excluded_ports)
+
+    async def stop_listeners(self, inbound_only: bool, timeout: float = 5.0) -> None:
+        """Close Envoy's (inbound) listeners now: nothing new is accepted, what was accepted goes on."""
+        await self._call("POST", "/drain_listeners?inboundonly" if inbound_only else "/drain_listeners", timeout)
+
+    async def in_flight_plan(self, inbound_only: bool, excluded_ports: tuple[int, ...],
+                             timeout: float = 5.0) -> in_flight.Plan:
+        """Which stats count what the listeners `stop_listeners` stops still serve (agent.sidecar.in_flight)."""
+        configs = []
+        for resource in in_flight.DUMPS:
+            path = f"/config_dump?resource={resource}&mask={in_flight.mask(resource)}"
+            try:
+                configs += in_flight.listeners(resource, json.loads(await self._call("GET", path, timeout)))
+            except ValueError as e:  # not JSON
+                raise AdminError(f"GET {path}: {e}") from None
+        return in_flight.plan(configs, inbound_only, excluded_ports)
+
+    async def count_in_flight(self, plan: in_flight.Plan, timeout: float = 2.0) -> int:
+        return in_flight.count(envoy.parse_stats(await self.stats(in_flight.STATS, timeout)), plan)
 
 
 class ReadinessProbe:

@@ -1,5 +1,5 @@
-"""When to stop waiting during a graceful drain, as one pure function (Istio's drain, as in
-https://github.com/istio/istio/blob/master/pkg/envoy/agent.go).
+"""When to stop waiting during a graceful drain, as pure functions (Istio's drain, as in
+https://github.com/istio/istio/blob/master/pkg/envoy/agent.go, and one step after it).
 
 The controller (agent.sidecar.drainer) asks `decide()` after every wake-up and does what it says:
 
@@ -8,6 +8,12 @@ The controller (agent.sidecar.drainer) asks `decide()` after every wake-up and d
   Envoy's `downstream_cx_active` every second until it is zero; a missing stat stops at once, and
   five polls in a row that fail stop too. `terminationDrainDuration` does not bound this mode (only
   kubelet's terminationGracePeriodSeconds does), as in Istio.
+
+Then, beyond Istio, `finish()`: the (inbound) listeners are closed, so that nothing new is accepted,
+and Envoy is stopped once nothing they accepted is in flight (agent.sidecar.in_flight), at most
+`finish_grace` seconds later. Istio stops Envoy at the end of the wait while its listeners still
+accept (they close only when Envoy's own `--drain-time-s` ends, 45 s by default), so a request
+accepted in the last instant, or still running, was cut.
 
 Envoy exiting by itself and a second signal are handled by the controller: they end any wait.
 """
@@ -44,6 +50,8 @@ class DrainPolicy:
     minimum_drain: float = 5.0
     poll_interval: float = 1.0
     max_poll_errors: int = 5
+    finish_grace: float = 5.0  # the longest wait for accepted requests once the listeners are closed
+    finish_poll: float = 0.05  # how often they are counted, and the delay before the first count
 
     @classmethod
     def from_config(cls, cfg: SidecarConfig) -> DrainPolicy:
@@ -75,3 +83,19 @@ def decide(elapsed: float, active_connections: int | None, cfg: DrainPolicy, *, 
     if active_connections <= 0:
         return Step(Action.STOP, reason="zero active connections")
     return Step(Action.WAIT, cfg.poll_interval, f"{active_connections} active connections")
+
+
+def finish(elapsed: float, in_flight: int | None, cfg: DrainPolicy) -> Step:
+    """Next step, `elapsed` seconds after the listeners were closed. `in_flight`: None = not counted
+    since the last wait; POLL_FAILED = the count failed (tried again until `finish_grace`); else
+    the connections and requests in flight. The controller waits `finish_poll` before the first
+    count: a connection accepted just before the close has its request on the way, and until the
+    request arrives the connection looks idle."""
+    if in_flight is None:
+        return Step(Action.POLL, reason="count accepted requests in flight")
+    if in_flight == 0:
+        return Step(Action.STOP, reason="no accepted request in flight")
+    what = "the count failed" if in_flight == POLL_FAILED else f"{in_flight} accepted in flight"
+    if elapsed >= cfg.finish_grace:
+        return Step(Action.STOP, reason=f"{what} after {cfg.finish_grace:g}s")
+    return Step(Action.WAIT, min(cfg.finish_poll, cfg.finish_grace - elapsed), what)

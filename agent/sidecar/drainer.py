@@ -1,4 +1,5 @@
-"""The drain controller: tells Envoy to drain, then waits as `drain.decide` says.
+"""The drain controller: tells Envoy to drain, waits as `drain.decide` says, then closes the
+(inbound) listeners and waits as `drain.finish` says for what they accepted.
 
 The waiting is asynchronous and ends early when one of the caller's events is set (a second signal,
 Envoy exiting by itself). Time comes from an injected `Clock`, so tests drive it without sleeping.
@@ -7,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from agent.sidecar import drain, logs
 from agent.sidecar.admin import AdminError
+from agent.sidecar.in_flight import Plan
 
 log = logs.get()
 
@@ -39,6 +41,12 @@ class DrainAdmin(Protocol):
     async def drain_listeners(self, inbound_only: bool, skip_exit: bool = False) -> None: ...
 
     async def active_connections(self, excluded_ports: Sequence[int]) -> int | None: ...
+
+    async def stop_listeners(self, inbound_only: bool) -> None: ...
+
+    async def in_flight_plan(self, inbound_only: bool, excluded_ports: tuple[int, ...]) -> Plan: ...
+
+    async def count_in_flight(self, plan: Plan) -> int: ...
 
 
 async def sleep_or_event(clock: Clock, seconds: float, events: Sequence[asyncio.Event]) -> None:
@@ -68,24 +76,52 @@ class Drainer:
         except AdminError as e:
             log.warning("drain_listeners failed", error=str(e))
         reason = await self._wait(started, ends)
+        if not any(event.is_set() for event in ends.values()):
+            reason = f"{reason}; {await self._finish(ends)}"
         log.info("drain finished", reason=reason, seconds=round(self.clock.now() - started, 3))
 
+    async def _finish(self, ends: Mapping[str, asyncio.Event]) -> str:
+        """Close the listeners, then wait until nothing they accepted is in flight."""
+        try:
+            await self.admin.stop_listeners(self.inbound_only)
+            plan = await self.admin.in_flight_plan(self.inbound_only, self.excluded_ports)
+        except AdminError as e:
+            log.warning("closing the listeners failed", error=str(e))
+            return "listeners not closed"
+        log.info("listeners closed: waiting for the requests they accepted", inbound_only=self.inbound_only,
+                 listeners=len(plan.listener_stats), grace_seconds=self.policy.finish_grace)
+        closed = self.clock.now()
+        await sleep_or_event(self.clock, self.policy.finish_poll, list(ends.values()))  # see drain.finish
+        return await self._steps(closed, ends, lambda elapsed, count, _errors: drain.finish(elapsed, count, self.policy),
+                                 lambda: self.admin.count_in_flight(plan), "counting requests in flight failed")
+
     async def _wait(self, started: float, ends: Mapping[str, asyncio.Event]) -> str:
-        active, errors = None, 0
+        async def active() -> int:
+            got = await self.admin.active_connections(self.excluded_ports)
+            return drain.NO_STAT if got is None else got
+
+        return await self._steps(started, ends, lambda elapsed, count, errors: drain.decide(
+            elapsed, count, self.policy, poll_errors=errors), active, "active connections poll failed")
+
+    async def _steps(self, started: float, ends: Mapping[str, asyncio.Event],
+                     decide: Callable[[float, int | None, int], drain.Step], poll: Callable[[], Awaitable[int]],
+                     failed: str) -> str:
+        """Do what `decide(elapsed, last count, failed polls in a row)` says until it says stop or
+        one of `ends` is set; returns the reason."""
+        count, errors = None, 0
         while True:
             for reason, event in ends.items():
                 if event.is_set():
                     return reason
-            step = drain.decide(self.clock.now() - started, active, self.policy, poll_errors=errors)
+            step = decide(self.clock.now() - started, count, errors)
             if step.action == drain.Action.STOP:
                 return step.reason
             if step.action == drain.Action.POLL:
                 try:
-                    got = await self.admin.active_connections(self.excluded_ports)
-                    active, errors = (drain.NO_STAT if got is None else got), 0
+                    count, errors = await poll(), 0
                 except AdminError as e:
-                    active, errors = drain.POLL_FAILED, errors + 1
-                    log.warning("active connections poll failed", error=str(e), failures=errors)
+                    count, errors = drain.POLL_FAILED, errors + 1
+                    log.warning(failed, error=str(e), failures=errors)
                 continue
             await sleep_or_event(self.clock, step.seconds, list(ends.values()))
-            active = None  # stale after sleeping: poll again (exit-on-zero mode)
+            count = None  # stale after sleeping: count again

@@ -1,7 +1,9 @@
-"""Drain on shutdown (readiness fails, inbound listeners drain, Envoy is stopped after
-terminationDrainDuration) with real traffic from the remote namespace through Envoy's inbound
-capture: SIGTERM turns readiness 503 at once, accepted requests all complete, the agent exits 0
-within the window; exit-on-zero mode exits soon after the last connection closes."""
+"""Drain on shutdown (readiness fails, inbound listeners drain, after terminationDrainDuration they
+are closed and Envoy is stopped once what they accepted is done) with real traffic from the remote
+namespace through Envoy's inbound capture: SIGTERM turns readiness 503 at once, accepted requests
+all complete, the agent exits 0 within the window; a request still running when the window ends
+completes while new connections are refused; exit-on-zero mode exits soon after the last
+connection closes."""
 import json
 import shutil
 import signal
@@ -12,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import APP, HOLD_CLIENT, LOADGEN, Agent, curl
+from tests.support.agent import APP, HOLD_CLIENT, LOADGEN, Agent, curl, stat
 from tests.support.netns import APP_UID, ISTIO_INIT_ARGS, POD4, PROXY_UID, Pod
-from tests.support.process import PY
+from tests.support.process import PY, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,28 @@ def test_drain_under_steady_load(pod, work):
     changes = [t for t, what in summary["timeline"] if what != "ok"]
     assert changes and 1.0 + 1.5 < changes[0] < 1.0 + 2.6, summary["timeline"]
     assert "termination drain duration elapsed" in agent.log()
+    assert agent.envoy_pids() == []
+
+
+def test_a_request_running_when_the_window_ends_completes(pod, work):
+    """terminationDrainDuration (1 s) shorter than the request (5 s) and than drainDuration (45 s):
+    at the end of the window the inbound listener closes and Envoy runs on until the request is done."""
+    agent = Agent.start(pod.ns, work, "--concurrency", "1", uid=PROXY_UID,
+                        env={"INSTANCE_IP": POD4, "TERMINATION_DRAIN_DURATION_SECONDS": "1"})
+    agent.wait_ready()
+    slow = subprocess.Popen(pod.remote.argv(["curl", "-s", "--noproxy", "*", "-w", "\n%{http_code}", "--max-time", "30",
+                                             f"http://{POD4}:8080/slow"]), stdout=subprocess.PIPE, text=True)
+    pod.remote.procs.append(slow)
+    wait_until(lambda: (stat(pod.ns, "cluster.InboundPassthroughCluster;.upstream_cx_active") or 0) == 1, 10,
+               0.05, "the slow request accepted through Envoy")
+    agent.signal(signal.SIGTERM)
+    wait_until(lambda: "listeners closed" in agent.log(), 10, 0.05, "the inbound listener closed")
+    assert curl(pod.remote, f"http://{POD4}:8080/ok", timeout=2)[0] == 0  # nothing new is accepted
+    assert agent.proc.poll() is None and agent.envoy_pids() != []  # Envoy still serves the request
+    out, _ = slow.communicate(timeout=30)
+    assert out == "slow\n\n200"  # the body, then curl's status line
+    assert agent.wait_exit(15) == 0
+    assert "termination drain duration elapsed; no accepted request in flight" in agent.log()
     assert agent.envoy_pids() == []
 
 

@@ -4,7 +4,7 @@ no connection is active; a missing stat or repeated poll failures end it)."""
 import pytest
 
 from agent.sidecar.config_model import SidecarConfig
-from agent.sidecar.drain import NO_STAT, POLL_FAILED, Action, DrainPolicy, decide
+from agent.sidecar.drain import NO_STAT, POLL_FAILED, Action, DrainPolicy, Step, decide, finish
 
 DEFAULT = DrainPolicy(termination_drain=5.0)
 ZERO = DrainPolicy(exit_on_zero=True, minimum_drain=5.0, poll_interval=1.0, max_poll_errors=5)
@@ -73,3 +73,42 @@ def test_policy_from_config():
     cfg = SidecarConfig(termination_drain_duration=2.0, exit_on_zero_active_connections=True, minimum_drain_duration=3.0)
     p = DrainPolicy.from_config(cfg)
     assert (p.termination_drain, p.exit_on_zero, p.minimum_drain) == (2.0, True, 3.0)
+
+
+FINISH = DrainPolicy(finish_grace=5.0, finish_poll=0.05)
+
+
+def test_finish_counts_then_stops_when_nothing_accepted_is_in_flight():
+    assert finish(0.05, None, FINISH).action == Action.POLL
+    step = finish(0.05, 3, FINISH)
+    assert step == Step(Action.WAIT, 0.05, "3 accepted in flight")
+    assert finish(0.1, 0, FINISH) == Step(Action.STOP, reason="no accepted request in flight")
+
+
+def test_finish_is_bounded_by_the_grace():
+    assert finish(4.98, 2, FINISH).seconds == pytest.approx(0.02)
+    assert finish(5.0, 2, FINISH) == Step(Action.STOP, reason="2 accepted in flight after 5s")
+
+
+def test_finish_tries_a_failed_count_again_until_the_grace():
+    assert finish(1.0, POLL_FAILED, FINISH) == Step(Action.WAIT, 0.05, "the count failed")
+    assert finish(5.0, POLL_FAILED, FINISH) == Step(Action.STOP, reason="the count failed after 5s")
+
+
+def test_simulated_finish_whatever_the_two_durations():
+    """However long the termination window was, the stop waits for the last accepted request."""
+    for window in (0.0, 3.0, 60.0):
+        clock, counts, trace = window + 0.05, iter([2, 1, 1, 0]), []
+        started = window
+        count = None
+        while True:
+            step = finish(clock - started, count, FINISH)
+            trace.append(step.action)
+            if step.action == Action.STOP:
+                break
+            if step.action == Action.POLL:
+                count = next(counts)
+            else:
+                clock += step.seconds
+                count = None
+        assert trace[-1] == Action.STOP and count == 0 and clock == pytest.approx(window + 0.2)

@@ -7,11 +7,13 @@ import signal
 import time
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.exitcodes import Exit
 from agent.sidecar import drain, envoy
 from agent.sidecar.admin import AdminError, ReadinessProbe
 from agent.sidecar.drainer import Drainer
+from agent.sidecar.in_flight import Plan
 from agent.sidecar.reaper import EnvoyHandle
 from agent.sidecar.supervisor import Supervision, Supervisor
 
@@ -44,9 +46,11 @@ class ManualClock:
 
 
 class RecordingAdmin:
-    def __init__(self, active=()):
+    def __init__(self, active=(), in_flight=(), stop_error=None):
         self.calls = []
         self.active = list(active)
+        self.in_flight = list(in_flight)  # counted after the listeners close; then 0
+        self.stop_error = stop_error
 
     async def stats(self, regex, timeout=1.0):
         return LIVE
@@ -57,6 +61,22 @@ class RecordingAdmin:
     async def active_connections(self, excluded_ports, timeout=2.0):
         self.calls.append(("active_connections",))
         value = self.active.pop(0) if self.active else 0
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    async def stop_listeners(self, inbound_only, timeout=5.0):
+        self.calls.append(("stop_listeners", inbound_only))
+        if self.stop_error:
+            raise self.stop_error
+
+    async def in_flight_plan(self, inbound_only, excluded_ports, timeout=5.0):
+        self.calls.append(("in_flight_plan", inbound_only, tuple(excluded_ports)))
+        return Plan(frozenset({"listener.0.0.0.0_15006.downstream_cx_active"}), frozenset())
+
+    async def count_in_flight(self, plan, timeout=2.0):
+        self.calls.append(("count_in_flight",))
+        value = self.in_flight.pop(0) if self.in_flight else 0
         if isinstance(value, Exception):
             raise value
         return value
@@ -101,6 +121,13 @@ class Rig:
 
 
 @pytest.fixture
+def logged():
+    """The log lines' texts (event and fields) of the test, as one string."""
+    with capture_logs() as events:
+        yield lambda: "\n".join(" ".join(f"{k}={v}" for k, v in e.items()) for e in events)
+
+
+@pytest.fixture
 def rig():
     made = []
 
@@ -119,8 +146,11 @@ async def test_sigterm_drains_inbound_for_the_termination_drain_then_stops_envoy
     await r.until(lambda: r.clock.pending() == [0.2], "the drain waits terminationDrainDuration")
     assert not r.task.done()
     r.clock.advance(0.2)
+    await r.until(lambda: r.clock.pending() == [0.05], "the first count after the listeners closed")
+    r.clock.advance(0.05)
     assert await r.result() == Exit.OK
-    assert r.admin.calls == [("drain_listeners", True, False)]
+    assert r.admin.calls == [("drain_listeners", True, False), ("stop_listeners", True),
+                             ("in_flight_plan", True, (15021, 15090)), ("count_in_flight",)]
     assert await r.readiness.reason() == "server is terminated: received signal: SIGTERM"
     assert r.envoy.pid is None and r.envoy.process.returncode is not None
 
@@ -131,7 +161,11 @@ async def test_router_drains_all_listeners(rig):
     r.sup.enqueue("signal", signal.SIGINT)
     await r.until(lambda: r.clock.pending(), "drain wait")
     r.clock.advance(0.2)
-    assert await r.result() == Exit.OK and r.admin.calls == [("drain_listeners", False, False)]
+    await r.until(lambda: r.clock.pending() == [0.05], "the first count")
+    r.clock.advance(0.05)
+    assert await r.result() == Exit.OK
+    assert r.admin.calls[:3] == [("drain_listeners", False, False), ("stop_listeners", False),
+                                 ("in_flight_plan", False, (15021, 15090))]
 
 
 async def test_second_signal_forces_without_time_passing(rig):
@@ -180,8 +214,69 @@ async def test_exit_on_zero_polls_until_zero_and_survives_errors(rig):
     for _ in range(3):  # 3 active, a failed poll, 1 active: each followed by one poll interval
         await r.until(lambda: r.clock.pending() == [1], "poll interval")
         r.clock.advance(1)
+    # zero: the listeners close (they still accepted), then what they accepted is counted
+    await r.until(lambda: r.clock.pending() == [0.05], "the first count after the listeners closed")
+    assert r.admin.calls[-2:] == [("stop_listeners", True), ("in_flight_plan", True, (15021, 15090))]
+    r.clock.advance(0.05)
     assert await r.result() == Exit.OK
-    assert r.admin.calls.count(("active_connections",)) == 4 and r.clock.now() == 8
+    assert r.admin.calls.count(("active_connections",)) == 4 and r.clock.now() == pytest.approx(8.05)
+
+
+async def test_envoy_stops_only_once_nothing_the_closed_listeners_accepted_is_in_flight(rig, logged):
+    """The new order: drain gracefully, wait terminationDrainDuration, close the listeners (nothing
+    new is accepted), count what they accepted until none is in flight, then stop Envoy."""
+    r = rig(admin=RecordingAdmin(in_flight=[2, AdminError("timeout"), 1, 0]))
+    r.start()
+    r.sup.enqueue("signal", signal.SIGTERM)
+    await r.until(lambda: r.clock.pending() == [0.2], "termination drain")
+    assert r.admin.calls == [("drain_listeners", True, False)]  # still accepting during the window
+    r.clock.advance(0.2)
+    await r.until(lambda: r.clock.pending() == [0.05], "the first count waits for requests on their way")
+    assert r.admin.calls[1:] == [("stop_listeners", True), ("in_flight_plan", True, (15021, 15090))]
+    for counted in (1, 2, 3):  # 2 in flight, a failed count (tried again), 1 in flight
+        r.clock.advance(0.05)
+        await r.until(lambda: r.admin.calls.count(("count_in_flight",)) == counted and r.clock.pending(), "count")
+        assert r.envoy.pid is not None  # Envoy is not stopped while an accepted request runs
+    r.clock.advance(0.05)
+    assert await r.result() == Exit.OK
+    assert r.admin.calls.count(("count_in_flight",)) == 4 and r.clock.now() == pytest.approx(0.4)
+    assert "termination drain duration elapsed; no accepted request in flight" in logged()
+
+
+async def test_requests_still_in_flight_after_the_grace_do_not_hold_envoy(rig, logged):
+    r = rig(admin=RecordingAdmin(in_flight=[3] * 1000), policy=drain.DrainPolicy(termination_drain=1, finish_grace=0.5))
+    r.start()
+    r.sup.enqueue("signal", signal.SIGTERM)
+    await r.until(lambda: r.clock.pending() == [1], "termination drain")
+    r.clock.advance(1)
+    while not r.task.done():
+        await r.until(lambda: r.clock.pending() or r.task.done(), "a count or the end")
+        r.clock.advance(0.05)
+    assert await r.result() == Exit.OK and r.clock.now() == pytest.approx(1.5, abs=0.06)
+    assert "3 accepted in flight after 0.5s" in logged()
+
+
+async def test_second_signal_ends_the_wait_for_accepted_requests(rig):
+    r = rig(admin=RecordingAdmin(in_flight=[5] * 1000))
+    r.start()
+    r.sup.enqueue("signal", signal.SIGTERM)
+    await r.until(lambda: r.clock.pending() == [0.2], "termination drain")
+    r.clock.advance(0.2)
+    await r.until(lambda: r.clock.pending() == [0.05], "first count")
+    r.clock.advance(0.05)
+    await r.until(lambda: ("count_in_flight",) in r.admin.calls and r.clock.pending(), "counted 5")
+    r.sup.enqueue("signal", signal.SIGTERM)
+    assert await r.result() == Exit.OK and r.clock.now() == pytest.approx(0.25)
+
+
+async def test_listeners_that_cannot_be_closed_mean_envoy_is_stopped_at_once(rig, logged):
+    r = rig(admin=RecordingAdmin(stop_error=AdminError("POST /drain_listeners: refused")))
+    r.start()
+    r.sup.enqueue("signal", signal.SIGTERM)
+    await r.until(lambda: r.clock.pending() == [0.2], "termination drain")
+    r.clock.advance(0.2)
+    assert await r.result() == Exit.OK and r.clock.now() == pytest.approx(0.2)
+    assert ("count_in_flight",) not in r.admin.calls and "closing the listeners failed" in logged()
 
 
 async def test_budget_zero_exits_like_istio(rig):
