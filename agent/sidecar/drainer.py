@@ -81,10 +81,15 @@ class Drainer:
         log.info("drain finished", reason=reason, seconds=round(self.clock.now() - started, 3))
 
     async def _finish(self, ends: Mapping[str, asyncio.Event]) -> str:
-        """Close the listeners, then wait until nothing they accepted is in flight."""
+        """Close the listeners, then wait until nothing they accepted is in flight.
+
+        Which stats to count is asked before the close, not after: Envoy closes the sockets on its
+        main thread once its workers have stopped accepting, and an admin request served there
+        meanwhile delays the close, while connections queue in the sockets' backlog that the close
+        then resets."""
         try:
-            await self.admin.stop_listeners(self.inbound_only)
             plan = await self.admin.in_flight_plan(self.inbound_only, self.excluded_ports)
+            await self.admin.stop_listeners(self.inbound_only)
         except AdminError as e:
             log.warning("closing the listeners failed", error=str(e))
             return "listeners not closed"

@@ -7,7 +7,8 @@ the loop keeps reaping children and seeing a second signal while it waits.
 States: RUNNING -> (Envoy died) RESTARTING -> RUNNING ... ; RUNNING/RESTARTING -> DRAINING -> STOPPED.
 
 Exit paths, all of them (exit code in brackets):
-1. SIGTERM/SIGINT: readiness fails, inbound listeners drain, wait (agent.sidecar.drain), stop Envoy  [0]
+1. SIGTERM/SIGINT: readiness fails, inbound listeners drain, wait (agent.sidecar.drain), the
+   listeners close and what they accepted finishes, stop Envoy                             [0]
 2. a second SIGTERM/SIGINT while draining: stop Envoy now                                  [0]
 3. POST /quitquitquit, or a signal after POST /drain: stop Envoy without the drain wait     [0]
 4. Envoy exits by itself while draining: the wait ends early                               [0]

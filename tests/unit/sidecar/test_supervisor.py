@@ -149,8 +149,8 @@ async def test_sigterm_drains_inbound_for_the_termination_drain_then_stops_envoy
     await r.until(lambda: r.clock.pending() == [0.05], "the first count after the listeners closed")
     r.clock.advance(0.05)
     assert await r.result() == Exit.OK
-    assert r.admin.calls == [("drain_listeners", True, False), ("stop_listeners", True),
-                             ("in_flight_plan", True, (15021, 15090)), ("count_in_flight",)]
+    assert r.admin.calls == [("drain_listeners", True, False), ("in_flight_plan", True, (15021, 15090)),
+                             ("stop_listeners", True), ("count_in_flight",)]
     assert await r.readiness.reason() == "server is terminated: received signal: SIGTERM"
     assert r.envoy.pid is None and r.envoy.process.returncode is not None
 
@@ -164,8 +164,8 @@ async def test_router_drains_all_listeners(rig):
     await r.until(lambda: r.clock.pending() == [0.05], "the first count")
     r.clock.advance(0.05)
     assert await r.result() == Exit.OK
-    assert r.admin.calls[:3] == [("drain_listeners", False, False), ("stop_listeners", False),
-                                 ("in_flight_plan", False, (15021, 15090))]
+    assert r.admin.calls[:3] == [("drain_listeners", False, False), ("in_flight_plan", False, (15021, 15090)),
+                                 ("stop_listeners", False)]
 
 
 async def test_second_signal_forces_without_time_passing(rig):
@@ -216,7 +216,7 @@ async def test_exit_on_zero_polls_until_zero_and_survives_errors(rig):
         r.clock.advance(1)
     # zero: the listeners close (they still accepted), then what they accepted is counted
     await r.until(lambda: r.clock.pending() == [0.05], "the first count after the listeners closed")
-    assert r.admin.calls[-2:] == [("stop_listeners", True), ("in_flight_plan", True, (15021, 15090))]
+    assert r.admin.calls[-2:] == [("in_flight_plan", True, (15021, 15090)), ("stop_listeners", True)]
     r.clock.advance(0.05)
     assert await r.result() == Exit.OK
     assert r.admin.calls.count(("active_connections",)) == 4 and r.clock.now() == pytest.approx(8.05)
@@ -232,7 +232,7 @@ async def test_envoy_stops_only_once_nothing_the_closed_listeners_accepted_is_in
     assert r.admin.calls == [("drain_listeners", True, False)]  # still accepting during the window
     r.clock.advance(0.2)
     await r.until(lambda: r.clock.pending() == [0.05], "the first count waits for requests on their way")
-    assert r.admin.calls[1:] == [("stop_listeners", True), ("in_flight_plan", True, (15021, 15090))]
+    assert r.admin.calls[1:] == [("in_flight_plan", True, (15021, 15090)), ("stop_listeners", True)]
     for counted in (1, 2, 3):  # 2 in flight, a failed count (tried again), 1 in flight
         r.clock.advance(0.05)
         await r.until(lambda: r.admin.calls.count(("count_in_flight",)) == counted and r.clock.pending(), "count")
