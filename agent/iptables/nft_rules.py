@@ -70,16 +70,9 @@ class Rule(Record):
     text: str
     index: int | None = None
 
-    @property
-    def target(self) -> str | None:
-        """The chain this rule jumps to, if it ends in `jump <chain>`."""
-        words = self.text.split()
-        return words[-1] if len(words) >= 2 and words[-2] == "jump" else None
-
 
 class RuleSet(Record):
     rules: tuple[Rule, ...]  # every table's, in generation order
-    ipv6: bool
 
     def table(self, name: str) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.table == name)
@@ -135,7 +128,7 @@ def build(cfg: IptablesConfig, facts: HostFacts) -> RuleSet:
     _outbound_cidrs(r, cfg)
     if cfg.tproxy:
         _tproxy_extras(r, cfg, lo4)
-    return RuleSet(tuple(r.rules), facts.enable_ipv6)
+    return RuleSet(tuple(r.rules))
 
 
 def _interfaces(r: _Rules, cfg: IptablesConfig) -> None:

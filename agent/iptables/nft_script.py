@@ -4,13 +4,11 @@ https://github.com/istio/istio/blob/master/tools/istio-nftables/pkg/capture/run.
 
 Public API (pure, no I/O):
 
-* `render(ruleset, *, replace=False) -> str`: the whole transaction. For each of our tables that
-  has rules, in the order nat, mangle, raw: `add table`, `flush table`, one `add chain` per chain
-  that has a rule (in the fixed order of nft_rules.CHAINS), then every rule as `add rule ...` or
+* `render(ruleset) -> str`: the whole transaction. For each of our tables that has rules, in the
+  order nat, mangle, raw: `add table`, `flush table`, one `add chain` per chain that has a rule (in
+  the fixed order of nft_rules.CHAINS), then every rule as `add rule ...` or
   `insert rule ... index N ...`. A table without rules is not written, so a live copy of it is left
-  alone, as Istio does. `replace=True` (beyond Istio, for re-runs) first deletes all three tables
-  (`add` + `delete`, which works whether or not a table exists), so the one transaction also
-  removes stale tables, chains and rules an earlier run with other flags left.
+  alone, as Istio does (a real run deletes the live ones first: agent.iptables.nft_apply).
 * `render_cleanup() -> str`: the `--cleanup-only` transaction, whatever the flags: `add` + `delete`
   for each table.
 * `transaction(cfg, ruleset) -> str`: what a run with these flags hands to nft (the cleanup script
@@ -18,9 +16,6 @@ Public API (pure, no I/O):
 * `operations(ruleset) -> list[Op]`: the rule commands in transaction order, each rule with the
   index it is written with (None: appended).
 * `declared(ruleset) -> tuple[Chain, ...]`: the chains the transaction declares.
-* `final_rules(ruleset) -> dict[(table, chain), tuple[str, ...]]`: each declared chain's rule
-  texts in the order they end up after the transaction (in the script's spelling, not
-  `nft list`'s), for comparing the live rules with the expected ones.
 
 How inserts are written (Istio's rule, since nft refuses an insert into an empty chain or at an
 index with no rule): a rule with an index is written as an append when its chain has no rule yet in
@@ -78,8 +73,8 @@ def _chain_line(chain: Chain) -> str:
     return f"add chain {FAMILY} {chain.table} {chain.name}{spec}"
 
 
-def render(ruleset: RuleSet, *, replace: bool = False) -> str:
-    lines = [line for table in TABLES for line in _delete(table)] if replace else []
+def render(ruleset: RuleSet) -> str:
+    lines: list[str] = []
     chains, ops = declared(ruleset), operations(ruleset)
     for table in TABLES:
         if not any(c.table == table for c in chains):
@@ -101,14 +96,3 @@ def render_cleanup() -> str:
 
 def transaction(cfg: IptablesConfig, ruleset: RuleSet) -> str:
     return render_cleanup() if cfg.cleanup_only else render(ruleset)
-
-
-def final_rules(ruleset: RuleSet) -> dict[tuple[str, str], tuple[str, ...]]:
-    chains: dict[tuple[str, str], list[str]] = {(c.table, c.name): [] for c in declared(ruleset)}
-    for op in operations(ruleset):
-        texts = chains[op.rule.table, op.rule.chain]
-        if op.index is None:
-            texts.append(op.rule.text)
-        else:
-            texts.insert(op.index, op.rule.text)
-    return {key: tuple(texts) for key, texts in chains.items()}

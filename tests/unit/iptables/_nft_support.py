@@ -6,8 +6,9 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from agent.iptables import command
+from agent.iptables import command, nft_script
 from agent.iptables.host import HostError, HostFacts, parse_resolv_conf
+from agent.iptables.nft_rules import RuleSet
 
 GOLDEN = Path(__file__).parent / "nft_golden"
 CASES: list[dict] = json.loads((GOLDEN / "cases.json").read_text())
@@ -58,3 +59,17 @@ def run(argv: Sequence[str], env: Mapping[str, str] | None = None,
 def script(case: dict) -> tuple[int, str, str]:
     """The case's dry run: `--native-nftables --dry-run <args>` on its host."""
     return run(["--native-nftables", "--dry-run", *case["args"]], case["env"], Host(facts(case)))
+
+
+def final_rules(ruleset: RuleSet) -> dict[tuple[str, str], tuple[str, ...]]:
+    """A second model of the transaction, from nft_script's operations rather than its text: each
+    declared chain's rules in the order they end up (an insert lands before the rule at its index),
+    in the script's spelling. agent.iptables.nft_live.simulate, which runs the text, must agree."""
+    chains: dict[tuple[str, str], list[str]] = {(c.table, c.name): [] for c in nft_script.declared(ruleset)}
+    for op in nft_script.operations(ruleset):
+        texts = chains[op.rule.table, op.rule.chain]
+        if op.index is None:
+            texts.append(op.rule.text)
+        else:
+            texts.insert(op.index, op.rule.text)
+    return {key: tuple(texts) for key, texts in chains.items()}

@@ -15,7 +15,7 @@ from agent.iptables.logger import log
 from agent.iptables.runner import Result
 from agent.logformat import Level
 
-from ._nft_support import BY_NAME, CASES, expected, facts, run
+from ._nft_support import BY_NAME, CASES, expected, facts, final_rules, run
 
 NAT, MANGLE = "istio-proxy-nat", "istio-proxy-mangle"
 
@@ -78,7 +78,7 @@ def test_simulated_goldens_agree_with_the_builders_final_order(name):
     """Two models of the same transaction: the script text run here, and nft_script's own order."""
     case = BY_NAME[name]
     cfg = _cfg(case)
-    final = nft_script.final_rules(nft_rules.build(cfg, facts(case)))
+    final = final_rules(nft_rules.build(cfg, facts(case)))
     state = nft_live.simulate(expected(case))
     assert {(t, c): tuple(ch.rules) for t, table in state.items() for c, ch in table.chains.items()} == \
         {key: tuple(map(nft_live.canon, texts)) for key, texts in final.items()}

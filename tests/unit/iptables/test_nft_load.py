@@ -1,7 +1,6 @@
 """The scripts the builder writes are ones the real nft takes: each golden case's transaction loads
 in a fresh namespace, loads again without changing the rule set (a re-run), and the cleanup
-transaction leaves nothing; `replace=True` clears what another run left; and the IPv6-only-resolver
-case, which Istio's script fails on, loads. Needs root and Debian's nftables (scripts/install.sh)."""
+transaction leaves nothing; and the IPv6-only-resolver case, which Istio's script fails on, loads. Needs root and Debian's nftables (scripts/install.sh)."""
 from __future__ import annotations
 
 import pytest
@@ -21,11 +20,6 @@ def nft(ns, script: str, check: bool = True):
 
 def listing(ns) -> str:
     return ns.run(["nft", "--stateless", "list", "ruleset"]).stdout
-
-
-def ruleset(name: str) -> nft_rules.RuleSet:
-    case = BY_NAME[name]
-    return nft_rules.build(load(case["args"], case["env"]), facts(case))
 
 
 def with_groups(ns, names: list[str]) -> None:
@@ -50,18 +44,6 @@ def test_golden_case_loads_reloads_and_cleans_up(name, netns_factory):
     assert listing(ns) == first
     nft(ns, nft_script.render_cleanup())
     assert listing(ns) == ""
-
-
-def test_replace_clears_what_a_run_with_other_flags_left(netns_factory):
-    ns = netns_factory("nl")
-    nft(ns, nft_script.render(ruleset("tproxy")))
-    nft(ns, nft_script.render(ruleset("empty")))
-    stale = listing(ns)  # Istio's way: mangle and raw stay whole, nat keeps empty chains
-    assert "istio-proxy-mangle" in stale and "chain istio-output-dns" in stale
-    nft(ns, nft_script.render(ruleset("empty"), replace=True))
-    clean = listing(ns)
-    assert "istio-proxy-mangle" not in clean and "istio-proxy-raw" not in clean
-    assert "istio-output-dns" not in clean and "chain prerouting" not in clean
 
 
 def test_ipv6_only_resolvers_on_an_ipv4_pod_load(netns_factory):

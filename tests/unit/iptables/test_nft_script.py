@@ -1,4 +1,4 @@
-"""The nft rule model and the transaction writer: inserts, chain declarations, cleanup, replace,
+"""The nft rule model and the transaction writer: inserts, chain declarations, cleanup,
 and the closure the kernel insists on (every jump lands on a declared chain)."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from agent.iptables import nft_rules, nft_script
 from agent.iptables.host import HostFacts
 from agent.iptables.nft_rules import MANGLE, NAT, RAW, Rule, RuleSet
 
+from ._nft_support import final_rules
 from ._support import load
 
 CHAIN = (NAT, "istio-output")
@@ -17,7 +18,7 @@ A, B, C = "tcp dport 15008 return", "meta l4proto tcp jump x", "meta l4proto tcp
 
 
 def chain_of(*rules: tuple[str, int | None]) -> RuleSet:
-    return RuleSet(tuple(Rule(*CHAIN, text, index) for text, index in rules), True)
+    return RuleSet(tuple(Rule(*CHAIN, text, index) for text, index in rules))
 
 
 # Istio's builder goldens (tools/istio-nftables/pkg/builder/testdata): a chain's final order after a
@@ -32,7 +33,7 @@ def chain_of(*rules: tuple[str, int | None]) -> RuleSet:
     ([(A, None), (B, 1)], [A, B]),  # an index with no rule there is an append too
 ])
 def test_final_order(rules, final):
-    assert nft_script.final_rules(chain_of(*rules)) == {CHAIN: tuple(final)}
+    assert final_rules(chain_of(*rules)) == {CHAIN: tuple(final)}
 
 
 def test_inserts_are_written_with_their_index_only_when_nft_accepts_them():
@@ -48,14 +49,14 @@ def build(argv, env=None, **facts) -> RuleSet:
 
 def test_kube_virt_inserts_land_in_iptables_order():
     """-k eth1,eth2 -i '*': the redirects before the returns, each pair last-first."""
-    final = nft_script.final_rules(build(["-k", "eth1,eth2", "-i", "*"]))[NAT, "prerouting"]
+    final = final_rules(build(["-k", "eth1,eth2", "-i", "*"]))[NAT, "prerouting"]
     assert final == ("iifname eth2 counter jump istio-redirect", "iifname eth1 counter jump istio-redirect",
                      "iifname eth2 counter return", "iifname eth1 counter return")
 
 
 def test_tproxy_ipv6_inserts():
     """Istio's indexes 0, 1, 1, 2: the ::6 return ends before mark != 1338, which ends before 127.0.0.6."""
-    final = nft_script.final_rules(build(["-m", "TPROXY", "-b", "*"], enable_ipv6=True))[MANGLE, "istio-inbound"]
+    final = final_rules(build(["-m", "TPROXY", "-b", "*"], enable_ipv6=True))[MANGLE, "istio-inbound"]
     assert [t.split(" counter")[0] for t in final] == [
         "meta l4proto tcp mark 1337", "iifname lo meta l4proto tcp ip6 saddr ::6/128",
         "iifname lo meta l4proto tcp mark != 1338", "iifname lo meta l4proto tcp ip saddr 127.0.0.6/32",
@@ -69,14 +70,8 @@ def test_cleanup_is_the_same_six_lines_whatever_the_flags():
     assert nft_script.transaction(cfg, nft_rules.build(cfg, HostFacts())) == want
 
 
-def test_replace_deletes_every_table_first_then_writes_the_same_script():
-    ruleset = build([])
-    plain, replaced = nft_script.render(ruleset), nft_script.render(ruleset, replace=True)
-    assert replaced == nft_script.render_cleanup() + plain
-    assert "istio-proxy-mangle" not in plain  # a table without rules is not written
-
-
 def test_a_table_without_rules_is_not_written_and_chains_follow_their_rules():
+    assert "istio-proxy-mangle" not in nft_script.render(build([]))
     script = nft_script.render(build(["-b", ""]))
     assert script.startswith("add table inet istio-proxy-nat\nflush table inet istio-proxy-nat\n")
     assert "prerouting" not in script and "istio-proxy-raw" not in script
@@ -86,12 +81,18 @@ def test_a_table_without_rules_is_not_written_and_chains_follow_their_rules():
 
 def test_a_rule_in_an_unknown_chain_is_refused():
     with pytest.raises(ValueError, match="undeclared"):
-        nft_script.render(RuleSet((Rule(NAT, "nope", "counter return"),), False))
+        nft_script.render(RuleSet((Rule(NAT, "nope", "counter return"),)))
 
 
-def test_rule_target():
-    assert Rule(NAT, "output", "counter jump istio-output").target == "istio-output"
-    assert Rule(NAT, "output", "counter return").target is None
+def jump_target(rule: Rule) -> str | None:
+    """The chain a rule jumps to, if it ends in `jump <chain>`."""
+    words = rule.text.split()
+    return words[-1] if len(words) >= 2 and words[-2] == "jump" else None
+
+
+def test_jump_target():
+    assert jump_target(Rule(NAT, "output", "counter jump istio-output")) == "istio-output"
+    assert jump_target(Rule(NAT, "output", "counter return")) is None
 
 
 # -- every jump lands on a declared chain: nft rejects the whole script otherwise ------------------
@@ -106,7 +107,7 @@ HOSTS = [dict(), dict(enable_ipv6=True), dict(dns_v4=("198.18.0.53",)), dict(dns
 
 def unresolved_jumps(ruleset: RuleSet) -> set[tuple[str, str]]:
     declared = {(c.table, c.name) for c in nft_script.declared(ruleset)}
-    return {(r.table, r.target) for r in ruleset.rules if r.target} - declared
+    return {(r.table, jump_target(r)) for r in ruleset.rules if jump_target(r)} - declared
 
 
 @pytest.mark.parametrize("flags, dns, host", list(itertools.product(FLAGS, DNS, HOSTS)))
