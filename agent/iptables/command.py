@@ -8,10 +8,11 @@ Exit paths:
   255  a bad command line: unknown flag, bad flag value, any value our validation refuses;
        one `Error: ...` line per problem on stderr and nothing touched.
 
-One flow (agent.iptables.apply) whatever the mode; only the runner differs, as in Istio's
+One iptables flow (agent.iptables.apply) whatever the mode; only the runner differs, as in Istio's
 ProgramIptables (https://github.com/istio/istio/blob/master/tools/istio-iptables/pkg/cmd/root.go):
 the real one, or with --dry-run a recorder, whose transcript goes to stdout once the flow is done
-(after the difference, with --verify; logs go to stderr).
+(after the difference, with --verify; logs go to stderr). --native-nftables hands over to
+agent.iptables.nft_command instead; each backend's modules are imported only on its own path.
 """
 from __future__ import annotations
 
@@ -21,11 +22,10 @@ from typing import TextIO
 
 from agent import flags
 from agent.exitcodes import Exit
-from agent.iptables import apply, host, rules
+from agent.iptables import host, rules
 from agent.iptables import config as cfgmod
 from agent.iptables.config import ConfigError, IptablesConfig
 from agent.iptables.logger import DEBUG, log, log_level
-from agent.iptables.runner import RealRunner
 
 TITLE = """pilot-agent istio-iptables: set up the pod's traffic capture (Istio's init container).
 
@@ -99,10 +99,18 @@ def run(argv: Sequence[str], environ: Mapping[str, str], *, stdout: TextIO | Non
     if cfg.redirect_dns and not rules.dns_enabled(cfg, facts):
         log.warning("REDIRECT_DNS is set but no DNS servers were found in %s; DNS capture is off", host.RESOLV_CONF)
     if cfg.native_nftables:
-        from agent.iptables import nft_command  # only this mode imports the nft modules
+        from agent.iptables import nft_command
 
         _log_config(cfg, facts)
         return nft_command.run(cfg, facts, out)
+    return _run_iptables(cfg, facts, out)
+
+
+def _run_iptables(cfg: IptablesConfig, facts: host.HostFacts, out: TextIO) -> int:
+    """The iptables mode: the apply flow with the real runner, or with --dry-run the recorder."""
+    from agent.iptables import apply
+    from agent.iptables.runner import RealRunner
+
     ruleset = rules.build(cfg, facts)
     _log_config(cfg, facts)
     if not cfg.dry_run:

@@ -15,6 +15,7 @@ Two kinds of problems, as the exit codes tell them apart:
 from __future__ import annotations
 
 from agent.flags import Flag
+from agent.iptables.names import interface_problem, owner_problem
 from agent.iptables.record import Record
 
 from collections.abc import Callable, Mapping
@@ -234,6 +235,7 @@ class _Checker:
 
     def __init__(self, parsed: Any, environ: Mapping[str, str]) -> None:
         self.parsed, self.env, self.problems = parsed, environ, []
+        self.nft = bool(parsed.values["native_nftables"])  # the names the rules can carry differ
 
     def value(self, attr: str) -> Any:
         return self.parsed.values[attr]
@@ -279,8 +281,8 @@ class _Checker:
         text = self.value(attr)
         items = split_list(text)
         for item in items:
-            if len(item) > 15 or any(c.isspace() or c in "/" for c in item) or not item.isprintable():
-                self.bad(attr, text, f"{item!r} is not an interface name")
+            if (why := interface_problem(item, nft=self.nft)) is not None:
+                self.bad(attr, text, why)
                 break
         return items
 
@@ -293,11 +295,10 @@ class _Checker:
     def owners(self, attr: str, text: str, lookup: Callable[[str], int | None], kind: str) -> tuple[str, ...]:
         items = split_list(text)
         for item in items:
-            if item.isascii() and item.isdigit():
-                if int(item) >= MAX_UINT32:
-                    self.bad(attr, text, f"{kind} {item} out of range")
-                    break
-            elif lookup(item) is None:
+            if (why := owner_problem(item, nft=self.nft)) is not None:
+                self.bad(attr, text, f"{kind} {why}")
+                break
+            if not (item.isascii() and item.isdigit()) and lookup(item) is None:
                 self.bad(attr, text, f"{item!r} is neither a numeric {kind} nor a known {kind} name")
                 break
         return items
@@ -332,9 +333,11 @@ def _proxy_ids(check: _Checker, user_id: Callable[[str], int | None],
     return uids, gids
 
 
-def _env_only(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[Problem]]:
-    """The env-only settings: owner groups and the loopback CIDR. Istio exits 1 on their problems
-    (config.Validate), and so do we."""
+def _env_only(environ: Mapping[str, str], nft: bool) -> tuple[dict[str, Any], list[Problem]]:
+    """The env-only settings: owner groups and the loopback CIDR. Istio's checks (config.Validate)
+    exit 1, and so do ours; a group name the rules cannot carry is a usage problem (exit 255), as
+    for -u/-g. Group names are not looked up (iptables or nft resolve them when applied, as in
+    Istio)."""
     problems = []
     include = environ.get("ISTIO_OUTBOUND_OWNER_GROUPS", "*")
     groups = None if include == "*" else split_list(include)
@@ -343,8 +346,11 @@ def _env_only(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[Problem]
                                 f"traffic should be redirected to Envoy cannot exceed {MAX_OWNER_GROUPS}, "
                                 f"got {len(groups)}", usage=False))
     for var in ("ISTIO_OUTBOUND_OWNER_GROUPS", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"):
-        if any(c.isspace() for c in environ.get(var, "")):
-            problems.append(Problem(var, environ[var], "group names cannot contain white space", usage=False))
+        text = environ.get(var, "")
+        names = () if var == "ISTIO_OUTBOUND_OWNER_GROUPS" and text == "*" else split_list(text)
+        whys = (why for name in names if (why := owner_problem(name, nft=nft)) is not None)
+        if (why := next(whys, None)) is not None:
+            problems.append(Problem(var, text, f"group {why}"))
     loopback = environ.get("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", DEFAULT_LOOPBACK_CIDR)
     if (why := loopback_problem(loopback)) is not None:
         problems.append(Problem("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", loopback, why, usage=False))
@@ -386,33 +392,6 @@ def _other_checks(check: _Checker) -> None:
         check.bad("iptables_probe_port", "0", "port out of range 1-65535")
 
 
-def _nft_word(item: str) -> bool:
-    """Whether nft reads `item` as one plain word (its lexer's unquoted string: a letter, '_' or '.',
-    then letters, digits, '_', '.', '-'), or it is a number."""
-    if item.isascii() and item.isdigit():
-        return True
-    return (item.isascii() and (item[0].isalpha() or item[0] in "_.")
-            and all(c.isalnum() or c in "_.-" for c in item))
-
-
-def _nft_checks(check: _Checker, values: dict[str, Any]) -> None:
-    """--native-nftables writes interface and owner names into the rules unquoted, as Istio does.
-    nft would read other names as several words or as syntax (`#` starts a comment, `;` a new
-    command), reject the whole script at apply time, or worse, read a different rule; so they are
-    refused here, before anything runs."""
-    pairs = (("istio_exclude_interfaces", "exclude_interfaces"), ("kube_virt_interfaces", "kube_virt_interfaces"),
-             ("proxy_uid", "proxy_uids"), ("proxy_gid", "proxy_gids"))
-    reported = {p.setting for p in check.problems}
-    for attr, key in pairs:
-        if _setting(check.parsed, _BY_ATTR[attr], check.env) in reported:
-            continue  # one line per bad value
-        for item in values[key]:
-            if not _nft_word(item):
-                check.bad(attr, check.value(attr) or item, f"{item!r} cannot be written into an nft rule "
-                          "(--native-nftables): use letters, digits, '_', '.' and '-', starting with a letter")
-                break
-
-
 def load(parsed: Any, environ: Mapping[str, str], *, user_id: Callable[[str], int | None],
          group_id: Callable[[str], int | None]) -> IptablesConfig:
     """Build the config from parsed flags (agent.flags.Parsed) and the environment.
@@ -441,10 +420,8 @@ def load(parsed: Any, environ: Mapping[str, str], *, user_id: Callable[[str], in
         force_iptables_binary=check.value("force_iptables_binary"),
     )
     _other_checks(check)
-    if check.value("native_nftables"):
-        _nft_checks(check, values)
     values.update({attr: check.value(attr) for attr in PASSTHROUGH}, probe_port=check.value("iptables_probe_port"))
-    env_values, env_problems = _env_only(environ)
+    env_values, env_problems = _env_only(environ, check.nft)
     problems = check.problems + env_problems
     if problems:
         # Usage problems first: they decide the exit code and the first line the user reads.

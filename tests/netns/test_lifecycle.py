@@ -221,18 +221,28 @@ BAD = {
     "mode": ["-m", "FOO"],
     "unknown flag": ["--no-such-flag"],
     "uid name": ["-u", "no-such-user-xyz"],
+    # names the rules carry: iptables-restore would read '"' as a quote (a multi-line exit 1 before)
+    "interface with a quote": ["-c", 'e"th;0'],
+    "interface too long": ["-k", "eth0,veth0123456789ab"],
+    "interface with a newline": ["-c", "eth\n0"],
+    "uid name with a quote": ["-u", 'ro"ot'],
+}
+BAD_ENV = {
+    "owner group with a quote": {"ISTIO_OUTBOUND_OWNER_GROUPS": 'java,a"b'},
+    "excluded owner group with a space": {"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "a b"},
 }
 
 
-@pytest.mark.parametrize("bad", list(BAD.values()), ids=list(BAD))
-def test_bad_input_exits_255_and_touches_nothing(pod, tmp_path, bad):
+@pytest.mark.parametrize("bad, env", [(b, {}) for b in BAD.values()] + [([], e) for e in BAD_ENV.values()],
+                         ids=[*BAD, *BAD_ENV])
+def test_bad_input_exits_255_and_touches_nothing(pod, tmp_path, bad, env):
     applied(pod, *INIT_ARGS)
     before = pod.save_all()
     shims = Shims(tmp_path)
-    res = pod.istio_iptables(*INIT_ARGS, *bad, env=shims.env)
+    res = pod.istio_iptables(*INIT_ARGS, *bad, env={**shims.env, **env})
     assert res.returncode == 255, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert bad[0].lstrip("-")[:1] in res.stderr
+    assert (bad[0] if bad else next(iter(env))).lstrip("-")[:1] in res.stderr
     assert shims.calls() == []  # nothing was even run
     assert pod.save_all() == before
 

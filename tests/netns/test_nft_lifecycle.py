@@ -185,15 +185,23 @@ BAD = {
     "uid name": ["-u", "no-such-user-xyz"],
     "interface": ["-c", "eth 0"],
     "interface nft cannot parse": ["-k", "eth;0"],
+    "interface with a quote": ["-c", 'e"th;0'],
+    "nft keyword as interface": ["-c", "counter"],
+    "number nft rewrites": ["-k", "007"],
+}
+BAD_ENV = {
+    "nft keyword as owner group": {"ISTIO_OUTBOUND_OWNER_GROUPS": "java,counter"},
+    "excluded owner group nft cannot parse": {"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "a;b"},
 }
 
 
-@pytest.mark.parametrize("bad", list(BAD.values()), ids=list(BAD))
-def test_bad_input_exits_255_and_touches_nothing(pod, tmp_path, bad):
+@pytest.mark.parametrize("bad, env", [(b, {}) for b in BAD.values()] + [([], e) for e in BAD_ENV.values()],
+                         ids=[*BAD, *BAD_ENV])
+def test_bad_input_exits_255_and_touches_nothing(pod, tmp_path, bad, env):
     applied(pod, *INIT_ARGS)
     before = state(pod)
     shims = Shims(tmp_path)
-    res = init(pod, NFT, *INIT_ARGS, *bad, "--reconcile", env=shims.env)
+    res = init(pod, NFT, *INIT_ARGS, *bad, "--reconcile", env={**shims.env, **env})
     assert res.returncode == 255, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert shims.calls() == []  # nothing was even run

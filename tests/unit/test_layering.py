@@ -19,6 +19,7 @@ CORE = [
     "iptables/documents.py",
     "iptables/__init__.py",
     "iptables/config.py",
+    "iptables/names.py",
     "iptables/record.py",
     "iptables/rules.py",
     "iptables/restore.py",

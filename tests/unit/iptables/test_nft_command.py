@@ -114,7 +114,8 @@ rc = main(["istio-iptables", *sys.argv[1:]])
 new = set(sys.modules) - before
 top = {m.split(".")[0] for m in new} - set(sys.stdlib_module_names) - {"agent", "__main__"}
 print(json.dumps({"rc": rc, "third_party": sorted(top), "events": events,
-                  "nft_modules": sorted(m for m in new if m.startswith("agent.iptables.nft"))}))
+                  "nft_modules": sorted(m for m in new if m.startswith("agent.iptables.nft")),
+                  "agent_modules": sorted(m for m in new if m.startswith("agent."))}))
 """
 
 
@@ -135,3 +136,13 @@ def test_dry_run_spawns_nothing_opens_no_socket_writes_no_file(extra):
 def test_the_iptables_path_never_imports_the_nft_modules():
     result = probe("-n", *INIT)
     assert result["rc"] == 0 and result["nft_modules"] == [], result
+
+
+def test_the_nft_dry_run_never_imports_the_iptables_apply_modules():
+    """iptables' apply flow, its documents and restore files and the process runner (subprocess):
+    about 2 ms of imports the nft dry run has no use for."""
+    result = probe(*NFT, *INIT)
+    iptables_only = {"agent.iptables.apply", "agent.iptables.documents", "agent.iptables.restore",
+                     "agent.iptables.runner", "agent.iptables.recorder"}
+    assert result["rc"] == 0 and iptables_only.isdisjoint(result["agent_modules"]), result
+    assert iptables_only <= set(probe("-n", *INIT)["agent_modules"])  # which the iptables dry run does import
