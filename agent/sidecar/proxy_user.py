@@ -65,6 +65,14 @@ class ProxyUser:
     uid: int
     gid: int
     caps: tuple[int, ...] = ()  # capability numbers kept as ambient capabilities
+    why_root: str = ""  # set when Envoy keeps uid 0 and takes only the proxy's gid: what the uid could not reach
+
+    def keeping_root(self, why: str) -> "ProxyUser":
+        """uid 0 with this gid: Envoy's connections still leave the pod by the capture rules' gid-owner
+        rule (istio-iptables writes one for `-g`, which defaults to the `-u` value), and Envoy reaches
+        whatever root reaches. It is how Istio's injector runs a TPROXY pod's proxy (runAsUser 0,
+        runAsGroup 1337), used when the proxy's uid cannot reach Envoy's binary or files."""
+        return ProxyUser(0, self.gid, (), why)
 
     def describe(self) -> dict[str, object]:
         """Log fields."""

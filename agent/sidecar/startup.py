@@ -61,8 +61,7 @@ def prepare(cfg: SidecarConfig, stack: contextlib.ExitStack) -> StartupPlan:
     path = bootstrap.bootstrap_path(cfg)
     user = None
     if not cfg.mesh.disable_envoy:  # proxyless (DISABLE_ENVOY): no binary, no bootstrap, no ports of Envoy's
-        user = proxy_user.for_agent()
-        _prepare_envoy(cfg, path, stack, user)
+        user = _prepare_envoy(cfg, path, stack, proxy_user.for_agent())
     return StartupPlan(envoy.envoy_args(
         cfg.binary_path, path, drain_duration=cfg.drain_duration, node_ips=cfg.instance_ips,
         file_flush_interval_ms=cfg.file_flush_interval_ms, proxy_log_level=cfg.proxy_log_level,
@@ -71,19 +70,22 @@ def prepare(cfg: SidecarConfig, stack: contextlib.ExitStack) -> StartupPlan:
         concurrency=cfg.concurrency), probers, targets, status_sock, user)
 
 
-def _prepare_envoy(cfg: SidecarConfig, path: str, stack: contextlib.ExitStack, user: ProxyUser | None) -> None:
+def _prepare_envoy(cfg: SidecarConfig, path: str, stack: contextlib.ExitStack,
+                   user: ProxyUser | None) -> ProxyUser | None:
+    """Checks and writes for Envoy; returns who it runs as (None: the agent's own user)."""
     _check_binary(cfg.binary_path)
     data = None if cfg.custom_config_file else bootstrap.build_bootstrap(cfg)
     for address, port, what in listener_addresses(data) if data else [("127.0.0.1", cfg.admin_port, "proxyAdminPort")]:
         check_port_free(address, port, what)
     if user is not None:
-        _prepare_for_user(cfg, user, stack)
+        user = _prepare_for_user(cfg, user, stack)
     if data is not None:
         try:
             bootstrap.write_bootstrap(cfg, data)
         except OSError as e:
             raise StartupError(f"--configPath: cannot write bootstrap {path}: {e.strerror or e}") from None
         stack.callback(_remove, path)
+    return user
 
 
 def _check_binary(path: str) -> None:
@@ -91,43 +93,47 @@ def _check_binary(path: str) -> None:
         raise StartupError(f"--binaryPath: Envoy binary {path!r} not found or not executable")
 
 
-def _prepare_for_user(cfg: SidecarConfig, user: ProxyUser, stack: contextlib.ExitStack) -> None:
-    """Envoy will run as `user`: what it opens by path must be reachable by that uid. The
+def _prepare_for_user(cfg: SidecarConfig, user: ProxyUser, stack: contextlib.ExitStack) -> ProxyUser:
+    """Envoy is to run as `user`: what it opens by path must be reachable by that uid. The
     directories the agent writes Envoy's files and sockets into are created owned by it (as the
-    pod's emptyDirs are the proxy's); existing paths are checked, never changed."""
-    _check_reach(user, cfg.binary_path, os.X_OK, "--binaryPath")
+    pod's emptyDirs are the proxy's); existing paths are checked, never changed. Where the uid
+    cannot reach one (a root-only directory), Envoy keeps uid 0 with the proxy's gid instead
+    (`ProxyUser.keeping_root`), which the capture rules exempt too, and nothing is created."""
+    files = [(cfg.binary_path, os.X_OK, "--binaryPath")]
     if cfg.custom_config_file:
-        _check_reach(user, cfg.custom_config_file, os.R_OK, "--customConfigFile")
-    else:
-        _own_dir(user, cfg.config_path, "--configPath")
+        files.append((cfg.custom_config_file, os.R_OK, "--customConfigFile"))
+    dirs = [] if cfg.custom_config_file else [(cfg.config_path, "--configPath")]
     if not cfg.standalone:  # the mesh services' sockets: the xDS proxy's and the SDS server's
-        _own_dir(user, os.path.dirname(cfg.xds_socket_path) or ".", "--configPath (XDS socket)")
-        _own_dir(user, WORKLOAD_IDENTITY_DIR, "the SDS socket directory")
+        dirs += [(os.path.dirname(cfg.xds_socket_path) or ".", "--configPath (XDS socket)"),
+                 (WORKLOAD_IDENTITY_DIR, "the SDS socket directory")]
+    for path, want, what in files + [(_existing_part(d), os.X_OK, what) for d, what in dirs]:
+        if (why := proxy_user.reachable(path, user.uid, user.gid, want)) is not None:
+            return user.keeping_root(f"uid {user.uid} cannot reach {what} {path}: {why}")
+    for path, what in dirs:
+        _make_dirs(user, path, what)
     stack.callback(proxy_user.give_back_stdio, proxy_user.hand_over_stdio(user))
+    return user
 
 
-def _own_dir(user: ProxyUser, path: str, what: str) -> None:
-    """`path` exists and uid `user.uid` can enter it: the part that is missing is made, owned by
-    that uid, once the part that exists has been found reachable (a refusal changes nothing)."""
+def _existing_part(path: str) -> str:
+    base = os.path.abspath(path)
+    while not os.path.exists(base):
+        base = os.path.dirname(base)
+    return base
+
+
+def _make_dirs(user: ProxyUser, path: str, what: str) -> None:
+    """The missing part of `path` made, owned by the proxy's uid (its existing part is reachable)."""
     missing, base = [], os.path.abspath(path)
     while not os.path.exists(base):
         missing.append(base)
         base = os.path.dirname(base)
-    _check_reach(user, path, os.X_OK, what, base)
     for directory in reversed(missing):
         try:
             os.mkdir(directory, 0o700)
             os.chown(directory, user.uid, user.gid)
         except OSError as e:
             raise StartupError(f"{what}: cannot create {directory}: {e.strerror or e}") from None
-
-
-def _check_reach(user: ProxyUser, path: str, want: int, what: str, existing: str | None = None) -> None:
-    if (why := proxy_user.reachable(existing or path, user.uid, user.gid, want)) is not None:
-        raise StartupError(
-            f"{what}: {path} cannot be reached by uid {user.uid}, which Envoy runs as because the agent runs "
-            f"as root (the pod's capture rules exempt only the proxy's uid): {why}; make it reachable by "
-            f"uid {user.uid}, or run the agent as uid {user.uid}")
 
 
 def _remove(path: str) -> None:
