@@ -217,8 +217,8 @@ def prometheus_rows(label: str) -> Callable[[Rows, dict], None]:
     return rows
 
 
-DRAIN_WHEN = {"drain": "load ends inside the drain window", "drain_short": "Envoy stopped under load",
-              "drain_closed": "listener closed (drainDuration 2s) before Envoy is stopped"}
+DRAIN_WHEN = {"drain": "load ends inside the drain window", "drain_short": "the window ends under load",
+              "drain_closed": "the window ends under load, drainDuration 2s"}
 
 
 def drain_rows(key: str) -> Callable[[Rows, dict], None]:

@@ -8,10 +8,12 @@ netns across a veth sending the traffic (tests/support/netns.py).
 
 * drain: 1,000 requests at 200/s from the remote side to the app (captured into Envoy's inbound
   listener); SIGTERM to the agent after 200 of them (t = 1 s). With the default
-  terminationDrainDuration (5 s) the whole load falls inside the drain window; `--termination 3`
-  stops Envoy at t = 4 s while the load runs on to t = 5 s (the stop itself under load). Figure:
-  requests accepted and then failed (target 0). Also reported: ok, and refused (after Envoy is
-  gone nobody listens: never accepted, so not "dropped").
+  terminationDrainDuration (5 s) the whole load falls inside the drain window; with `--termination 3`
+  the window ends at t = 4 s while the load runs on to t = 5 s: the agent closes the inbound
+  listener once connections stop arriving (at most 2 s later), then stops Envoy once nothing it
+  accepted is in flight. `--requests 2000` makes the load outlast that bound too (the listener then
+  closes under load). Figure: requests accepted and then failed (target 0). Also reported: ok, and
+  refused (after the close nobody listens: never accepted, so not "dropped").
 * exit-on-zero: EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true, MINIMUM_DRAIN_DURATION=1s; one connection
   held open through Envoy; SIGTERM; 1.5 s later the connection is closed. Figure: time from that
   close to the agent's exit, median of `--rounds` (target <= 1.5 s; the agent polls every 1 s).

@@ -80,7 +80,7 @@ class AdminClient:
                 raise AdminError(f"GET {path}: {e}") from None
         return in_flight.plan(configs, inbound_only, excluded_ports)
 
-    async def count_in_flight(self, plan: in_flight.Plan, timeout: float = 2.0) -> int:
+    async def listener_counts(self, plan: in_flight.Plan, timeout: float = 2.0) -> in_flight.Counts:
         return in_flight.count(envoy.parse_stats(await self.stats(in_flight.STATS, timeout)), plan)
 
 

@@ -3,17 +3,26 @@ https://github.com/istio/istio/blob/master/pkg/envoy/agent.go, and one step afte
 
 The controller (agent.sidecar.drainer) asks `decide()` after every wake-up and does what it says:
 
-- default mode: wait `terminationDrainDuration` after the inbound listeners were told to drain;
+- default mode: wait `terminationDrainDuration` after the inbound listeners were told to drain
+  (gracefully, with `skip_exit`: Envoy does not close them itself when its `--drain-time-s` ends,
+  the agent does, below);
 - exit-on-zero mode (`EXIT_ON_ZERO_ACTIVE_CONNECTIONS=true`): wait `MINIMUM_DRAIN_DURATION`, then poll
   Envoy's `downstream_cx_active` every second until it is zero; a missing stat stops at once, and
   five polls in a row that fail stop too. `terminationDrainDuration` does not bound this mode (only
   kubelet's terminationGracePeriodSeconds does), as in Istio.
 
-Then, beyond Istio, `finish()`: the (inbound) listeners are closed, so that nothing new is accepted,
-and Envoy is stopped once nothing they accepted is in flight (agent.sidecar.in_flight), at most
-`finish_grace` seconds later. Istio stops Envoy at the end of the wait while its listeners still
-accept (they close only when Envoy's own `--drain-time-s` ends, 45 s by default), so a request
-accepted in the last instant, or still running, was cut.
+Then, beyond Istio, the listeners are closed, so that nothing new is accepted, and Envoy is stopped
+once nothing they accepted is in flight (agent.sidecar.in_flight). Istio stops Envoy at the end of
+the wait while its listeners still accept (they close only when Envoy's own `--drain-time-s` ends,
+45 s by default), so a request accepted in the last instant, or still running, was cut.
+
+- `quiet()`: when to close. Closing a listening socket resets the connections the kernel has
+  completed and queued for it but the application has not accepted yet (Envoy closes its sockets
+  just after its workers stop accepting), so a close while clients still connect can cut one.
+  The listeners are closed once no new connection has come for `quiet_for` (in a pod the clients
+  are gone by then: the failed readiness took the endpoint away), at the latest `close_wait` after
+  the wait ended.
+- `finish()`: after the close, until nothing accepted is in flight, at most `finish_grace`.
 
 Envoy exiting by itself and a second signal are handled by the controller: they end any wait.
 """
@@ -28,6 +37,8 @@ from agent.sidecar.config_model import SidecarConfig
 NO_STAT = -1
 #: `active_connections` value meaning "the last poll failed" (Envoy did not answer).
 POLL_FAILED = -2
+#: Slack in comparing durations made of clock differences (a sum of 50 ms steps is not exact).
+EPSILON = 1e-6
 
 
 class Action(str, Enum):
@@ -50,8 +61,10 @@ class DrainPolicy:
     minimum_drain: float = 5.0
     poll_interval: float = 1.0
     max_poll_errors: int = 5
+    quiet_for: float = 0.1  # no new connection for this long: the listeners can close
+    close_wait: float = 2.0  # the longest wait for that quiet moment
     finish_grace: float = 5.0  # the longest wait for accepted requests once the listeners are closed
-    finish_poll: float = 0.05  # how often they are counted, and the delay before the first count
+    finish_poll: float = 0.05  # how often connections are counted, and the delay before the first count
 
     @classmethod
     def from_config(cls, cfg: SidecarConfig) -> DrainPolicy:
@@ -85,6 +98,21 @@ def decide(elapsed: float, active_connections: int | None, cfg: DrainPolicy, *, 
     return Step(Action.WAIT, cfg.poll_interval, f"{active_connections} active connections")
 
 
+def quiet(elapsed: float, since_new: float | None, cfg: DrainPolicy) -> Step:
+    """Next step before the close, `elapsed` seconds after the wait ended. `since_new`: seconds
+    since the listeners last accepted a new connection (None = not counted since the last wait;
+    POLL_FAILED = the count failed: close now, as Istio would stop Envoy now)."""
+    if since_new is None:
+        return Step(Action.POLL, reason="count new connections")
+    if since_new == POLL_FAILED:
+        return Step(Action.STOP, reason="new connections unknown: the count failed")
+    if since_new + EPSILON >= cfg.quiet_for:
+        return Step(Action.STOP, reason=f"no new connection for {cfg.quiet_for:g}s")
+    if elapsed + EPSILON >= cfg.close_wait:
+        return Step(Action.STOP, reason=f"connections still arriving after {cfg.close_wait:g}s")
+    return Step(Action.WAIT, cfg.finish_poll, "connections arriving")
+
+
 def finish(elapsed: float, in_flight: int | None, cfg: DrainPolicy) -> Step:
     """Next step, `elapsed` seconds after the listeners were closed. `in_flight`: None = not counted
     since the last wait; POLL_FAILED = the count failed (tried again until `finish_grace`); else
@@ -96,6 +124,6 @@ def finish(elapsed: float, in_flight: int | None, cfg: DrainPolicy) -> Step:
     if in_flight == 0:
         return Step(Action.STOP, reason="no accepted request in flight")
     what = "the count failed" if in_flight == POLL_FAILED else f"{in_flight} accepted in flight"
-    if elapsed >= cfg.finish_grace:
+    if elapsed + EPSILON >= cfg.finish_grace:
         return Step(Action.STOP, reason=f"{what} after {cfg.finish_grace:g}s")
     return Step(Action.WAIT, min(cfg.finish_poll, cfg.finish_grace - elapsed), what)

@@ -1,5 +1,5 @@
 """The drain controller: tells Envoy to drain, waits as `drain.decide` says, then closes the
-(inbound) listeners and waits as `drain.finish` says for what they accepted.
+(inbound) listeners when `drain.quiet` says and waits as `drain.finish` says for what they accepted.
 
 The waiting is asynchronous and ends early when one of the caller's events is set (a second signal,
 Envoy exiting by itself). Time comes from an injected `Clock`, so tests drive it without sleeping.
@@ -14,7 +14,7 @@ from typing import Protocol
 
 from agent.sidecar import drain, logs
 from agent.sidecar.admin import AdminError
-from agent.sidecar.in_flight import Plan
+from agent.sidecar.in_flight import Counts, Plan
 
 log = logs.get()
 
@@ -46,7 +46,7 @@ class DrainAdmin(Protocol):
 
     async def in_flight_plan(self, inbound_only: bool, excluded_ports: tuple[int, ...]) -> Plan: ...
 
-    async def count_in_flight(self, plan: Plan) -> int: ...
+    async def listener_counts(self, plan: Plan) -> Counts: ...
 
 
 async def sleep_or_event(clock: Clock, seconds: float, events: Sequence[asyncio.Event]) -> None:
@@ -72,16 +72,16 @@ class Drainer:
         started = self.clock.now()
         log.info("draining Envoy", cause=cause, inbound_only=self.inbound_only, **asdict(self.policy))
         try:
-            await self.admin.drain_listeners(self.inbound_only)
+            await self.admin.drain_listeners(self.inbound_only, skip_exit=True)  # the agent closes them
         except AdminError as e:
             log.warning("drain_listeners failed", error=str(e))
         reason = await self._wait(started, ends)
-        if not any(event.is_set() for event in ends.values()):
+        if _ended(ends) is None:
             reason = f"{reason}; {await self._finish(ends)}"
         log.info("drain finished", reason=reason, seconds=round(self.clock.now() - started, 3))
 
     async def _finish(self, ends: Mapping[str, asyncio.Event]) -> str:
-        """Close the listeners, then wait until nothing they accepted is in flight.
+        """Close the listeners at a quiet moment, then wait until nothing they accepted is in flight.
 
         Which stats to count is asked before the close, not after: Envoy closes the sockets on its
         main thread once its workers have stopped accepting, and an admin request served there
@@ -89,19 +89,48 @@ class Drainer:
         then resets."""
         try:
             plan = await self.admin.in_flight_plan(self.inbound_only, self.excluded_ports)
+        except AdminError as e:
+            log.warning("finding the listeners' stats failed", error=str(e))
+            plan = None
+        when = await self._quiet(plan, ends) if plan is not None else "listeners' stats unknown"
+        if (ended := _ended(ends)) is not None:
+            return f"{when}; {ended}"
+        try:
             await self.admin.stop_listeners(self.inbound_only)
         except AdminError as e:
             log.warning("closing the listeners failed", error=str(e))
-            return "listeners not closed"
-        log.info("listeners closed: waiting for the requests they accepted", inbound_only=self.inbound_only,
+            return f"{when}; listeners not closed"
+        if plan is None:
+            return f"{when}; listeners closed"
+        log.info("listeners closed: waiting for the requests they accepted", when=when, inbound_only=self.inbound_only,
                  listeners=len(plan.listener_stats), grace_seconds=self.policy.finish_grace)
         closed = self.clock.now()
         await sleep_or_event(self.clock, self.policy.finish_poll, list(ends.values()))  # see drain.finish
-        return await self._steps(closed, ends, lambda elapsed, count, _errors: drain.finish(elapsed, count, self.policy),
-                                 lambda: self.admin.count_in_flight(plan), "counting requests in flight failed")
+
+        async def in_flight() -> float:
+            return (await self.admin.listener_counts(plan)).in_flight
+
+        done = await self._steps(closed, ends, lambda elapsed, count, _errors: drain.finish(elapsed, count, self.policy),
+                                 in_flight, "counting requests in flight failed")
+        return f"{when}; {done}"
+
+    async def _quiet(self, plan: Plan, ends: Mapping[str, asyncio.Event]) -> str:
+        """Wait, as `drain.quiet` says, for a moment when no new connection comes."""
+        started = self.clock.now()
+        accepted, changed = None, started
+
+        async def since_new() -> float:
+            nonlocal accepted, changed
+            now, total = self.clock.now(), (await self.admin.listener_counts(plan)).accepted
+            if total != accepted:
+                accepted, changed = total, now
+            return now - changed
+
+        return await self._steps(started, ends, lambda elapsed, since, _errors: drain.quiet(elapsed, since, self.policy),
+                                 since_new, "counting new connections failed")
 
     async def _wait(self, started: float, ends: Mapping[str, asyncio.Event]) -> str:
-        async def active() -> int:
+        async def active() -> float:
             got = await self.admin.active_connections(self.excluded_ports)
             return drain.NO_STAT if got is None else got
 
@@ -109,15 +138,14 @@ class Drainer:
             elapsed, count, self.policy, poll_errors=errors), active, "active connections poll failed")
 
     async def _steps(self, started: float, ends: Mapping[str, asyncio.Event],
-                     decide: Callable[[float, int | None, int], drain.Step], poll: Callable[[], Awaitable[int]],
+                     decide: Callable[[float, float | None, int], drain.Step], poll: Callable[[], Awaitable[float]],
                      failed: str) -> str:
         """Do what `decide(elapsed, last count, failed polls in a row)` says until it says stop or
         one of `ends` is set; returns the reason."""
         count, errors = None, 0
         while True:
-            for reason, event in ends.items():
-                if event.is_set():
-                    return reason
+            if (reason := _ended(ends)) is not None:
+                return reason
             step = decide(self.clock.now() - started, count, errors)
             if step.action == drain.Action.STOP:
                 return step.reason
@@ -130,3 +158,8 @@ class Drainer:
                 continue
             await sleep_or_event(self.clock, step.seconds, list(ends.values()))
             count = None  # stale after sleeping: count again
+
+
+def _ended(ends: Mapping[str, asyncio.Event]) -> str | None:
+    """The reason of the first of `ends` that is set, if any."""
+    return next((reason for reason, event in ends.items() if event.is_set()), None)

@@ -12,6 +12,9 @@ as long as the peer likes) is not work in flight. So, over the stopped listeners
 where a manager's idle connections are its connections less its active requests (none when HTTP/2
 multiplexes more requests than connections). A non-HTTP connection (TCP proxy) counts whole.
 
+Before they are closed, the same listeners' `downstream_cx_total` tells whether connections are
+still arriving (the drain closes them at a quiet moment: agent.sidecar.drain.quiet).
+
 Which listeners stop, and which managers they use, comes from the listeners' configuration
 (`/config_dump`, masked to what is read): `drain_listeners?inboundonly` stops the INBOUND ones,
 without it every listener; the agent's own (15021, 15090) are not waited for.
@@ -26,7 +29,7 @@ from typing import Any
 #: config_dump resources holding listeners, and where each holds the Listener message.
 DUMPS = {"static_listeners": "listener", "dynamic_listeners": "active_state.listener"}
 FIELDS = ("name", "address", "stat_prefix", "traffic_direction", "filter_chains", "default_filter_chain")
-STATS = r"downstream_(cx|rq)_active$"
+STATS = r"downstream_(cx|rq)_active$|downstream_cx_total$"
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
@@ -105,10 +108,17 @@ def http_prefixes(lis: Mapping[str, Any]) -> set[str]:
     return out
 
 
-def count(stats: Mapping[str, int], p: Plan) -> int:
-    """Connections and requests still in flight on the stopped listeners (a stat Envoy does not
-    report counts 0: `usedonly` leaves out what never moved, and so does a stats matcher)."""
+@dataclass(frozen=True, slots=True)
+class Counts:
+    in_flight: int  # connections and requests the listeners accepted that are not done
+    accepted: int  # connections the listeners ever accepted
+
+
+def count(stats: Mapping[str, int], p: Plan) -> Counts:
+    """What the listeners still serve and have accepted so far (a stat Envoy does not report
+    counts 0: `usedonly` leaves out what never moved, and so does a stats matcher)."""
     connections = sum(stats.get(name, 0) for name in p.listener_stats)
     idle = sum(max(0, stats.get(f"http.{prefix}.downstream_cx_active", 0)
                    - stats.get(f"http.{prefix}.downstream_rq_active", 0)) for prefix in p.http_prefixes)
-    return max(0, connections - idle)
+    accepted = sum(stats.get(name.removesuffix("_active") + "_total", 0) for name in p.listener_stats)
+    return Counts(max(0, connections - idle), accepted)

@@ -1,9 +1,9 @@
 """Drain on shutdown (readiness fails, inbound listeners drain, after terminationDrainDuration they
-are closed and Envoy is stopped once what they accepted is done) with real traffic from the remote
-namespace through Envoy's inbound capture: SIGTERM turns readiness 503 at once, accepted requests
-all complete, the agent exits 0 within the window; a request still running when the window ends
-completes while new connections are refused; exit-on-zero mode exits soon after the last
-connection closes."""
+are closed once no new connection comes and Envoy is stopped once what they accepted is done) with
+real traffic from the remote namespace through Envoy's inbound capture: SIGTERM turns readiness 503
+at once, a load that outlasts the window is served to its end, the agent exits 0; a request still
+running when the window ends completes while new connections are refused; exit-on-zero mode exits
+soon after the last connection closes."""
 import json
 import shutil
 import signal
@@ -41,7 +41,7 @@ def test_drain_under_steady_load(pod, work):
     agent = Agent.start(pod.ns, work, "--drainDuration", "2s", "--concurrency", "1", uid=PROXY_UID,
                         env={"INSTANCE_IP": POD4, "TERMINATION_DRAIN_DURATION_SECONDS": "3"})
     agent.wait_ready()
-    load = pod.remote.spawn([PY, LOADGEN, POD4, "8080", "--period", "0.02", "--duration", "6"], wait_ready=True)
+    load = pod.remote.spawn([PY, LOADGEN, POD4, "8080", "--period", "0.02", "--duration", "5"], wait_ready=True)
     time.sleep(1.0)
     sent = time.monotonic()
     agent.signal(signal.SIGTERM)
@@ -53,15 +53,11 @@ def test_drain_under_steady_load(pod, work):
     summary = json.loads(load.communicate(timeout=30)[0].strip().splitlines()[-1])
     print(f"\nreadiness 503 after {flipped:.3f}s; exit after {exited:.3f}s; load {summary}")
     assert code == 0
-    assert summary["counts"].get("failed", 0) == 0, summary
-    assert summary["counts"]["ok"] > 50
-    # Requests kept succeeding into the drain window; the drained inbound listener closed after
-    # drainDuration (2 s after the signal at ~1 s on the load's clock), i.e. before Envoy itself was
-    # stopped at terminationDrainDuration (3 s after the signal). Without a graceful inbound drain
-    # the listener would only go away with Envoy (~4 s), risking requests cut mid-way.
-    changes = [t for t, what in summary["timeline"] if what != "ok"]
-    assert changes and 1.0 + 1.5 < changes[0] < 1.0 + 2.6, summary["timeline"]
-    assert "termination drain duration elapsed" in agent.log()
+    # Every request of the load (5 s, the signal at 1 s) was served: the inbound listener accepted
+    # past drainDuration (2 s: Envoy no longer closes it then, the agent does) and past
+    # terminationDrainDuration (3 s: the load still came), and closed once the load had stopped.
+    assert list(summary["counts"]) == ["ok"] and summary["counts"]["ok"] > 100, summary
+    assert "termination drain duration elapsed; no new connection for 0.1s; no accepted request in flight" in agent.log()
     assert agent.envoy_pids() == []
 
 
@@ -83,7 +79,7 @@ def test_a_request_running_when_the_window_ends_completes(pod, work):
     out, _ = slow.communicate(timeout=30)
     assert out == "slow\n\n200"  # the body, then curl's status line
     assert agent.wait_exit(15) == 0
-    assert "termination drain duration elapsed; no accepted request in flight" in agent.log()
+    assert "termination drain duration elapsed; no new connection for 0.1s; no accepted request in flight" in agent.log()
     assert agent.envoy_pids() == []
 
 

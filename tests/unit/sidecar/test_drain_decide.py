@@ -4,7 +4,7 @@ no connection is active; a missing stat or repeated poll failures end it)."""
 import pytest
 
 from agent.sidecar.config_model import SidecarConfig
-from agent.sidecar.drain import NO_STAT, POLL_FAILED, Action, DrainPolicy, Step, decide, finish
+from agent.sidecar.drain import NO_STAT, POLL_FAILED, Action, DrainPolicy, Step, decide, finish, quiet
 
 DEFAULT = DrainPolicy(termination_drain=5.0)
 ZERO = DrainPolicy(exit_on_zero=True, minimum_drain=5.0, poll_interval=1.0, max_poll_errors=5)
@@ -112,3 +112,22 @@ def test_simulated_finish_whatever_the_two_durations():
                 clock += step.seconds
                 count = None
         assert trace[-1] == Action.STOP and count == 0 and clock == pytest.approx(window + 0.2)
+
+
+QUIET = DrainPolicy(quiet_for=0.1, close_wait=2.0, finish_poll=0.05)
+
+
+def test_the_listeners_close_once_no_connection_came_for_a_while():
+    assert quiet(0.0, None, QUIET).action == Action.POLL
+    assert quiet(0.05, 0.05, QUIET) == Step(Action.WAIT, 0.05, "connections arriving")
+    assert quiet(0.3, 0.1, QUIET) == Step(Action.STOP, reason="no new connection for 0.1s")
+    assert quiet(0.05 + 0.05, 0.05 + 0.05, QUIET).action == Action.STOP  # a sum of clock steps, not exactly 0.1
+
+
+def test_connections_still_arriving_hold_the_close_at_most_close_wait():
+    assert quiet(1.95, 0.0, QUIET).action == Action.WAIT
+    assert quiet(2.0, 0.0, QUIET) == Step(Action.STOP, reason="connections still arriving after 2s")
+
+
+def test_a_failed_count_of_new_connections_closes_at_once():
+    assert quiet(0.0, POLL_FAILED, QUIET) == Step(Action.STOP, reason="new connections unknown: the count failed")

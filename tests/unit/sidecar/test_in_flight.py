@@ -2,7 +2,7 @@
 config_dump answers shaped as Envoy 1.40 writes them (tests/sidecar/test_in_flight_envoy.py checks
 the same against a real Envoy), and the count with idle HTTP connections left out."""
 from agent.sidecar import in_flight
-from agent.sidecar.in_flight import Plan
+from agent.sidecar.in_flight import Counts, Plan
 
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 TCP = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -67,9 +67,10 @@ def test_ipv6_addresses_as_envoy_prints_them():
 def test_count_leaves_out_idle_http_connections():
     plan = Plan(frozenset({"listener.0.0.0.0_15006.downstream_cx_active"}), frozenset({"in"}))
     stats = {"listener.0.0.0.0_15006.downstream_cx_active": 5,  # 4 HTTP (3 idle, 1 busy) + 1 TCP
-             "http.in.downstream_cx_active": 4, "http.in.downstream_rq_active": 1}
-    assert in_flight.count(stats, plan) == 2
+             "http.in.downstream_cx_active": 4, "http.in.downstream_rq_active": 1,
+             "listener.0.0.0.0_15006.downstream_cx_total": 40, "listener.0.0.0.0_15001.downstream_cx_total": 9}
+    assert in_flight.count(stats, plan) == Counts(in_flight=2, accepted=40)
     stats["http.in.downstream_rq_active"] = 7  # HTTP/2: more streams than connections, none idle
-    assert in_flight.count(stats, plan) == 5
-    assert in_flight.count({}, plan) == 0  # never used (or not kept): nothing to wait for
-    assert in_flight.count({"listener.0.0.0.0_15006.downstream_cx_active": 0}, plan) == 0
+    assert in_flight.count(stats, plan).in_flight == 5
+    assert in_flight.count({}, plan) == Counts(0, 0)  # never used (or not kept): nothing to wait for
+    assert in_flight.count({"listener.0.0.0.0_15006.downstream_cx_active": 0}, plan).in_flight == 0

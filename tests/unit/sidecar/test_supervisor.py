@@ -13,7 +13,7 @@ from agent.exitcodes import Exit
 from agent.sidecar import drain, envoy
 from agent.sidecar.admin import AdminError, ReadinessProbe
 from agent.sidecar.drainer import Drainer
-from agent.sidecar.in_flight import Plan
+from agent.sidecar.in_flight import Counts, Plan
 from agent.sidecar.reaper import EnvoyHandle
 from agent.sidecar.supervisor import Supervision, Supervisor
 
@@ -46,11 +46,14 @@ class ManualClock:
 
 
 class RecordingAdmin:
-    def __init__(self, active=(), in_flight=(), stop_error=None):
+    def __init__(self, active=(), accepted=(), in_flight=(), stop_error=None):
         self.calls = []
         self.active = list(active)
-        self.in_flight = list(in_flight)  # counted after the listeners close; then 0
+        self.accepted = list(accepted)  # connections accepted so far, counted before the close; then no new one
+        self.in_flight = list(in_flight)  # counted after the close; then 0
         self.stop_error = stop_error
+        self.closed = False
+        self.total = 0
 
     async def stats(self, regex, timeout=1.0):
         return LIVE
@@ -69,17 +72,25 @@ class RecordingAdmin:
         self.calls.append(("stop_listeners", inbound_only))
         if self.stop_error:
             raise self.stop_error
+        self.closed = True
 
     async def in_flight_plan(self, inbound_only, excluded_ports, timeout=5.0):
         self.calls.append(("in_flight_plan", inbound_only, tuple(excluded_ports)))
         return Plan(frozenset({"listener.0.0.0.0_15006.downstream_cx_active"}), frozenset())
 
-    async def count_in_flight(self, plan, timeout=2.0):
-        self.calls.append(("count_in_flight",))
-        value = self.in_flight.pop(0) if self.in_flight else 0
+    async def listener_counts(self, plan, timeout=2.0):
+        self.calls.append(("counts", "in flight" if self.closed else "new connections"))
+        source = self.in_flight if self.closed else self.accepted
+        value = source.pop(0) if source else (0 if self.closed else self.total)
         if isinstance(value, Exception):
             raise value
-        return value
+        if self.closed:
+            return Counts(value, self.total)
+        self.total = value
+        return Counts(0, value)
+
+    def counted(self, what):
+        return self.calls.count(("counts", what))
 
 
 class Rig:
@@ -116,6 +127,18 @@ class Rig:
     async def result(self):
         return await asyncio.wait_for(self.task, 20)
 
+    async def step_until(self, condition, what, step=0.05):
+        """Advance the clock `step` at a time, each time something waits, until `condition()` holds."""
+        for _ in range(1000):
+            await self.until(lambda: condition() or self.clock.pending() or self.task.done(), what)
+            if condition():
+                return
+            self.clock.advance(step)
+        raise AssertionError(f"never happened: {what}")
+
+    def closed(self):
+        return self.admin.closed or self.admin.stop_error is not None and any(c[0] == "stop_listeners" for c in self.admin.calls)
+
     def close(self):
         self.envoy.kill()
 
@@ -146,11 +169,13 @@ async def test_sigterm_drains_inbound_for_the_termination_drain_then_stops_envoy
     await r.until(lambda: r.clock.pending() == [0.2], "the drain waits terminationDrainDuration")
     assert not r.task.done()
     r.clock.advance(0.2)
-    await r.until(lambda: r.clock.pending() == [0.05], "the first count after the listeners closed")
-    r.clock.advance(0.05)
+    await r.step_until(r.task.done, "the end")
     assert await r.result() == Exit.OK
-    assert r.admin.calls == [("drain_listeners", True, False), ("in_flight_plan", True, (15021, 15090)),
-                             ("stop_listeners", True), ("count_in_flight",)]
+    # Envoy does not close the listeners itself (skip_exit); they close once no new connection came
+    # for 0.1 s (three counts, 50 ms apart), and Envoy stops once nothing they accepted is in flight
+    assert r.admin.calls == [("drain_listeners", True, True), ("in_flight_plan", True, (15021, 15090)),
+                             *[("counts", "new connections")] * 3, ("stop_listeners", True), ("counts", "in flight")]
+    assert r.clock.now() == pytest.approx(0.35)
     assert await r.readiness.reason() == "server is terminated: received signal: SIGTERM"
     assert r.envoy.pid is None and r.envoy.process.returncode is not None
 
@@ -161,11 +186,10 @@ async def test_router_drains_all_listeners(rig):
     r.sup.enqueue("signal", signal.SIGINT)
     await r.until(lambda: r.clock.pending(), "drain wait")
     r.clock.advance(0.2)
-    await r.until(lambda: r.clock.pending() == [0.05], "the first count")
-    r.clock.advance(0.05)
+    await r.step_until(r.task.done, "the end")
     assert await r.result() == Exit.OK
-    assert r.admin.calls[:3] == [("drain_listeners", False, False), ("in_flight_plan", False, (15021, 15090)),
-                                 ("stop_listeners", False)]
+    assert r.admin.calls[:2] == [("drain_listeners", False, True), ("in_flight_plan", False, (15021, 15090))]
+    assert ("stop_listeners", False) in r.admin.calls
 
 
 async def test_second_signal_forces_without_time_passing(rig):
@@ -214,12 +238,11 @@ async def test_exit_on_zero_polls_until_zero_and_survives_errors(rig):
     for _ in range(3):  # 3 active, a failed poll, 1 active: each followed by one poll interval
         await r.until(lambda: r.clock.pending() == [1], "poll interval")
         r.clock.advance(1)
-    # zero: the listeners close (they still accepted), then what they accepted is counted
-    await r.until(lambda: r.clock.pending() == [0.05], "the first count after the listeners closed")
-    assert r.admin.calls[-2:] == [("in_flight_plan", True, (15021, 15090)), ("stop_listeners", True)]
-    r.clock.advance(0.05)
+    # zero: the listeners (which still accepted) close at a quiet moment, then what they accepted is counted
+    await r.step_until(r.task.done, "the end")
     assert await r.result() == Exit.OK
-    assert r.admin.calls.count(("active_connections",)) == 4 and r.clock.now() == pytest.approx(8.05)
+    assert r.admin.calls.count(("active_connections",)) == 4 and r.clock.now() == pytest.approx(8.15)
+    assert r.admin.calls[-3:] == [("counts", "new connections"), ("stop_listeners", True), ("counts", "in flight")]
 
 
 async def test_envoy_stops_only_once_nothing_the_closed_listeners_accepted_is_in_flight(rig, logged):
@@ -229,18 +252,56 @@ async def test_envoy_stops_only_once_nothing_the_closed_listeners_accepted_is_in
     r.start()
     r.sup.enqueue("signal", signal.SIGTERM)
     await r.until(lambda: r.clock.pending() == [0.2], "termination drain")
-    assert r.admin.calls == [("drain_listeners", True, False)]  # still accepting during the window
+    assert r.admin.calls == [("drain_listeners", True, True)]  # still accepting during the window
     r.clock.advance(0.2)
+    await r.step_until(r.closed, "the close")
     await r.until(lambda: r.clock.pending() == [0.05], "the first count waits for requests on their way")
-    assert r.admin.calls[1:] == [("in_flight_plan", True, (15021, 15090)), ("stop_listeners", True)]
+    closed_at = r.clock.now()
     for counted in (1, 2, 3):  # 2 in flight, a failed count (tried again), 1 in flight
         r.clock.advance(0.05)
-        await r.until(lambda: r.admin.calls.count(("count_in_flight",)) == counted and r.clock.pending(), "count")
+        await r.until(lambda: r.admin.counted("in flight") == counted and r.clock.pending(), "count")
         assert r.envoy.pid is not None  # Envoy is not stopped while an accepted request runs
     r.clock.advance(0.05)
     assert await r.result() == Exit.OK
-    assert r.admin.calls.count(("count_in_flight",)) == 4 and r.clock.now() == pytest.approx(0.4)
-    assert "termination drain duration elapsed; no accepted request in flight" in logged()
+    assert r.admin.counted("in flight") == 4 and r.clock.now() == pytest.approx(closed_at + 0.2)
+    assert ("termination drain duration elapsed; no new connection for 0.1s; no accepted request in flight"
+            in logged())
+
+
+async def test_the_listeners_close_once_connections_stop_arriving(rig, logged):
+    r = rig(admin=RecordingAdmin(accepted=[5, 6, 7, 7, 7]))  # two new connections, then none
+    r.start()
+    r.sup.enqueue("signal", signal.SIGTERM)
+    await r.until(lambda: r.clock.pending() == [0.2], "termination drain")
+    r.clock.advance(0.2)
+    await r.step_until(r.closed, "the close")
+    assert r.clock.now() == pytest.approx(0.4) and r.admin.counted("new connections") == 5
+    await r.step_until(r.task.done, "the end")
+    assert await r.result() == Exit.OK
+
+
+async def test_connections_that_keep_arriving_hold_the_close_at_most_close_wait(rig, logged):
+    r = rig(admin=RecordingAdmin(accepted=list(range(1000))), policy=drain.DrainPolicy(termination_drain=1, close_wait=0.5))
+    r.start()
+    r.sup.enqueue("signal", signal.SIGTERM)
+    await r.until(lambda: r.clock.pending() == [1], "termination drain")
+    r.clock.advance(1)
+    await r.step_until(r.closed, "the close")
+    assert r.clock.now() == pytest.approx(1.5)
+    await r.step_until(r.task.done, "the end")
+    assert await r.result() == Exit.OK and "connections still arriving after 0.5s" in logged()
+
+
+async def test_new_connections_that_cannot_be_counted_mean_the_listeners_close_now(rig, logged):
+    r = rig(admin=RecordingAdmin(accepted=[AdminError("timeout")]))
+    r.start()
+    r.sup.enqueue("signal", signal.SIGTERM)
+    await r.until(lambda: r.clock.pending() == [0.2], "termination drain")
+    r.clock.advance(0.2)
+    await r.step_until(r.closed, "the close")
+    assert r.clock.now() == pytest.approx(0.2)
+    await r.step_until(r.task.done, "the end")
+    assert "new connections unknown: the count failed" in logged()
 
 
 async def test_requests_still_in_flight_after_the_grace_do_not_hold_envoy(rig, logged):
@@ -249,10 +310,10 @@ async def test_requests_still_in_flight_after_the_grace_do_not_hold_envoy(rig, l
     r.sup.enqueue("signal", signal.SIGTERM)
     await r.until(lambda: r.clock.pending() == [1], "termination drain")
     r.clock.advance(1)
-    while not r.task.done():
-        await r.until(lambda: r.clock.pending() or r.task.done(), "a count or the end")
-        r.clock.advance(0.05)
-    assert await r.result() == Exit.OK and r.clock.now() == pytest.approx(1.5, abs=0.06)
+    await r.step_until(r.closed, "the close")
+    closed_at = r.clock.now()
+    await r.step_until(r.task.done, "the end")
+    assert await r.result() == Exit.OK and r.clock.now() == pytest.approx(closed_at + 0.55, abs=0.06)
     assert "3 accepted in flight after 0.5s" in logged()
 
 
@@ -262,11 +323,11 @@ async def test_second_signal_ends_the_wait_for_accepted_requests(rig):
     r.sup.enqueue("signal", signal.SIGTERM)
     await r.until(lambda: r.clock.pending() == [0.2], "termination drain")
     r.clock.advance(0.2)
-    await r.until(lambda: r.clock.pending() == [0.05], "first count")
-    r.clock.advance(0.05)
-    await r.until(lambda: ("count_in_flight",) in r.admin.calls and r.clock.pending(), "counted 5")
+    await r.step_until(lambda: r.admin.counted("in flight") == 1, "counted 5 in flight")
+    await r.until(r.clock.pending, "the next count's wait")
+    now = r.clock.now()
     r.sup.enqueue("signal", signal.SIGTERM)
-    assert await r.result() == Exit.OK and r.clock.now() == pytest.approx(0.25)
+    assert await r.result() == Exit.OK and r.clock.now() == now
 
 
 async def test_listeners_that_cannot_be_closed_mean_envoy_is_stopped_at_once(rig, logged):
@@ -275,8 +336,9 @@ async def test_listeners_that_cannot_be_closed_mean_envoy_is_stopped_at_once(rig
     r.sup.enqueue("signal", signal.SIGTERM)
     await r.until(lambda: r.clock.pending() == [0.2], "termination drain")
     r.clock.advance(0.2)
-    assert await r.result() == Exit.OK and r.clock.now() == pytest.approx(0.2)
-    assert ("count_in_flight",) not in r.admin.calls and "closing the listeners failed" in logged()
+    await r.step_until(r.task.done, "the end")
+    assert await r.result() == Exit.OK and r.clock.now() == pytest.approx(0.3)  # the quiet counts, then no wait
+    assert r.admin.counted("in flight") == 0 and "closing the listeners failed" in logged()
 
 
 async def test_budget_zero_exits_like_istio(rig):
