@@ -2,7 +2,6 @@
 runs as 1337 (its upstream connections leave instead of being captured again and looping), keeps
 the network capabilities a root start gives and dies with the agent; where uid 1337 cannot reach
 Envoy's files, Envoy keeps uid 0 with gid 1337, which the rules exempt too."""
-import os
 import shutil
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent import APP, BASE_ENV, Agent, curl, error_lines, stat
+from tests.support.agent import APP, BASE_ENV, Agent, curl, stat
 from tests.support.netns import APP_UID, ISTIO_INIT_ARGS, POD4, REMOTE4, Pod
 from tests.support.process import PILOT_AGENT, PY, wait_until
 
