@@ -52,6 +52,14 @@ _TAGS_AFTER = (
 REQUIRED_PREFIXES = ("cluster_manager", "listener_manager", "server", "cluster.xds-grpc", "wasm")
 REQUIRED_SUFFIXES = ("rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied")
 REQUIRED_REGEXPS = (r"vhost\..*\.route\..*",)
+#: Beyond Istio: what the end of the drain reads of the inbound side (agent.sidecar.in_flight),
+#: which Istio's inclusion list drops. The virtualInbound listener's connections (its wildcard
+#: address on 15006: `0.0.0.0`, or `[::]` printed `[__]` in an IPv6-only pod) and the inbound HTTP
+#: connection managers' connections and requests (istiod names them `inbound_<bind>_<port>;` and
+#: `InboundPassthroughCluster;`, the `;` absent with ENABLE_DELIMITED_STATS_TAG_REGEX=false). Envoy
+#: matches the whole name before tag extraction. Last in the list, so Istio's patterns keep their places.
+DRAIN_STATS_REGEX = (r"listener\.(0\.0\.0\.0|\[__\])_15006\.downstream_cx_(active|total)"
+                     r"|http\.(inbound_[^;]*|InboundPassthroughCluster);?\.downstream_(cx|rq)_active")
 FIPS_140_2 = "fips-140-2"
 #: What the Prometheus listener compresses: the text and protobuf exposition formats.
 STATS_CONTENT_TYPES = ("text/plain", "application/vnd.google.protobuf", "application/openmetrics-text",
@@ -144,7 +152,7 @@ def stats_config(cfg: SidecarConfig) -> dict[str, Any]:
     patterns += [{"prefix": p} for p in _expand(cfg.inclusion_prefixes, cfg) + list(REQUIRED_PREFIXES)]
     patterns += [{"suffix": s} for s in _expand(cfg.inclusion_suffixes, cfg) + suffixes]
     patterns += [{"safe_regex": {"regex": r}} for r in _expand(cfg.inclusion_regexps, cfg) + list(REQUIRED_REGEXPS)]
-    patterns += [{"prefix": "component"}, {"prefix": "istio"}]
+    patterns += [{"prefix": "component"}, {"prefix": "istio"}, {"safe_regex": {"regex": DRAIN_STATS_REGEX}}]
     out: dict[str, Any] = {"use_all_default_tags": False, "stats_tags": tags}
     if cfg.histogram_buckets:
         out["histogram_bucket_settings"] = [{"match": {"prefix": prefix}, "buckets": list(buckets)}

@@ -81,7 +81,7 @@ def listener_stat(lis: Mapping[str, Any]) -> str | None:
     """Envoy's name of a listener's downstream_cx_active gauge (the address as Envoy prints it,
     `:` made `_`: `listener.0.0.0.0_15006.`, `listener.[__]_15006.`); None: not a socket listener."""
     if lis.get("stat_prefix"):
-        return f"listener.{lis['stat_prefix']}.downstream_cx_active"
+        return f"listener.{stat_name(lis['stat_prefix'])}.downstream_cx_active"
     socket_address = lis.get("address", {}).get("socket_address")
     if not socket_address:
         return None
@@ -104,8 +104,14 @@ def http_prefixes(lis: Mapping[str, Any]) -> set[str]:
         for f in chain.get("filters", []):
             typed = f.get("typed_config", {})
             if typed.get("@type", "").endswith("/" + HCM_TYPE) and typed.get("stat_prefix"):
-                out.add(typed["stat_prefix"])
+                out.add(stat_name(typed["stat_prefix"]))
     return out
+
+
+def stat_name(prefix: str) -> str:
+    """A configured stat prefix as Envoy names its stats: `:` made `_` (istiod's inbound managers
+    of an IPv6-only pod are `inbound_::_<port>;`, their stats `http.inbound____<port>;.`)."""
+    return prefix.replace(":", "_")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,12 +6,13 @@ tests/sidecar/test_bootstrap_validate.py feeds every golden file to real `envoy 
 """
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from agent.sidecar import bootstrap, config, identity
+from agent.sidecar import bootstrap, bootstrap_parts, config, identity
 from agent.sidecar.config_model import SidecarConfig
 from tests.unit.sidecar._istio2020 import ISTIO_2020, ROOT
 from tests.unit.sidecar._istio2020 import POD_ENV as POD
@@ -202,7 +203,23 @@ def test_stats_matcher_order_and_pod_ip_expansion():
     assert patterns[1] == {"prefix": "upstream_rq"}
     assert {"suffix": "downstream_cx_active"} in patterns
     assert {"safe_regex": {"regex": ".*10.1.1.7.*"}} in patterns
-    assert patterns[-2:] == [{"prefix": "component"}, {"prefix": "istio"}]
+    assert patterns[-3:-1] == [{"prefix": "component"}, {"prefix": "istio"}]
+    assert patterns[-1] == {"safe_regex": {"regex": bootstrap_parts.DRAIN_STATS_REGEX}}  # the drain's, last
+
+
+@pytest.mark.parametrize("name, kept", [
+    ("listener.0.0.0.0_15006.downstream_cx_active", True), ("listener.0.0.0.0_15006.downstream_cx_total", True),
+    ("listener.[__]_15006.downstream_cx_active", True), ("http.inbound_0.0.0.0_8080;.downstream_rq_active", True),
+    ("http.inbound_0.0.0.0_8080.downstream_cx_active", True), ("http.inbound____8080;.downstream_cx_active", True),
+    ("http.InboundPassthroughCluster;.downstream_rq_active", True),
+    ("listener.0.0.0.0_15001.downstream_cx_active", False), ("listener.0.0.0.0_15006.downstream_cx_destroy", False),
+    ("listener.10.96.0.1_15006.downstream_cx_active", False), ("http.outbound_0.0.0.0_80;.downstream_rq_active", False),
+    ("http.inbound_0.0.0.0_8080;.downstream_rq_total", False),
+    ("listener.0.0.0.0_15006.http.inbound_0.0.0.0_8080;.downstream_rq_active", False),
+])
+def test_drain_stats_pattern_keeps_only_the_inbound_side(name, kept):
+    """Envoy's safe_regex matches the whole stat name (checked on Envoy 1.40 by tests/mesh_e2e/test_drain_in_flight.py)."""
+    assert (re.fullmatch(bootstrap_parts.DRAIN_STATS_REGEX, name) is not None) is kept
 
 
 def test_standalone_is_original_destination_passthrough():

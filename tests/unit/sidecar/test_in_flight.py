@@ -64,6 +64,13 @@ def test_ipv6_addresses_as_envoy_prints_them():
     assert in_flight.listener_stat({"address": {"pipe": {"path": "/x"}}}) is None
 
 
+def test_stat_prefixes_as_envoy_names_their_stats():
+    """Envoy makes `:` `_` in stat names: istiod's inbound manager of an IPv6-only pod."""
+    lis = listener("virtualInbound", "::", 15006, "INBOUND", hcm="inbound_::_8080;")
+    assert in_flight.http_prefixes(lis) == {"inbound____8080;"}
+    assert in_flight.listener_stat({"stat_prefix": "in:v6"}) == "listener.in_v6.downstream_cx_active"
+
+
 def test_count_leaves_out_idle_http_connections():
     plan = Plan(frozenset({"listener.0.0.0.0_15006.downstream_cx_active"}), frozenset({"in"}))
     stats = {"listener.0.0.0.0_15006.downstream_cx_active": 5,  # 4 HTTP (3 idle, 1 busy) + 1 TCP
