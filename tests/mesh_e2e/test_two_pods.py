@@ -11,7 +11,7 @@ import signal
 import subprocess
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from tests.mesh_e2e.cluster import ROOT_CERT, TOKEN
 from tests.mesh_e2e.helpers import APP_PORT, LOADGEN, read_events
@@ -58,23 +58,37 @@ def test_agent_authenticates_to_istiod_as_istio_does(mesh, client_pod, server_po
                     assert b"PRIVATE KEY" not in f.read(), path
 
 
-def _certs_by_serial(pod) -> dict[str, datetime]:
+def _certs_by_serial(pod) -> dict[str, datetime] | None:
+    """The workload certificates Envoy holds, by serial with their expiry; None if admin did not answer."""
     code, body = pod.admin("/certs")
+    if code != 200:
+        return None
     out = {}
-    if code == 200:
-        for entry in json.loads(body).get("certificates", []):
-            for chain in entry.get("cert_chain", []):
-                if any(s.get("uri") == pod.identity for s in chain.get("subject_alt_names", [])):
-                    out[chain["serial_number"]] = datetime.fromisoformat(chain["expiration_time"].replace("Z", "+00:00"))
+    for entry in json.loads(body).get("certificates", []):
+        for chain in entry.get("cert_chain", []):
+            if any(s.get("uri") == pod.identity for s in chain.get("subject_alt_names", [])):
+                out[chain["serial_number"]] = datetime.fromisoformat(chain["expiration_time"].replace("Z", "+00:00"))
     return out
 
 
-def _watch_rotation(pods, stop: threading.Event, seen: dict) -> None:
-    """Record, per pod, each serial Envoy holds with its expiry and when it first showed up."""
-    while not stop.is_set():
+def _watch_rotation(pods, stop: threading.Event, seen: dict, blind: dict) -> None:
+    """Record, per pod, each serial Envoy holds with its expiry and when it first showed up, and the
+    longest time without an answer from its admin (a busy machine can delay a poll: a certificate
+    first seen after such a gap may have arrived at its start)."""
+    last = {pod.name: time.monotonic() for pod in pods}
+    while True:
+        done = stop.is_set()  # one more round after the load: the last certificate is seen too
         for pod in pods:
-            for serial, expires in _certs_by_serial(pod).items():
+            certs = _certs_by_serial(pod)
+            if certs is None:
+                continue
+            now = time.monotonic()
+            blind[pod.name] = max(blind[pod.name], now - last[pod.name])
+            last[pod.name] = now
+            for serial, expires in certs.items():
                 seen[pod.name].setdefault(serial, (datetime.now(timezone.utc), expires))
+        if done:
+            return
         time.sleep(0.5)
 
 
@@ -84,8 +98,9 @@ def test_rotation_under_steady_load_fails_no_request(mesh, client_pod, server_po
     pods = (client_pod, server_pod)
     envoys = {pod.name: pod.envoy_pids() for pod in pods}
     seen: dict[str, dict] = {pod.name: {} for pod in pods}
+    blind = {pod.name: 0.0 for pod in pods}
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_rotation, args=(pods, stop, seen), daemon=True)
+    watcher = threading.Thread(target=_watch_rotation, args=(pods, stop, seen, blind), daemon=True)
     watcher.start()
     load = subprocess.run(client_pod.ns.argv([PY, LOADGEN, "198.18.5.11", str(APP_PORT), "--period", "0.05",
                                               "--duration", "22"], APP_UID),
@@ -98,8 +113,11 @@ def test_rotation_under_steady_load_fails_no_request(mesh, client_pod, server_po
         assert pod.envoy_pids() == envoys[pod.name], f"{pod.name}: Envoy was restarted"
         timeline = sorted(seen[pod.name].values())
         assert len(timeline) >= 2, f"{pod.name}: no rotation in 22 s of 30 s certificates: {seen[pod.name]}"
+        slack = timedelta(seconds=blind[pod.name])  # a certificate first seen may have come at the poll before
+        issued = [line[:27] for line in pod.agent.log().splitlines() if "generated new workload certificate" in line]
         for (_, old_expiry), (new_seen, _) in zip(timeline, timeline[1:]):
-            assert new_seen < old_expiry, f"{pod.name}: renewed only after the old certificate expired"
+            assert new_seen < old_expiry + slack, (f"{pod.name}: renewed only after the old certificate expired: "
+                                                   f"{timeline}, polls up to {slack} apart, issued at {issued}")
 
 
 def test_istiod_restart_mid_run(mesh, client_pod, server_pod, istiod_running):
