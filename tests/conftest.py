@@ -12,6 +12,10 @@ test in a suite is marked without anyone remembering to. Tests left unmarked are
 """
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -93,3 +97,31 @@ def netns_factory():
     yield make
     for ns in reversed(made):
         ns.close()
+
+
+def _our_rules_in_this_namespace() -> list[str]:
+    """The istio-iptables chains and native-nftables tables live in the namespace pytest runs in
+    (the machine's own): every test must program only namespaces it made."""
+    found = []
+    for tool in ("iptables-save", "ip6tables-save"):
+        if shutil.which(tool):
+            out = subprocess.run([tool], capture_output=True, text=True).stdout
+            found += [f"{tool}: {line}" for line in out.splitlines() if line.startswith(":ISTIO_")]
+    if shutil.which("nft"):
+        out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+        found += [f"nft: {line}" for line in out.splitlines() if " istio-proxy-" in line]
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_namespace_untouched() -> Iterator[None]:
+    """Fails the run if the tests left capture rules in the machine's own namespace (an in-process
+    test once reached the real nft apply and programmed it)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    before = _our_rules_in_this_namespace()
+    yield
+    left = [line for line in _our_rules_in_this_namespace() if line not in before]
+    assert not left, f"tests left capture rules in the machine's own network namespace: {left}"
+

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from agent import flags, logformat
 from agent.exitcodes import Exit
-from agent.iptables import apply, command, host
+from agent.iptables import apply, command, host, nft_command
 from agent.iptables import config as cfgmod
 from agent.sidecar import bootstrap, probe_config
 from agent.sidecar import config as sc
@@ -34,7 +34,8 @@ def fake_gather(*, dual_stack: bool, need_dns: bool) -> host.HostFacts:
 
 
 def run_iptables(argv, env, applied: list | None = None) -> tuple[int, str, str]:
-    """run() with fake host facts and the apply step stubbed (records the config it was given)."""
+    """run() with fake host facts and both backends' apply steps stubbed (records the config it was
+    given): in-process, a real apply would program this machine's own namespace."""
     out, err = io.StringIO(), io.StringIO()
     record = applied if applied is not None else []
 
@@ -42,7 +43,9 @@ def run_iptables(argv, env, applied: list | None = None) -> tuple[int, str, str]
         record.append(cfg)
         return Exit.OK
 
-    with mock.patch.object(apply, "main", stub):  # the one flow, dry-run or not (and --run-validation in it)
+    # iptables: the one flow, dry-run or not (and --run-validation in it); --native-nftables: the
+    # mode's whole flow (its real apply and its validation run after the rules).
+    with mock.patch.object(apply, "main", stub), mock.patch.object(nft_command, "run", stub):
         code = command.run(argv, env, stdout=out, stderr=err, gather=fake_gather)
     return code, out.getvalue(), err.getvalue()
 
