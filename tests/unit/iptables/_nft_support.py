@@ -1,14 +1,14 @@
 """The nft golden cases (nft_golden/cases.json) as command lines, host facts and expected scripts."""
 from __future__ import annotations
 
-import io
 import json
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from agent.iptables import command, nft_script
-from agent.iptables.host import HostError, HostFacts, parse_resolv_conf
+from agent.iptables import nft_script
+from agent.iptables.host import HostFacts, parse_resolv_conf
 from agent.iptables.nft_rules import RuleSet
+
+from ._support import Host, run  # noqa: F401 (re-exported for the nft tests)
 
 GOLDEN = Path(__file__).parent / "nft_golden"
 CASES: list[dict] = json.loads((GOLDEN / "cases.json").read_text())
@@ -33,27 +33,6 @@ def expected(case: dict) -> str:
         canonical = parse_resolv_conf(f"nameserver {server}\n")[1][0]
         text = text.replace(f" {server}/", f" {canonical}/")
     return text
-
-
-class Host:
-    """The host-facts reader command.run is given: fixed facts (or an error), calls recorded."""
-
-    def __init__(self, facts: HostFacts | None = None, error: str | None = None) -> None:
-        self.facts, self.error, self.calls = facts or HostFacts(), error, []
-
-    def __call__(self, **kw) -> HostFacts:
-        self.calls.append(kw)
-        if self.error:
-            raise HostError(self.error)
-        return self.facts
-
-
-def run(argv: Sequence[str], env: Mapping[str, str] | None = None,
-        host: Host | None = None) -> tuple[int, str, str]:
-    """`pilot-agent istio-iptables <argv>` in-process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    rc = command.run(list(argv), dict(env or {}), stdout=out, stderr=err, gather=host or Host())
-    return rc, out.getvalue(), err.getvalue()
 
 
 def script(case: dict) -> tuple[int, str, str]:

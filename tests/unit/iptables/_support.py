@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 
 from agent import flags
 from agent.iptables import apply, command, config, rules
-from agent.iptables.host import HostFacts
+from agent.iptables.host import HostError, HostFacts
 from agent.iptables.recorder import DryRunRecorder
 
 USERS = {"istio-proxy": 1337, "root": 0, "app": 1000}
@@ -27,3 +27,26 @@ def transcript(argv: Sequence[str], env: Mapping[str, str] | None = None, facts:
     recorder = DryRunRecorder(kernel=kernel)
     apply.main(cfg, rules.build(cfg, facts), facts, recorder, io.StringIO())
     return recorder.transcript
+
+
+class Host:
+    """The host-facts reader command.run is given: fixed facts (or an error), calls recorded (the
+    kernel-untouched check: a rejected command line never reads the host)."""
+
+    def __init__(self, facts: HostFacts | None = None, error: str | None = None) -> None:
+        self.facts, self.error, self.calls = facts or HostFacts(), error, []
+
+    def __call__(self, **kw) -> HostFacts:
+        self.calls.append(kw)
+        if self.error:
+            raise HostError(self.error)
+        return self.facts
+
+
+def run(argv: Sequence[str], env: Mapping[str, str] | None = None,
+        host: Host | None = None) -> tuple[int, str, str]:
+    """`pilot-agent istio-iptables <argv>` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    rc = command.run(list(argv), dict(env or {}), stdout=out, stderr=err, gather=host or Host())
+    return rc, out.getvalue(), err.getvalue()
+

@@ -1,7 +1,6 @@
 """The istio-iptables command: dry-run transcript on stdout only, DRY_RUN_FILE_PATH, --help, exit codes."""
 from __future__ import annotations
 
-import io
 import os
 import re
 
@@ -9,32 +8,13 @@ import pytest
 
 from agent import cli
 from agent.iptables import command, config
-from agent.iptables.host import HostError, HostFacts
+from agent.iptables.host import HostFacts
 from tests.support.process import ISTIO_IPTABLES, PILOT_AGENT
 
-from ._support import transcript
+from ._support import Host, run, transcript
 
 INIT = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
         "-d", "15090,15020"]
-
-
-class Host:
-    """A fake host-facts reader that records whether it was asked (the kernel-untouched check)."""
-
-    def __init__(self, facts: HostFacts | None = None, error: str | None = None) -> None:
-        self.facts, self.error, self.calls = facts or HostFacts(), error, []
-
-    def __call__(self, **kw) -> HostFacts:
-        self.calls.append(kw)
-        if self.error:
-            raise HostError(self.error)
-        return self.facts
-
-
-def run(argv, env=None, host=None):
-    out, err = io.StringIO(), io.StringIO()
-    rc = command.run(argv, env or {}, stdout=out, stderr=err, gather=host or Host())
-    return rc, out.getvalue(), err.getvalue()
 
 
 def test_dry_run_prints_the_transcript_and_nothing_else_on_stdout():
