@@ -257,15 +257,7 @@ class Applier:
                 lines += [f"# {fam.label} ({self.runner.describe(fam.number)}): - live only, + missing", *diff]
         from agent.iptables import routes
 
-        missing = routes.missing(self.cfg, self.ruleset.ipv6, self.runner)
-        lines += ["# routes missing:", *[f"+{m}" for m in missing]] if missing else []
-        if lines:
-            self.out.write("".join(line + "\n" for line in lines))
-            self.out.flush()
-            log.error("iptables rules are not in place (difference on stdout)")
-            return Exit.FAILURE
-        log.info("iptables rules and routes are in place")
-        return Exit.OK
+        return routes.verify_report(self.cfg, self.ruleset.ipv6, self.runner, lines, self.out, "iptables")
 
     def log_final_state(self) -> None:
         """Istio logs every family's final state. That costs the real runner a process per family,

@@ -171,15 +171,7 @@ class NftApplier:
         lines = ["# nftables (nft list ruleset inet): - live only, + missing", *lines] if lines else []
         from agent.iptables import routes
 
-        missing = routes.missing(self.cfg, self.facts.enable_ipv6, self.runner)
-        lines += ["# routes missing:", *[f"+{m}" for m in missing]] if missing else []
-        if lines:
-            self.out.write("".join(line + "\n" for line in lines))
-            self.out.flush()
-            log.error("nftables rules are not in place (difference on stdout)")
-            return Exit.FAILURE
-        log.info("nftables rules and routes are in place")
-        return Exit.OK
+        return routes.verify_report(self.cfg, self.facts.enable_ipv6, self.runner, lines, self.out, "nftables")
 
 
 def main(cfg: IptablesConfig, facts: HostFacts, script: str, cleanup: str, out: TextIO,

@@ -16,7 +16,9 @@ What Istio does through netlink, done here with `ip` and made idempotent by look
 from __future__ import annotations
 
 import re
+from typing import TextIO
 
+from agent.exitcodes import Exit
 from agent.iptables.config import IptablesConfig
 from agent.iptables.logger import log
 from agent.iptables.runner import RouteError, Runner
@@ -97,6 +99,22 @@ def missing(cfg: IptablesConfig, ipv6: bool, runner: Runner) -> list[str]:
         out += [] if rule else [f"ip -{family} rule add fwmark {plan.mark} lookup {plan.table}"]
         out += [] if route else [f"ip -{family} route add local default dev lo table {plan.table}"]
     return out
+
+
+def verify_report(cfg: IptablesConfig, ipv6: bool, runner: Runner, rule_diff: list[str], out: TextIO,
+                  backend: str) -> int:
+    """--verify's answer, either backend: the rules' difference (`rule_diff`, with its headers) and
+    the missing routes on `out`, exit 1; or a log line that all is in place, exit 0."""
+    lines = list(rule_diff)
+    if absent := missing(cfg, ipv6, runner):
+        lines += ["# routes missing:", *[f"+{m}" for m in absent]]
+    if lines:
+        out.write("".join(line + "\n" for line in lines))
+        out.flush()
+        log.error(f"{backend} rules are not in place (difference on stdout)")
+        return Exit.FAILURE
+    log.info(f"{backend} rules and routes are in place")
+    return Exit.OK
 
 
 def cleanup(cfg: IptablesConfig, ipv6: bool, runner: Runner) -> None:
