@@ -106,7 +106,7 @@ def _prepare_for_user(cfg: SidecarConfig, user: ProxyUser, stack: contextlib.Exi
     if not cfg.standalone:  # the mesh services' sockets: the xDS proxy's and the SDS server's
         dirs += [(os.path.dirname(cfg.xds_socket_path) or ".", "--configPath (XDS socket)"),
                  (WORKLOAD_IDENTITY_DIR, "the SDS socket directory")]
-    for path, want, what in files + [(_existing_part(d), os.X_OK, what) for d, what in dirs]:
+    for path, want, what in files + [(_missing_dirs(d)[0], os.X_OK, what) for d, what in dirs]:
         if (why := proxy_user.reachable(path, user.uid, user.gid, want)) is not None:
             return user.keeping_root(f"uid {user.uid} cannot reach {what} {path}: {why}")
     for path, what in dirs:
@@ -115,20 +115,18 @@ def _prepare_for_user(cfg: SidecarConfig, user: ProxyUser, stack: contextlib.Exi
     return user
 
 
-def _existing_part(path: str) -> str:
-    base = os.path.abspath(path)
-    while not os.path.exists(base):
-        base = os.path.dirname(base)
-    return base
-
-
-def _make_dirs(user: ProxyUser, path: str, what: str) -> None:
-    """The missing part of `path` made, owned by the proxy's uid (its existing part is reachable)."""
+def _missing_dirs(path: str) -> tuple[str, list[str]]:
+    """The part of `path` that exists, and the directories below it still to make, top down."""
     missing, base = [], os.path.abspath(path)
     while not os.path.exists(base):
         missing.append(base)
         base = os.path.dirname(base)
-    for directory in reversed(missing):
+    return base, missing[::-1]
+
+
+def _make_dirs(user: ProxyUser, path: str, what: str) -> None:
+    """The missing part of `path` made, owned by the proxy's uid (its existing part is reachable)."""
+    for directory in _missing_dirs(path)[1]:
         try:
             os.mkdir(directory, 0o700)
             os.chown(directory, user.uid, user.gid)
