@@ -24,6 +24,11 @@ from tests.support.netns import ISTIO_INIT_ARGS, PROXY_UID, Netns, sh
 from tests.support.process import PY, REPO
 
 HUB_IP = "198.18.4.1"
+#: The bridge's own MAC, fixed: a Linux bridge left to choose takes the lowest MAC of its ports, so a
+#: pod attached later with a lower (random) veth MAC changed the hub's MAC under the pods already
+#: there, whose neighbour entries kept the old one: they lost the hub (istiod, the CA) for up to
+#: ~30 s, until the entry went stale (in CI a renewal came 4 s after its certificate had expired).
+HUB_MAC = "02:c6:12:04:01:00"
 ISTIOD_HOST = "istiod.istio-system.svc"
 #: What the agent runs with besides the pod's own variables: the test environment's interpreter paths.
 BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO), "HOME": "/tmp", "LANG": "C.UTF-8"}
@@ -46,7 +51,7 @@ class Hub:
     def create(cls) -> "Hub":
         ns = Netns.create("mh")
         try:
-            ns.run(["ip", "link", "add", "br0", "type", "bridge"])
+            ns.run(["ip", "link", "add", "br0", "address", HUB_MAC, "type", "bridge"])
             ns.run(["ip", "addr", "add", f"{HUB_IP}/24", "dev", "br0"])
             ns.run(["ip", "link", "set", "br0", "up"])
             work = Path(tempfile.mkdtemp(prefix="mesh-e2e-", dir="/tmp"))
