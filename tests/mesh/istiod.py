@@ -32,6 +32,11 @@ from tests.mesh.ca_server import CAServicer, TestPKI, _pem
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 NAME_TABLE = "type.googleapis.com/istio.networking.nds.v1.NameTable"
+#: istiod's keepalive enforcement (Istio's pkg/keepalive: pings accepted every 15 s, with or without a
+#: stream). grpcio's own default (5 min) would answer the agent's 30 s pings with a GOAWAY
+#: "too_many_pings" that a real istiod never sends.
+ISTIOD_PING_POLICY = (("grpc.http2.min_ping_interval_without_data_ms", 15_000),
+                      ("grpc.keepalive_permit_without_calls", 1))
 
 
 @dataclass
@@ -83,7 +88,8 @@ class TestIstiod(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     async def start(self) -> TestIstiod:
         server = grpc.aio.server(options=[("grpc.max_send_message_length", -1),
-                                          ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+                                          ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                                          *ISTIOD_PING_POLICY])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
         ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(self.ca, server)
         bind = f"{self.host}:{self.port}"
