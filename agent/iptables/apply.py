@@ -67,6 +67,7 @@ class Applier:
         self.cfg, self.ruleset, self.runner, self.out = cfg, ruleset, runner, out
         numbers = (4, 6) if ruleset.ipv6 else (4,)
         self.families = [Family(n, ruleset.family(n)) for n in numbers]
+        self.replaced = False  # rules of other flags were replaced: the routes get a look too
 
     def read_state(self) -> None:
         """Each family's live rules. Istio reads both families whatever IPv6 says (its residue
@@ -165,6 +166,7 @@ class Applier:
             self.guardrails_off(installed, quiet=True)  # keep the first error
             raise
         self.guardrails_off(installed)
+        self.replaced = True
         log.info("iptables rules reconciled")
 
     def guardrails_on(self) -> list[Family]:
@@ -278,10 +280,11 @@ def main(cfg: IptablesConfig, ruleset: RuleSet, facts: HostFacts, runner: Runner
         applier = Applier(cfg, ruleset, runner, out)
         try:
             code = applier.run()
-            if code == Exit.OK and not (cfg.verify or cfg.cleanup_only) and (ruleset.ipv6 or cfg.tproxy):
-                from agent.iptables import routes  # only IPv6 (::6 on lo) and TPROXY need it
+            if code == Exit.OK and not (cfg.verify or cfg.cleanup_only) and \
+                    (ruleset.ipv6 or cfg.tproxy or applier.replaced):
+                from agent.iptables import routes  # only IPv6 (::6 on lo), TPROXY and a reconcile need it
 
-                routes.configure(cfg, ruleset.ipv6, runner)
+                routes.configure(cfg, ruleset.ipv6, runner, replaced=applier.replaced)
         except (Drift, IptablesError, RouteError) as e:
             log.error("%s", e)
             code = Exit.FAILURE

@@ -121,6 +121,7 @@ class NftApplier:
         self.script, self.cleanup_script = script, cleanup
         self.expected = nft_live.simulate(script)
         self.live: nft_live.State = {}
+        self.replaced = False  # rules of other flags were replaced: the routes get a look too
 
     def run(self) -> int:
         self.live = nft_live.parse_listing(self.runner.listing())
@@ -141,6 +142,7 @@ class NftApplier:
                         "re-run with --reconcile to replace them")
         log.info("reconciling nftables rules: %s", reason or "--force-apply")
         self.apply("nftables rules reconciled")
+        self.replaced = True
         return Exit.OK
 
     def apply(self, done: str) -> None:
@@ -181,11 +183,13 @@ def main(cfg: IptablesConfig, facts: HostFacts, script: str, cleanup: str, out: 
     code = Exit.OK
     try:
         runner = runner or NftRunner(find_nft(cfg.cni_mode))
-        code = NftApplier(cfg, facts, script, cleanup, runner, out).run()
-        if code == Exit.OK and not (cfg.verify or cfg.cleanup_only) and (facts.enable_ipv6 or cfg.tproxy):
-            from agent.iptables import routes  # only IPv6 (::6 on lo) and TPROXY need it
+        applier = NftApplier(cfg, facts, script, cleanup, runner, out)
+        code = applier.run()
+        if code == Exit.OK and not (cfg.verify or cfg.cleanup_only) and \
+                (facts.enable_ipv6 or cfg.tproxy or applier.replaced):
+            from agent.iptables import routes  # only IPv6 (::6 on lo), TPROXY and a reconcile need it
 
-            routes.configure(cfg, facts.enable_ipv6, runner)
+            routes.configure(cfg, facts.enable_ipv6, runner, replaced=applier.replaced)
     except (NftError, Drift, RouteError) as e:
         log.error("%s", e)
         code = Exit.FAILURE

@@ -10,8 +10,9 @@ What Istio does through netlink, done here with `ip` and made idempotent by look
   table; a second adds only what is missing. The kernel accepts duplicate `ip rule`s, so Istio's
   blind add stacks one more rule per re-run; looking first keeps a re-run a no-op.
 
-`cleanup()` removes the same things (for --cleanup-only). `missing()` lists what is not in place
-(for --verify). Everything goes through the runner's `run(argv)`, so dry-run touches nothing.
+`cleanup()` removes the same things (for --cleanup-only), and so does a reconcile to flags without
+TPROXY. `missing()` lists what is not in place (for --verify). Everything goes through the runner's
+`run(argv)`, so dry-run touches nothing.
 """
 from __future__ import annotations
 
@@ -70,10 +71,16 @@ def _batch(runner: Runner, family: int, lines: list[str], *, force: bool = False
     return res.stdout
 
 
-def configure(cfg: IptablesConfig, ipv6: bool, runner: Runner) -> int:
-    """Bring routing in line with the flags. Returns how many changes were made."""
+def configure(cfg: IptablesConfig, ipv6: bool, runner: Runner, *, replaced: bool = False) -> int:
+    """Bring routing in line with the flags. Returns how many changes were made.
+
+    ``replaced``: rules of other flags were just replaced (--reconcile, --force-apply). Without
+    TPROXY now, the TPROXY routes of this mark and table an earlier run added are removed too, so
+    going back to REDIRECT leaves no stale rule; a fresh pod's run does not look for them."""
     plan = Plan.of(cfg, ipv6)
     changes = 0
+    if replaced and not plan.families:
+        changes += _remove(runner, Plan((4, 6) if ipv6 else (4,), plan.mark, plan.table, ipv6))
     if plan.loopback6 and not has_loopback6():
         res = runner.run(["ip", "-6", "addr", "add", "::6/128", "dev", "lo"])
         if not res.ok and "File exists" not in res.stderr:
@@ -117,14 +124,24 @@ def verify_report(cfg: IptablesConfig, ipv6: bool, runner: Runner, rule_diff: li
     return Exit.OK
 
 
-def cleanup(cfg: IptablesConfig, ipv6: bool, runner: Runner) -> None:
-    """Remove what `configure` adds (errors ignored, as Istio's cleanup): every copy of the rule."""
-    plan = Plan.of(cfg, ipv6)
+def _remove(runner: Runner, plan: Plan) -> int:
+    """Delete the TPROXY rule (every copy Istio's blind re-runs stacked) and route of ``plan``'s
+    families, errors ignored; how many families had any."""
+    removed = 0
     for family in plan.families:
         rule, route = _state(runner, family, plan)
         lines = [f"rule del fwmark {plan.mark} lookup {plan.table}"] * (8 if rule else 0)
         lines += [f"route del local default dev lo table {plan.table}"] if route else []
         if lines:
             _batch(runner, family, lines, force=True)
+            log.info("routes removed family=%s (TPROXY mark %s, table %s)", family, plan.mark, plan.table)
+            removed += 1
+    return removed
+
+
+def cleanup(cfg: IptablesConfig, ipv6: bool, runner: Runner) -> None:
+    """Remove what `configure` adds (errors ignored, as Istio's cleanup)."""
+    plan = Plan.of(cfg, ipv6)
+    _remove(runner, plan)
     if plan.loopback6 and has_loopback6():
         runner.run(["ip", "-6", "addr", "del", "::6/128", "dev", "lo"])

@@ -40,3 +40,15 @@ def has_capture(pod: Pod, backend: str, v6: bool = False) -> bool:
     if backend == "iptables":
         return "ISTIO_OUTPUT" in pod.save(v6=v6)
     return ("ip6 saddr ::6" if v6 else "ip saddr 127.0.0.6") in nft_ruleset(pod.ns)
+
+
+def tproxy_routes(pod: Pod) -> list[str]:
+    """Istio's TPROXY routing in the pod, both families: the `fwmark 0x539 lookup 133` rules and the
+    routes of table 133 (empty when there is none)."""
+    out = []
+    for family in ("-4", "-6"):
+        out += [f"{family} {line.strip()}" for line in pod.run(["ip", family, "rule", "show"]).stdout.splitlines()
+                if "lookup 133" in line]
+        out += [f"{family} {line.strip()}" for line in
+                pod.run(["ip", family, "route", "show", "table", "133"], check=False).stdout.splitlines()]
+    return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.netns.backends import tproxy_routes
 from tests.support.netns import APP_UID, POD4, PROXY_UID, REMOTE4, Pod, Shims, rules_only
 from tests.support.process import ISTIO_IPTABLES
 
@@ -75,7 +76,9 @@ def test_reconcile_from_redirect_to_tproxy_removes_old_chains(pod):
 
 def test_reconcile_from_tproxy_back_to_redirect_leaves_no_tproxy_plumbing(pod):
     applied(pod, *TPROXY_ARGS, "--redirect-dns", "-c", "eth9")
+    assert tproxy_routes(pod)
     applied(pod, *INIT_ARGS, "--reconcile")
+    assert tproxy_routes(pod) == []  # the fwmark rule and table 133 went with the TPROXY rules
     fresh = Pod.create()
     try:
         assert fresh.istio_iptables(*INIT_ARGS).returncode == 0

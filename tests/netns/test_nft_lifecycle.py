@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.netns.backends import init, nft_ruleset, state
+from tests.netns.backends import init, nft_ruleset, state, tproxy_routes
 from tests.support.netns import APP_UID, POD4, PROXY_UID, REMOTE4, Pod, Shims, rules_only
 
 NFT = "nft"
@@ -78,8 +78,10 @@ def test_reconcile_to_other_flags_leaves_no_stale_tables_or_chains(pod):
     DNS zones in raw. Ours replaces all three tables in the same transaction."""
     applied(pod, *TPROXY_DNS_ARGS)
     assert tables(pod) == ["istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"]
+    assert tproxy_routes(pod)
     applied(pod, *INIT_ARGS, "--reconcile")
     assert tables(pod) == ["istio-proxy-nat"]
+    assert tproxy_routes(pod) == []  # and the TPROXY routes
     listing = nft_ruleset(pod.ns)
     assert listing == fresh_listing(*INIT_ARGS)
     assert "istio-output-dns" not in listing and "eth9" not in listing
