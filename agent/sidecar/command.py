@@ -144,6 +144,9 @@ def _serve(cfg: SidecarConfig, plan: StartupPlan, envoy: EnvoyHandle) -> int:
         return _fail(f"--log_target: {e}")
     log = logs.get()
     _log_config(cfg, log)
+    if plan.agent_gid_was is not None:
+        log.info("the agent runs as root: it takes the proxy's gid, whose connections (istiod, the CA, DNS "
+                 "upstreams) the pod's capture rules let out", gid=os.getgid(), gid_was=plan.agent_gid_was)
     sidecar = Sidecar(cfg, plan, envoy, process_t0=_T0)
     try:
         return asyncio.run(sidecar.serve())

@@ -113,6 +113,22 @@ def for_agent(euid: int | None = None) -> ProxyUser | None:
     return ProxyUser(uid, uid, tuple(c for c in CARRIED_CAPS if c in _effective_caps()))
 
 
+def take_gid(gid: int) -> int | None:
+    """The agent (root, mesh mode) takes the proxy's gid as its real, effective and saved gid; the
+    gid it had, or None when it had this one already.
+
+    Its own connections (istiod, the CA, the DNS proxy's upstreams) come from the agent's process, not
+    Envoy's: with gid 0 the pod's capture rules would send them into Envoy's outbound listener, which
+    is not even listening when the first certificate is asked for. The rules' gid-owner exemption
+    lets them out with the proxy's gid, as for Istio's `runAsUser: 0`, `runAsGroup: 1337` proxies;
+    uid 0 reaches files as before. OSError when the kernel refuses."""
+    was = os.getgid()
+    if was == gid and os.getegid() == gid:
+        return None
+    os.setresgid(gid, gid, gid)
+    return was
+
+
 def _effective_caps() -> set[int]:
     try:
         with open("/proc/self/status") as f:

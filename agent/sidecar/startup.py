@@ -2,7 +2,8 @@
 
 `prepare(cfg, stack)` validates what Envoy and the status server will need, binds the status port,
 checks Envoy's ports, decides who Envoy runs as (the proxy user when the agent is root:
-agent.sidecar.proxy_user) and that this user reaches what Envoy opens, and writes the bootstrap;
+agent.sidecar.proxy_user) and that this user reaches what Envoy opens (in mesh mode a root agent
+takes the proxy's gid itself), and writes the bootstrap;
 each resource it takes is registered on the caller's
 `ExitStack`, so a failure at any step (or the end of the run) undoes exactly what was done. A
 failure is a `StartupError` whose message is the one line the edge prints.
@@ -41,6 +42,7 @@ class StartupPlan:
     targets: list[Target] | None  # app metrics to merge; None: none
     status_sock: socket.socket | None  # bound and listening; None with --statusPort 0
     envoy_user: ProxyUser | None = None  # who Envoy runs as; None: the agent's own user
+    agent_gid_was: int | None = None  # the agent (root, mesh mode) took the proxy's gid instead of this one
 
 
 def prepare(cfg: SidecarConfig, stack: contextlib.ExitStack) -> StartupPlan:
@@ -59,15 +61,22 @@ def prepare(cfg: SidecarConfig, stack: contextlib.ExitStack) -> StartupPlan:
         except OSError as e:
             raise StartupError(f"--statusPort: port {cfg.status_port} is not available: {e.strerror}") from None
     path = bootstrap.bootstrap_path(cfg)
-    user = None
+    user = gid_was = None
     if not cfg.mesh.disable_envoy:  # proxyless (DISABLE_ENVOY): no binary, no bootstrap, no ports of Envoy's
-        user = _prepare_envoy(cfg, path, stack, proxy_user.for_agent())
+        user = proxy_user.for_agent()
+        if user is not None and not cfg.standalone:  # before anything is written: it can fail
+            try:
+                gid_was = proxy_user.take_gid(user.gid)
+            except OSError as e:  # no CAP_SETGID: Envoy could not be given the proxy's ids either
+                raise StartupError(f"the agent runs as root with gid {os.getgid()} and cannot take the proxy's "
+                                   f"gid {user.gid}: {e.strerror}; run it with gid {user.gid}") from None
+        user = _prepare_envoy(cfg, path, stack, user)
     return StartupPlan(envoy.envoy_args(
         cfg.binary_path, path, drain_duration=cfg.drain_duration, node_ips=cfg.instance_ips,
         file_flush_interval_ms=cfg.file_flush_interval_ms, proxy_log_level=cfg.proxy_log_level,
         proxy_component_log_level=cfg.proxy_component_log_level,
         skip_deprecated_logs=cfg.skip_deprecated_logs, enable_core_dump=cfg.enable_core_dump,
-        concurrency=cfg.concurrency), probers, targets, status_sock, user)
+        concurrency=cfg.concurrency), probers, targets, status_sock, user, gid_was)
 
 
 def _prepare_envoy(cfg: SidecarConfig, path: str, stack: contextlib.ExitStack,
@@ -110,7 +119,7 @@ def _prepare_for_user(cfg: SidecarConfig, user: ProxyUser, stack: contextlib.Exi
         if (why := proxy_user.reachable(path, user.uid, user.gid, want)) is not None:
             return user.keeping_root(f"uid {user.uid} cannot reach {what} {path}: {why}")
     for path, what in dirs:
-        _make_dirs(user, path, what)
+        _make_dirs(user, path, what, stack)
     stack.callback(proxy_user.give_back_stdio, proxy_user.hand_over_stdio(user))
     return user
 
@@ -124,14 +133,24 @@ def _missing_dirs(path: str) -> tuple[str, list[str]]:
     return base, missing[::-1]
 
 
-def _make_dirs(user: ProxyUser, path: str, what: str) -> None:
-    """The missing part of `path` made, owned by the proxy's uid (its existing part is reachable)."""
+def _make_dirs(user: ProxyUser, path: str, what: str, stack: contextlib.ExitStack) -> None:
+    """The missing part of `path` made, owned by the proxy's uid (its existing part is reachable);
+    each removed again on the way out if it is empty then (a failed start leaves none behind)."""
     for directory in _missing_dirs(path)[1]:
         try:
             os.mkdir(directory, 0o700)
-            os.chown(directory, user.uid, user.gid)
         except OSError as e:
             raise StartupError(f"{what}: cannot create {directory}: {e.strerror or e}") from None
+        stack.callback(_rmdir, directory)
+        try:
+            os.chown(directory, user.uid, user.gid)
+        except OSError as e:
+            raise StartupError(f"{what}: cannot give {directory} to uid {user.uid}: {e.strerror or e}") from None
+
+
+def _rmdir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
 
 def _remove(path: str) -> None:

@@ -1,10 +1,13 @@
 """A pod whose proxy container runs as root with gid 1337, the shape Istio's injector uses for TPROXY
 and `capNetBindService` (runAsUser 0, runAsGroup 1337), in the mesh: Envoy runs as uid 1337 with
 the network capabilities kept, reaches the agent's SDS and xDS sockets, and the pod's app calls B
-over mTLS through it. (The agent's own connections to istiod leave by the rules' gid exemption.)"""
+over mTLS through it. The agent's own connections to istiod leave by the rules' gid exemption; started
+with gid 0 (root outside a container), the agent takes gid 1337 itself."""
 import json
 import subprocess
 import time
+
+import pytest
 
 from tests.mesh_e2e.cluster import BASE_ENV
 from tests.mesh_e2e.helpers import APP_PORT, injected_args, injected_env
@@ -25,10 +28,11 @@ def _status(pid: int) -> dict[str, list[str]]:
     return out
 
 
-def test_root_proxy_container_in_the_mesh(mesh, server_pod):
-    pod = mesh.pod("rootpod", "nsa", "rootpod")
+@pytest.mark.parametrize("gid", [1337, 0])
+def test_root_proxy_container_in_the_mesh(mesh, server_pod, gid):
+    pod = mesh.pod(f"rootpod{gid}", "nsa", "rootpod")
     env = {**BASE_ENV, **injected_env(pod.name, pod.namespace, pod.sa, pod.ip)}
-    argv = [IP, "netns", "exec", pod.ns.name, SETPRIV, "--regid=1337", "--clear-groups",
+    argv = [IP, "netns", "exec", pod.ns.name, SETPRIV, f"--regid={gid}", "--clear-groups",
             PILOT_AGENT, *injected_args(pod.namespace)]
     log_path = pod.root.parent / f"{pod.name}-agent.log"
     with open(log_path, "ab") as log:
@@ -37,7 +41,9 @@ def test_root_proxy_container_in_the_mesh(mesh, server_pod):
     pod.agent = Agent(pod.ns, proc, log_path, pod.root / "etc/istio/proxy", time.monotonic())
     try:
         pod.wait_ready()
-        assert _status(proc.pid)["Uid"][0] == "0" and _status(proc.pid)["Gid"][0] == "1337"
+        assert _status(proc.pid)["Uid"][0] == "0" and _status(proc.pid)["Gid"] == ["1337"] * 4
+        took = "the agent runs as root: it takes the proxy's gid" in pod.agent.log()
+        assert took == (gid == 0)
         (envoy,) = pod.envoy_pids()
         st = _status(envoy)
         assert st["Uid"] == ["1337"] * 4 and st["Gid"] == ["1337"] * 4

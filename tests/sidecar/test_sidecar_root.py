@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent import APP, BASE_ENV, Agent, curl, stat
-from tests.support.netns import APP_UID, ISTIO_INIT_ARGS, POD4, REMOTE4, Pod
+from tests.mesh.ca_server import TestPKI
+from tests.support.netns import APP_UID, ISTIO_INIT_ARGS, POD4, REMOTE4, SETPRIV, Pod
 from tests.support.process import PILOT_AGENT, PY, wait_until
 
 CAPS = (1 << 10) | (1 << 12)  # CAP_NET_BIND_SERVICE, CAP_NET_ADMIN
@@ -59,6 +60,7 @@ def test_envoy_runs_as_the_proxy_user_with_network_capabilities(env):
     assert st["Uid"] == ["1337"] * 4 and st["Gid"] == ["1337"] * 4 and st["Groups"] == []
     assert int(st["CapAmb"][0], 16) == CAPS and int(st["CapEff"][0], 16) == CAPS
     assert "Envoy runs as the proxy user" in agent.log() and "uid=1337" in agent.log()
+    assert _status(agent.proc.pid)["Gid"] == ["0"] * 4  # --standalone: no connections of its own to let out
     made = agent.config_path.stat()
     assert (made.st_uid, made.st_gid, made.st_mode & 0o777) == (1337, 1337, 0o700)
 
@@ -111,7 +113,7 @@ def test_unreachable_files_keep_envoy_root_with_the_proxy_gid():
         assert st["Uid"] == ["0"] * 4 and st["Gid"] == ["1337"] * 4 and st["Groups"] == []
         warnings = [line for line in agent.log().splitlines() if "Envoy keeps uid 0 with the proxy's gid" in line]
         assert len(warnings) == 1 and "\twarn\t" in warnings[0]
-        assert f"uid 1337 cannot reach --binaryPath" in warnings[0] or f"{work} is 0700" in warnings[0]
+        assert "uid 1337 cannot reach --binaryPath" in warnings[0] or f"{work} is 0700" in warnings[0]
         assert config_path.stat().st_uid == 0  # nothing handed to uid 1337
         before = stat(pod.ns, "cluster.PassthroughCluster;.upstream_cx_total") or 0
         for _ in range(3):  # Envoy's upstream connection leaves once, by the gid rule
@@ -120,3 +122,24 @@ def test_unreachable_files_keep_envoy_root_with_the_proxy_gid():
     finally:
         pod.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_root_agent_that_cannot_take_the_proxy_gid_stops_with_one_line_and_leaves_nothing(tmp_path):
+    """Mesh mode as root with gid 0 and no CAP_SETGID: the agent's own connections could not be let
+    out (nor could Envoy be given uid 1337), so start-up stops before anything is written."""
+    tmp_path.chmod(0o755)
+    root_cert = tmp_path / "var/run/secrets/istio/root-cert.pem"
+    root_cert.parent.mkdir(parents=True)
+    root_cert.write_bytes(TestPKI().root_pem)
+    before = sorted(tmp_path.rglob("*"))
+    pod = Pod.create(prefix="sroot1")
+    try:
+        argv = [SETPRIV, "--bounding-set=-setgid", PILOT_AGENT, "proxy", "sidecar"]
+        res = subprocess.run(pod.ns.argv(argv), capture_output=True, text=True, cwd=str(tmp_path), timeout=30,
+                             env={**BASE_ENV, "INSTANCE_IP": POD4})
+    finally:
+        pod.close()
+    assert res.returncode == 255, res.stderr
+    assert res.stderr.splitlines() == ["Error: the agent runs as root with gid 0 and cannot take the proxy's gid 1337: "
+                                       "Operation not permitted; run it with gid 1337"], res.stderr
+    assert sorted(tmp_path.rglob("*")) == before
