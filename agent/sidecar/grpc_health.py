@@ -2,9 +2,10 @@
 chosen source address, as kubelet's gRPC probe asks it
 (https://github.com/kubernetes/kubernetes/blob/master/pkg/probe/grpc/grpc.go).
 
-The HTTP/2 framing and header compression are the `h2` library's; the request and answer messages
-are one field each and are encoded here. Not grpcio: its channels cannot bind the source address
-(127.0.0.6) that keeps an app probe out of Envoy's inbound capture.
+The HTTP/2 framing and header compression are the `h2` library's, the messages gRPC's own
+(`grpc_health.v1.health_pb2`, grpcio-health-checking); only gRPC's 5-byte message prefix is written
+here. Not grpcio's channels: they cannot bind the source address (127.0.0.6) that keeps an app
+probe out of Envoy's inbound capture.
 
 `check()` returns None when the service is SERVING, else why, in words of our own: the gRPC status
 of the call (from the trailers, or the headers of a trailers-only answer) before the message, so
@@ -19,11 +20,12 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
 
 CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
          "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
          "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
-SERVING_STATUS = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
 MESSAGE_LIMIT = 64 * 1024  # a health answer is a few bytes; more is not a health answer
 SHOWN_MESSAGE = 200  # characters of the app's grpc-message repeated in our answer
 NOT_H2 = "the app did not answer in HTTP/2 (is it a gRPC server?)"
@@ -33,28 +35,9 @@ class HealthError(Exception):
     """The check could not be made or the answer was not a health answer (message: our words)."""
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(data) or shift > 63:
-            raise HealthError("malformed health answer")
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        i, shift = i + 1, shift + 7
-        if not byte & 0x80:
-            return value, i
-
-
 def encode_request(service: str) -> bytes:
-    """A gRPC-framed HealthCheckRequest (field 1: service; empty message for the server's health)."""
-    name = service.encode()
-    message = b""
-    if name:
-        length, out = len(name), bytearray()
-        while length >= 0x80:
-            out.append(length & 0x7F | 0x80)
-            length >>= 7
-        message = b"\x0a" + bytes(out + bytearray([length])) + name
+    """A gRPC-framed HealthCheckRequest (`service` empty: the server's own health)."""
+    message = health_pb2.HealthCheckRequest(service=service).SerializeToString()
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
@@ -64,23 +47,10 @@ def decode_status(body: bytes) -> int:
         raise HealthError("no health answer in the response")
     if body[0] != 0:
         raise HealthError("compressed health answer (none was asked for)")
-    message = body[5:5 + int.from_bytes(body[1:5], "big")]
-    status, i = 0, 0
-    while i < len(message):
-        key, i = _varint(message, i)
-        wire = key & 7
-        if wire == 0:
-            value, i = _varint(message, i)
-            if key >> 3 == 1:
-                status = value
-        elif wire == 2:
-            length, i = _varint(message, i)
-            i += length
-        elif wire in (1, 5):
-            i += 8 if wire == 1 else 4
-        else:
-            raise HealthError("malformed health answer")
-    return status
+    try:
+        return health_pb2.HealthCheckResponse.FromString(body[5:5 + int.from_bytes(body[1:5], "big")]).status
+    except DecodeError:
+        raise HealthError("malformed health answer") from None
 
 
 def verdict(headers: dict[str, str], trailers: dict[str, str], body: bytes) -> str | None:
@@ -98,9 +68,12 @@ def verdict(headers: dict[str, str], trailers: dict[str, str], body: bytes) -> s
         text = "".join(c if c.isprintable() else " " for c in text[:SHOWN_MESSAGE])
         return f"health check failed: {name}" + (f": {text}" if text else "")
     status = decode_status(body)
-    if status == 1:
+    if status == health_pb2.HealthCheckResponse.SERVING:
         return None
-    name = SERVING_STATUS[status] if status < len(SERVING_STATUS) else str(status)
+    try:
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    except ValueError:  # a status this version of the protocol does not know
+        name = str(status)
     return f"service unhealthy (responded with {name})"
 
 
