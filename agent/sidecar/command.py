@@ -27,6 +27,7 @@ from typing import Any
 from agent import flags
 from agent.exitcodes import Exit
 from agent.sidecar import config as sidecar_config
+from agent.sidecar import stop_signals
 from agent.sidecar.config_model import SidecarConfig
 from agent.sidecar.config_parse import ConfigError
 from agent.sidecar.reaper import EnvoyHandle
@@ -53,30 +54,6 @@ def _fail(message: str) -> int:
     sys.stderr.write(f"Error: {message}\n")
     sys.stderr.flush()
     return Exit.USAGE
-
-
-#: The signals that stop the sidecar (kubelet's SIGTERM, a terminal's Ctrl-C).
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-
-
-def hold_stop_signals() -> set[int]:
-    """Block the stop signals: from the first side effect on they stay pending, not lost and not
-    acted on half-way, until the supervisor's loop has its handlers and unblocks them. (A handler
-    that records them could miss one arriving while the loop's handler replaces it.) Returns the
-    mask before, for `release_stop_signals`."""
-    return signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-
-
-def release_stop_signals(mask: set[int]) -> None:
-    """The run has answered any stop signal still pending: drop it, then put the mask back (for
-    callers in the same process, and the processes they start, which inherit it)."""
-    while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
-        pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-
-
-def pending_stop_signal() -> int | None:
-    return min(signal.sigpending() & STOP_SIGNALS, default=None)
 
 
 def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> SidecarConfig:
@@ -106,11 +83,11 @@ def _run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         return _fail(str(e))
     except Exception as e:  # a config bug must still be one line and exit 255, not a traceback
         return _fail(f"invalid configuration: {type(e).__name__}: {e}")
-    mask = hold_stop_signals()
+    mask = stop_signals.hold()
     try:
         return _start(cfg)
     finally:
-        release_stop_signals(mask)
+        stop_signals.release(mask)
 
 
 def _start(cfg: SidecarConfig) -> int:
@@ -121,7 +98,7 @@ def _start(cfg: SidecarConfig) -> int:
             return _fail(str(e))
         except Exception as e:  # e.g. a bootstrap the builder cannot render from odd settings
             return _fail(f"invalid configuration: {type(e).__name__}: {e}")
-        if (signum := pending_stop_signal()) is not None:
+        if (signum := stop_signals.pending()) is not None:
             return _stopped_before_start(cfg, signum)
         envoy = stack.enter_context(EnvoyHandle(plan.envoy_argv, plan.envoy_user))
         return _serve(cfg, plan, envoy)

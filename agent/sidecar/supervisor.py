@@ -30,10 +30,9 @@ from agent.exitcodes import Exit
 from agent.sidecar import envoy, logs, reaper
 from agent.sidecar.admin import AdminClient, AdminError, ReadinessProbe
 from agent.sidecar.drainer import Clock, Drainer, MonotonicClock
+from agent.sidecar.stop_signals import STOP_SIGNALS
 
 log = logs.get()
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class State(enum.Enum):
@@ -95,7 +94,7 @@ class Supervisor:
             log.info("the agent runs as root: Envoy runs as the proxy user, whose connections the pod's "
                      "capture rules let out", **user.describe())
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self.enqueue, "signal", signum)
         loop.add_signal_handler(signal.SIGCHLD, self.enqueue, "child")
         self.enqueue("child")  # Envoy may have exited before the handler was installed
@@ -112,7 +111,7 @@ class Supervisor:
             # cleanup are still to come, and a late SIGTERM/SIGINT must not kill the agent half-way
             # (the default action once the handlers are gone) or raise KeyboardInterrupt.
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            for signum in (*STOP_SIGNALS, signal.SIGCHLD):
                 loop.remove_signal_handler(signum)
             for task in list(self._tasks):
                 task.cancel()
