@@ -121,9 +121,7 @@ def _serve(cfg: SidecarConfig, plan: StartupPlan, envoy: EnvoyHandle) -> int:
         return _fail(f"--log_target: {e}")
     log = logs.get()
     _log_config(cfg, log)
-    if plan.agent_gid_was is not None:
-        log.info("the agent runs as root: it takes the proxy's gid, whose connections (istiod, the CA, DNS "
-                 "upstreams) the pod's capture rules let out", gid=os.getgid(), gid_was=plan.agent_gid_was)
+    _log_users(plan, log)
     sidecar = Sidecar(cfg, plan, envoy, process_t0=_T0)
     try:
         return asyncio.run(sidecar.serve())
@@ -132,6 +130,20 @@ def _serve(cfg: SidecarConfig, plan: StartupPlan, envoy: EnvoyHandle) -> int:
     except Exception as e:
         log.error("agent failed", error=repr(e))
         return Exit.FAILURE
+
+
+def _log_users(plan: StartupPlan, log: Any) -> None:
+    """What a root start decided (agent.sidecar.proxy_user): who Envoy runs as, the agent's gid."""
+    user = plan.envoy_user
+    if user is not None and user.why_root:
+        log.warning(f"the agent runs as root: Envoy keeps uid 0 with the proxy's gid, whose connections the "
+                    f"pod's capture rules let out: {user.why_root}", **user.describe())
+    elif user is not None:
+        log.info("the agent runs as root: Envoy runs as the proxy user, whose connections the pod's "
+                 "capture rules let out", **user.describe())
+    if plan.agent_gid_was is not None:
+        log.info("the agent runs as root: it takes the proxy's gid, whose connections (istiod, the CA, DNS "
+                 "upstreams) the pod's capture rules let out", gid=os.getgid(), gid_was=plan.agent_gid_was)
 
 
 def _stopped_before_start(cfg: SidecarConfig, signum: int) -> int:

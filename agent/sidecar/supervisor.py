@@ -86,13 +86,6 @@ class Supervisor:
 
     # -- main loop ---------------------------------------------------------------------------------
     async def run(self) -> int:
-        user = self.envoy.user
-        if user is not None and user.why_root:
-            log.warning(f"the agent runs as root: Envoy keeps uid 0 with the proxy's gid, whose connections the "
-                        f"pod's capture rules let out: {user.why_root}", **user.describe())
-        elif user is not None:
-            log.info("the agent runs as root: Envoy runs as the proxy user, whose connections the pod's "
-                     "capture rules let out", **user.describe())
         loop = asyncio.get_running_loop()
         for signum in STOP_SIGNALS:
             loop.add_signal_handler(signum, self.enqueue, "signal", signum)
