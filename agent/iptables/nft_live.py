@@ -23,9 +23,7 @@ import ipaddress
 import re
 
 from agent.iptables import host
-
-FAMILY = "inet"
-TABLES = ("istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw")
+from agent.iptables.nft_rules import FAMILY, TABLES
 #: nft's names for the standard priorities (the `inet` family), as `list` prints them.
 PRIORITIES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
 _TOKEN = re.compile(r'"[^"]*"|\{[^}]*\}|[^\s;]+')
@@ -150,9 +148,9 @@ _SCRIPT_LINE = re.compile(r"(add|flush|delete) (table|chain|rule) (\S+) (\S+)(?:
 _INSERT_LINE = re.compile(r"insert rule (\S+) (\S+) (\S+) index (\d+) (.*)$")
 
 
-def simulate(script: str, state: State | None = None) -> State:
-    """The state our tables are in after `script` ran (from empty, or from `state`)."""
-    state = {name: _copy(t) for name, t in (state or {}).items()}
+def simulate(script: str) -> State:
+    """The state our tables are in after `script` ran on a ruleset without them."""
+    state: State = {}
     for line in script.splitlines():
         if not line.strip():
             continue
@@ -186,15 +184,6 @@ def _apply(state: State, verb: str, kind: str, table: str, chain: str | None, re
         state[table].chains.setdefault(chain, Chain(hook))
     else:
         state[table].chains[chain].rules.append(canon(rest))
-
-
-def _copy(table: Table) -> Table:
-    out = Table()
-    out.objects = list(table.objects)
-    for name, c in table.chains.items():
-        out.chains[name] = copy = Chain(c.hook)
-        copy.rules = list(c.rules)
-    return out
 
 
 def parse_listing(text: str) -> State:

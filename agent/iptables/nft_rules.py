@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # plain data; the adapter module that reads them is not needed here
     from agent.iptables.host import HostFacts
 
+FAMILY = "inet"  # one table family for both IP versions
 NAT, MANGLE, RAW = "istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"
 TABLES = (NAT, MANGLE, RAW)  # the order of the transaction
 PRE, OUT = "prerouting", "output"

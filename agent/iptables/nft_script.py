@@ -25,10 +25,8 @@ this transaction, or the index is not below the number of rules written to it so
 from __future__ import annotations
 
 from agent.iptables.config import IptablesConfig
-from agent.iptables.nft_rules import CHAINS, TABLES, Chain, Rule, RuleSet
+from agent.iptables.nft_rules import CHAINS, FAMILY, TABLES, Chain, Rule, RuleSet
 from agent.iptables.record import Record
-
-FAMILY = "inet"
 
 
 class Op(Record):
