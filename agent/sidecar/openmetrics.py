@@ -139,13 +139,19 @@ class TextToOpenMetrics:
             out += b"# HELP %s %s\n" % (om_name.encode(), _help_text(help_[1]))
         return out
 
-    def _start(self, om_name: str, om_kind: str, name: str) -> bytes:
+    def _claim(self, name: str, om_name: str, om_kind: str) -> bool:
+        """Start reading the family `name`, written as `om_name`; False (left out) when another
+        family holds its names."""
         self.current = (name, om_name)
         self.dropping = not self.names.free(om_name, om_kind)
-        if self.dropping:
+        if not self.dropping:
+            self.names.take(om_name, om_kind)
+        return not self.dropping
+
+    def _start(self, om_name: str, om_kind: str, name: str) -> bytes:
+        if not self._claim(name, om_name, om_kind):
             log.debug("metrics family dropped from the OpenMetrics answer: its name is taken", family=name)
             return b""
-        self.names.take(om_name, om_kind)
         return b"# TYPE %s %s\n" % (om_name.encode(), om_kind.encode())
 
     def _flush_help(self) -> bytes:
@@ -155,9 +161,4 @@ class TextToOpenMetrics:
     def _help_family(self, help_: tuple[str, bytes]) -> bytes:
         """A HELP with no TYPE: an unknown family of that name."""
         name, text = help_
-        self.current = (name, name)
-        self.dropping = not self.names.free(name, "unknown")
-        if self.dropping:
-            return b""
-        self.names.take(name, "unknown")
-        return b"# HELP %s %s\n" % (name.encode(), _help_text(text))
+        return b"# HELP %s %s\n" % (name.encode(), _help_text(text)) if self._claim(name, name, "unknown") else b""
