@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -75,10 +76,11 @@ def run_python(pod: Pod) -> tuple[float, float]:
     return timed([IP, "netns", "exec", pod.ns.name, sys.executable, "-S", "-c", "pass"])
 
 
-def count_with_shims() -> list[str]:
+def count_with_shims(args: Sequence[str] = tuple(INIT_ARGS)) -> list[str]:
+    """The processes `pilot-agent istio-iptables <args>` spawns in a fresh pod, counted by PATH shims."""
     with tempfile.TemporaryDirectory() as tmp, Pod.create(prefix="bs") as pod:
         shims = Shims(Path(tmp))
-        res = pod.istio_iptables(*INIT_ARGS, env=shims.env)
+        res = pod.istio_iptables(*args, env=shims.env)
         if res.returncode != 0:
             raise SystemExit(res.stderr)
         return shims.calls()

@@ -19,13 +19,12 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.iptables_apply import INIT_ARGS, run_python, timed  # noqa: E402
-from tests.support.netns import IP, PILOT_AGENT, Pod, Shims  # noqa: E402
+from bench.iptables_apply import INIT_ARGS, count_with_shims, run_python, timed  # noqa: E402
+from tests.support.netns import IP, PILOT_AGENT, Pod  # noqa: E402
 
 NFT_ARGS = ["--native-nftables", *INIT_ARGS]
 
@@ -48,15 +47,6 @@ def run_floor(text: str) -> tuple[float, float]:
         return timed([IP, "netns", "exec", pod.ns.name, "nft", "-f", "-"], stdin=text)
 
 
-def count_with_shims() -> list[str]:
-    with tempfile.TemporaryDirectory() as tmp, Pod.create(prefix="bs") as pod:
-        shims = Shims(Path(tmp))
-        res = pod.istio_iptables(*NFT_ARGS, env=shims.env)
-        if res.returncode != 0:
-            raise SystemExit(res.stderr)
-        return shims.calls()
-
-
 def measure(n: int) -> dict:
     text = script_text()
     run_ours(), run_floor(text)  # warm caches (modules, page cache) before measuring
@@ -67,7 +57,7 @@ def measure(n: int) -> dict:
             (ours if fn is run_ours else floor).append(fn())
     with Pod.create(prefix="bp") as pod:
         bare = [run_python(pod) for _ in range(n)]
-    calls = count_with_shims()
+    calls = count_with_shims(NFT_ARGS)
 
     def med(xs: list[tuple[float, float]], i: int) -> float:
         return statistics.median(x[i] for x in xs) * 1000
