@@ -1,14 +1,31 @@
-"""Fixtures of the sidecar unit tests: a fresh structlog per test (tests that configure it must not
-leak a closed stream to the next) and small real HTTP servers."""
+"""Fixtures of the sidecar unit tests: fresh logging per test (tests that configure it must not
+leak a closed stream to the next, through structlog or the standard library's bridge), the agent's
+log lines captured, and small real HTTP servers."""
+import io
+
 import pytest
 import structlog
 from aiohttp import web
 
+from agent.sidecar import logs
+from tests.support.status_server import drop_stdlib_bridge
+
 
 @pytest.fixture(autouse=True)
-def _fresh_structlog():
+def _fresh_logging():
     yield
     structlog.reset_defaults()
+    drop_stdlib_bridge()
+
+
+@pytest.fixture
+def capture():
+    """`capture(level, as_json)` -> the buffer the agent's log lines (its own and the libraries') go to."""
+    def make(level="default:info", as_json=False):
+        buf = io.StringIO()
+        logs.configure(level, as_json, stream=buf)
+        return buf
+    return make
 
 
 @pytest.fixture

@@ -12,15 +12,6 @@ from agent.logformat import Level
 from agent.sidecar import logs
 
 
-@pytest.fixture
-def capture():
-    def make(level="default:info", as_json=False):
-        buf = io.StringIO()
-        logs.configure(level, as_json, stream=buf)
-        return buf
-    return make
-
-
 def test_text_line_format(capture):
     buf = capture()
     logs.get().info("Envoy proxy is ready", pid=7, reason="two words")

@@ -5,27 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import json
 import logging
 import warnings
 
-import pytest
-
 from agent.logformat import one_line
 from agent.sidecar import logs
-from tests.support.status_server import bad_lines, drop_stdlib_bridge
-
-
-@pytest.fixture
-def capture():
-    def make(level="default:info", as_json=False):
-        buf = io.StringIO()
-        logs.configure(level, as_json, stream=buf)
-        return buf
-
-    yield make
-    drop_stdlib_bridge()
+from tests.support.status_server import bad_lines
 
 
 def fields(line: str) -> list[str]:

@@ -4,37 +4,33 @@ closed within the limits, a flood of connections neither piles up nor stops read
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import re
 import time
 
 import pytest
 
-from agent.sidecar import logs
 from agent.sidecar.http_server import Limits
-from tests.support.status_server import Calls, bad_lines, drop_stdlib_bridge, start_status
+from tests.support.status_server import Calls, bad_lines, start_status
 
 #: Generous slack over a configured limit: "closed within the limit", not a speed measurement.
 SLACK = 3.0
 
 
 @pytest.fixture
-async def status():
+async def status(capture):
     """`await status(limits, as_json=..., level=...)` -> (Running, log buffer); stopped at teardown."""
     running = []
 
     async def start(limits: Limits = Limits(), *, as_json: bool = False, level: str = "default:debug,aiohttp:debug",
                     calls: Calls | None = None):
-        buf = io.StringIO()
-        logs.configure(level, as_json, stream=buf)
+        buf = capture(level, as_json)
         running.append(await start_status(limits, calls))
         return running[-1], buf
 
     yield start
     for r in running:
         await r.server.stop()
-    drop_stdlib_bridge()
 
 
 async def exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
