@@ -13,19 +13,10 @@ from tests.mesh_e2e.cluster import BASE_ENV
 from tests.mesh_e2e.helpers import APP_PORT, injected_args, injected_env
 from tests.support.agent import Agent
 from tests.support.netns import IP, SETPRIV
-from tests.support.process import PILOT_AGENT
+from tests.support.process import PILOT_AGENT, proc_status
 
 B_URL = f"http://b.nsb.svc.cluster.local:{APP_PORT}"
 CAPS = (1 << 10) | (1 << 12)  # CAP_NET_BIND_SERVICE, CAP_NET_ADMIN
-
-
-def _status(pid: int) -> dict[str, list[str]]:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            out[key] = value.split()
-    return out
 
 
 @pytest.mark.parametrize("gid", [1337, 0])
@@ -41,11 +32,11 @@ def test_root_proxy_container_in_the_mesh(mesh, server_pod, gid):
     pod.agent = Agent(pod.ns, proc, log_path, pod.root / "etc/istio/proxy", time.monotonic())
     try:
         pod.wait_ready()
-        assert _status(proc.pid)["Uid"][0] == "0" and _status(proc.pid)["Gid"] == ["1337"] * 4
+        assert proc_status(proc.pid)["Uid"][0] == "0" and proc_status(proc.pid)["Gid"] == ["1337"] * 4
         took = "the agent runs as root: it takes the proxy's gid" in pod.agent.log()
         assert took == (gid == 0)
         (envoy,) = pod.envoy_pids()
-        st = _status(envoy)
+        st = proc_status(envoy)
         assert st["Uid"] == ["1337"] * 4 and st["Gid"] == ["1337"] * 4
         assert int(st["CapAmb"][0], 16) == CAPS
         assert pod.identity in pod.admin("/certs")[1]  # its certificate came over the agent's SDS socket

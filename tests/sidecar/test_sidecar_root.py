@@ -14,17 +14,9 @@ import pytest
 from tests.support.agent import APP, BASE_ENV, Agent, curl, stat
 from tests.mesh.ca_server import TestPKI
 from tests.support.netns import APP_UID, ISTIO_INIT_ARGS, POD4, REMOTE4, SETPRIV, Pod
-from tests.support.process import PILOT_AGENT, PY, wait_until
+from tests.support.process import PILOT_AGENT, PY, proc_status, wait_until
 
 CAPS = (1 << 10) | (1 << 12)  # CAP_NET_BIND_SERVICE, CAP_NET_ADMIN
-
-
-def _status(pid: int) -> dict[str, list[str]]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        out[key] = value.split()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +46,13 @@ def env():
 
 def test_envoy_runs_as_the_proxy_user_with_network_capabilities(env):
     pod, agent = env
-    assert _status(agent.proc.pid)["Uid"][0] == "0"  # `ip netns exec` execs the agent: it runs as root
+    assert proc_status(agent.proc.pid)["Uid"][0] == "0"  # `ip netns exec` execs the agent: it runs as root
     (envoy,) = agent.envoy_pids()
-    st = _status(envoy)
+    st = proc_status(envoy)
     assert st["Uid"] == ["1337"] * 4 and st["Gid"] == ["1337"] * 4 and st["Groups"] == []
     assert int(st["CapAmb"][0], 16) == CAPS and int(st["CapEff"][0], 16) == CAPS
     assert "Envoy runs as the proxy user" in agent.log() and "uid=1337" in agent.log()
-    assert _status(agent.proc.pid)["Gid"] == ["0"] * 4  # --standalone: no connections of its own to let out
+    assert proc_status(agent.proc.pid)["Gid"] == ["0"] * 4  # --standalone: no connections of its own to let out
     made = agent.config_path.stat()
     assert (made.st_uid, made.st_gid, made.st_mode & 0o777) == (1337, 1337, 0o700)
 
@@ -109,7 +101,7 @@ def test_unreachable_files_keep_envoy_root_with_the_proxy_gid():
         agent = Agent(pod.ns, proc, log_path, config_path, time.monotonic())
         agent.wait_ready()
         (envoy,) = agent.envoy_pids()
-        st = _status(envoy)
+        st = proc_status(envoy)
         assert st["Uid"] == ["0"] * 4 and st["Gid"] == ["1337"] * 4 and st["Groups"] == []
         warnings = [line for line in agent.log().splitlines() if "Envoy keeps uid 0 with the proxy's gid" in line]
         assert len(warnings) == 1 and "\twarn\t" in warnings[0]

@@ -95,6 +95,29 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30, interval: float 
     raise TimeoutError(f"{what} not met within {timeout}s (last: {last!r})")
 
 
+def proc_status(pid: int | Path) -> dict[str, list[str]]:
+    """The fields of /proc/<pid>/status (or of a copy of one, given its path): name -> its words."""
+    path = pid if isinstance(pid, Path) else Path(f"/proc/{pid}/status")
+    fields = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.split()
+    return fields
+
+
+def reaped_code(pid: int, timeout: float = 10.0) -> int | None:
+    """The exit code of our child `pid`, reaped with agent.sidecar.reaper; None if it has not exited."""
+    from agent.sidecar import reaper
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, _ = reaper.reap(pid, all_children=False)
+        if code is not None:
+            return code
+        time.sleep(0.02)
+    return None
+
+
 def kill_group(proc: subprocess.Popen, timeout: float = 10) -> None:
     """SIGKILL the process group `proc` leads (started with start_new_session=True), as kubelet kills
     a whole container, then reap `proc` and close its pipes."""

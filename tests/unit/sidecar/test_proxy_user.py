@@ -15,6 +15,7 @@ import pytest
 
 from agent.sidecar import proxy_user, reaper
 from agent.sidecar.proxy_user import CAP_NET_ADMIN, CAP_NET_BIND_SERVICE, ProxyUser
+from tests.support.process import proc_status, reaped_code
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="changes credentials: needs root")
 
@@ -28,24 +29,6 @@ def shared():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _status(path):
-    fields = {}
-    for line in path.read_text().splitlines():
-        key, _, value = line.partition(":")
-        fields[key] = value.split()
-    return fields
-
-
-def _wait_code(proc, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code, _ = reaper.reap(proc.pid, all_children=False)
-        if code is not None:
-            return code
-        time.sleep(0.02)
-    raise AssertionError("the child did not exit")
-
-
 def test_root_agent_means_the_proxy_uid_with_its_network_capabilities():
     user = proxy_user.for_agent()
     assert (user.uid, user.gid) == (1337, 1337)  # no istio-proxy account on this machine
@@ -57,8 +40,8 @@ def test_child_runs_as_the_proxy_user_with_ambient_capabilities(shared):
     out = shared / "status"
     user = ProxyUser(1337, 1337, (CAP_NET_BIND_SERVICE, CAP_NET_ADMIN))
     proc = reaper.spawn(["sh", "-c", f"cat /proc/self/status > {out}"], user=user)
-    assert _wait_code(proc) == 0
-    st = _status(out)
+    assert reaped_code(proc.pid) == 0
+    st = proc_status(out)
     assert st["Uid"] == ["1337"] * 4 and st["Gid"] == ["1337"] * 4 and st["Groups"] == []
     expected = f"{(1 << CAP_NET_BIND_SERVICE) | (1 << CAP_NET_ADMIN):016x}"
     assert st["CapAmb"] == [expected] and st["CapEff"] == [expected] and st["CapPrm"] == [expected]
@@ -67,8 +50,8 @@ def test_child_runs_as_the_proxy_user_with_ambient_capabilities(shared):
 def test_without_capabilities_the_child_has_none(shared):
     out = shared / "status"
     proc = reaper.spawn(["sh", "-c", f"cat /proc/self/status > {out}"], user=ProxyUser(1337, 1337))
-    assert _wait_code(proc) == 0
-    st = _status(out)
+    assert reaped_code(proc.pid) == 0
+    st = proc_status(out)
     assert st["Uid"] == ["1337"] * 4 and st["CapEff"] == ["0" * 16] and st["CapAmb"] == ["0" * 16]
 
 
@@ -94,7 +77,7 @@ def test_the_proxy_user_child_still_dies_with_the_agent():
 
 
 def _status_of(pid):
-    return _status(Path(f"/proc/{pid}/status"))
+    return proc_status(pid)
 
 
 def _alive(pid):

@@ -6,6 +6,7 @@ import textwrap
 import time
 
 from agent.sidecar import reaper
+from tests.support.process import reaped_code
 
 
 def _wait_gone(pid, timeout=5.0):
@@ -70,16 +71,6 @@ def test_child_dies_with_its_parent():
 
 
 
-def _wait_code(proc, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        code, _ = reaper.reap(proc.pid, all_children=False)
-        if code is not None:
-            return code
-        time.sleep(0.02)
-    return None
-
-
 def test_exec_failure_is_raised_in_the_parent():
     import pytest
 
@@ -96,7 +87,7 @@ def test_child_gets_stdio_only_and_default_sigpipe(tmp_path):
     out = tmp_path / "child"
     try:
         proc = reaper.spawn(["sh", "-c", f"ls /proc/self/fd > {out}.fd; cat /proc/self/status > {out}.status"])
-        assert _wait_code(proc) == 0
+        assert reaped_code(proc.pid) == 0
     finally:
         os.close(extra)
     assert str(extra) not in (tmp_path / "child.fd").read_text().split()
